@@ -1,0 +1,29 @@
+# `make run` and `make test` set everything up on a fresh machine (Python >= 3.11 needed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/relay run --config relay.example.toml
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay tests benchmarks
+	$(BIN)/ruff format --check relay tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format relay tests benchmarks
+	$(BIN)/ruff check --fix relay tests benchmarks
+
+clean:
+	rm -rf $(VENV) relay-data .pytest_cache .ruff_cache

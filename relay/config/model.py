@@ -1,0 +1,221 @@
+"""The configuration schema: frozen dataclasses with typed defaults, one per TOML table.
+
+The dataclasses below are the single source of truth: the loader, the environment mapping,
+the "did you mean" suggestions and the renderer all walk ``dataclasses.fields`` (through
+:func:`_schema`), so a field added to a section is immediately loadable, overridable and
+printed. Every setting has a default, so ``Config()`` is a complete, valid configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from relay.config.units import parse_duration, parse_size
+
+__all__ = [
+    "ENV_PREFIX",
+    "ENV_SEPARATOR",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "TRANSPORTS",
+    "WHEN_FULL_POLICIES",
+    "Config",
+    "HttpIngestConfig",
+    "IngestConfig",
+    "JsonLinesIngestConfig",
+    "LogConfig",
+    "MaskinportenConfig",
+    "RetryConfig",
+    "SpoolConfig",
+    "SyslogIngestConfig",
+    "UpstreamConfig",
+]
+
+# The environment names of settings. Defined with the schema rather than in the loader because
+# validation also needs them, to keep keystore_password_env from being read as an override.
+ENV_PREFIX = "RELAY_"
+# Only names with this separator are settings; plain RELAY_* names (RELAY_KEYSTORE_PASSWORD)
+# are left alone because they may hold secrets that are read elsewhere.
+ENV_SEPARATOR = "__"
+
+# Field metadata key; values below say how a str/int/float field is written by humans.
+_KIND = "kind"
+_DURATION = "duration"
+_SIZE = "size"
+_LISTEN = "listen"
+# A word operators write in any case ("INFO"); stored lower-case so code compares one spelling.
+_CASE_INSENSITIVE = "case-insensitive"
+
+TRANSPORTS = ("rsocket", "http")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+WHEN_FULL_POLICIES = ("reject",)
+
+
+def _duration(default: str) -> float:
+    return field(default=parse_duration(default, "default"), metadata={_KIND: _DURATION})
+
+
+def _size(default: str) -> int:
+    return field(default=parse_size(default, "default"), metadata={_KIND: _SIZE})
+
+
+def _listen(default: str) -> str:
+    return field(default=default, metadata={_KIND: _LISTEN})
+
+
+def _case_insensitive(default: str) -> str:
+    return field(default=default, metadata={_KIND: _CASE_INSENSITIVE})
+
+
+@dataclass(frozen=True)
+class HttpIngestConfig:
+    """``[ingest.http]``: where producers POST events; also serves /metrics, /healthz, /readyz."""
+
+    listen: str = _listen("127.0.0.1:8080")
+    max_body_bytes: int = _size("10MiB")
+    max_event_bytes: int = _size("64KiB")
+    auth_token_file: str = ""
+
+
+@dataclass(frozen=True)
+class SyslogIngestConfig:
+    """``[ingest.syslog]``: optional syslog listeners; an empty address means off."""
+
+    tcp_listen: str = _listen("")
+    udp_listen: str = _listen("")
+
+
+@dataclass(frozen=True)
+class JsonLinesIngestConfig:
+    """``[ingest.json_lines]``: optional Logstash-style JSON lines over TCP; empty means off."""
+
+    tcp_listen: str = _listen("")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """``[ingest]``: how events reach the relay."""
+
+    http: HttpIngestConfig = field(default_factory=HttpIngestConfig)
+    syslog: SyslogIngestConfig = field(default_factory=SyslogIngestConfig)
+    json_lines: JsonLinesIngestConfig = field(default_factory=JsonLinesIngestConfig)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """``[spool]``: the durable on-disk queue between ingest and upstream."""
+
+    path: str = "./relay-data"
+    max_bytes: int = _size("1GiB")
+    when_full: str = "reject"
+    dedup_window: float = _duration("24h")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """``[upstream]``: the national status service events are delivered to."""
+
+    transport: str = "rsocket"
+    host: str = "qa-meldingsutveksling.difi.no"
+    port: int = 7070
+    tls: bool = False
+    route: str = "log-fire"
+    http_url: str = "https://qa-meldingsutveksling.difi.no/logging/api/status"
+    max_in_flight: int = 128
+    request_timeout: float = _duration("10s")
+    batch_size: int = 1
+    keepalive_interval: float = _duration("20s")
+    keepalive_max_lifetime: float = _duration("90s")
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """``[retry]``: backoff between delivery attempts and when to give up on one event."""
+
+    initial_backoff: float = _duration("200ms")
+    max_backoff: float = _duration("30s")
+    max_rejections: int = 5
+
+
+@dataclass(frozen=True)
+class MaskinportenConfig:
+    """``[maskinporten]``: OAuth2 JWT-grant client used to authenticate to the upstream."""
+
+    token_url: str = "https://test.maskinporten.no/token"
+    audience: str = "https://test.maskinporten.no/"
+    client_id: str = ""
+    scope: str = "eformidling:dpo"
+    keystore: str = ""
+    keystore_password_env: str = "RELAY_KEYSTORE_PASSWORD"
+    keystore_password_file: str = ""
+    key_file: str = ""
+    cert_file: str = ""
+    kid: str = ""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: the relay's own logging."""
+
+    level: str = _case_insensitive("info")
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. ``Config()`` is the all-defaults configuration."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    maskinporten: MaskinportenConfig = field(default_factory=MaskinportenConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+_Key = tuple[str, ...]
+
+
+class _Setting(NamedTuple):
+    path: _Key
+    type: type
+    kind: str | None
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+def _walk(cls: type, prefix: _Key = ()) -> Iterator[tuple[_Key, type, dataclasses.Field[Any]]]:
+    """Yield every field of ``cls`` and its nested sections, depth first, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = (*prefix, f.name)
+        yield path, hints[f.name], f
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _walk(hints[f.name], path)
+
+
+@functools.cache
+def _schema() -> tuple[dict[_Key, type], dict[_Key, _Setting]]:
+    sections: dict[_Key, type] = {}
+    settings: dict[_Key, _Setting] = {}
+    for path, hint, f in _walk(Config):
+        if dataclasses.is_dataclass(hint):
+            sections[path] = hint
+        else:
+            settings[path] = _Setting(path, hint, f.metadata.get(_KIND))
+    return sections, settings
+
+
+def _get(cfg: Config, path: _Key) -> Any:
+    value: Any = cfg
+    for part in path:
+        value = getattr(value, part)
+    return value

@@ -1,0 +1,94 @@
+"""The running relay: the spool, the sources that feed it, and the ops endpoints, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from relay.config import Config, parse_listen
+from relay.errors import UserError
+from relay.ops import health
+from relay.sources.http import HttpSource, read_auth_token
+from relay.spool import Spool, SqliteSpool
+
+log = logging.getLogger("relay")
+
+_SHUTDOWN_TIMEOUT = 10.0
+
+
+def build_app(cfg: Config, spool: Spool, auth_token: str | None = None) -> web.Application:
+    """The HTTP application: ingest paths plus /healthz and /readyz."""
+    http = cfg.ingest.http
+    # auto_decompress off: the source inflates bodies itself, bounded by max_body_bytes
+    app = web.Application(
+        client_max_size=http.max_body_bytes, handler_args={"auto_decompress": False}
+    )
+    HttpSource(
+        spool,
+        max_body_bytes=http.max_body_bytes,
+        max_event_bytes=http.max_event_bytes,
+        auth_token=auth_token,
+    ).add_routes(app)
+    health.add_routes(app, spool)
+    return app
+
+
+async def serve(cfg: Config) -> None:
+    """Run until SIGTERM or SIGINT; what was not delivered stays in the spool."""
+    # everything a user can get wrong is checked before the spool is opened
+    auth_token = read_auth_token(cfg.ingest.http.auth_token_file)
+    host, port = parse_listen(cfg.ingest.http.listen, "ingest.http.listen")
+    spool = await SqliteSpool.open(
+        cfg.spool.path, max_bytes=cfg.spool.max_bytes, dedup_window=cfg.spool.dedup_window
+    )
+    runner: web.AppRunner | None = None
+    started = False
+    try:
+        app = build_app(cfg, spool, auth_token)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {cfg.ingest.http.listen} (ingest.http.listen): "
+                f"{exc.strerror}; choose a free address"
+            ) from None
+        stats = spool.stats()
+        log.info(
+            "relay ready: http on %s, spool %s (%d events, %d bytes queued, %d dead letters)",
+            cfg.ingest.http.listen,
+            cfg.spool.path,
+            stats.events,
+            stats.bytes,
+            stats.dead_letters,
+        )
+        if stats.quarantined:
+            log.error(
+                "spool has %d quarantined file(s): %s", len(stats.quarantined), stats.quarantined
+            )
+        started = True
+        await _until_signalled()
+        log.info("shutting down: no longer accepting events")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await spool.close()
+        if started:
+            log.info("stopped; undelivered events stay in the spool")
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,158 @@
+"""HTTP source: the real service's paths, so a producer can point at the relay unchanged.
+
+A 200 is sent only after the spool has committed (and fsynced) the events of the request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from relay import event
+from relay.errors import UserError
+from relay.sources import body
+from relay.spool import Incoming, Reject, Spool, SpoolRefused
+
+log = logging.getLogger("relay.sources.http")
+
+SOURCE = "http"
+PATHS = ("/api/status", "/logging/api/status")
+
+
+def read_auth_token(path: str) -> str | None:
+    """The producers' shared bearer token from `ingest.http.auth_token_file`, or None when unset."""
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UserError(
+            f"cannot read ingest.http.auth_token_file {path}: {exc.strerror}; "
+            "create it or leave the setting empty"
+        ) from None
+    if not token:
+        raise UserError(f"ingest.http.auth_token_file {path} is empty; put the token in it")
+    return token
+
+
+class HttpSource:
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        max_body_bytes: int,
+        max_event_bytes: int,
+        auth_token: str | None = None,
+    ) -> None:
+        self._spool = spool
+        self._max_body = max_body_bytes
+        self._max_event = max_event_bytes
+        self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
+
+    def add_routes(self, app: web.Application) -> None:
+        for path in PATHS:
+            app.router.add_post(path, self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self._expected_auth is not None and not self._authorised(request):
+            return web.Response(
+                status=401,
+                text="missing or wrong bearer token; see ingest.http.auth_token_file\n",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if request.content_length is not None and request.content_length > self._max_body:
+            return _text(413, f"body is larger than ingest.http.max_body_bytes ({self._max_body})")
+        try:
+            data = await request.read()
+            data = body.decompress(
+                data, request.headers.get("Content-Encoding", ""), self._max_body
+            )
+            single, items = body.split(data, request.headers.get("Content-Type", ""))
+        except web.HTTPRequestEntityTooLarge:
+            return _text(413, f"body is larger than ingest.http.max_body_bytes ({self._max_body})")
+        except body.BodyError as exc:
+            return _text(exc.status, str(exc))
+        if single:
+            return await self._one(items[0])
+        return await self._many(items)
+
+    def _authorised(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, self._expected_auth or b"")
+
+    def _validate(self, item: body.Item) -> bytes:
+        """The canonical bytes of a valid event; raises EventError."""
+        if item.error is not None:
+            raise event.EventError(item.error)
+        encoded = event.encode(event.normalise(item.value))
+        if len(encoded) > self._max_event:
+            raise event.EventError(
+                f"event is {len(encoded)} bytes, over ingest.http.max_event_bytes "
+                f"({self._max_event})"
+            )
+        return encoded
+
+    async def _one(self, item: body.Item) -> web.Response:
+        try:
+            encoded = self._validate(item)
+        except event.EventError as exc:
+            # the real service answers a bad event with 400 and its reason as plain text
+            return web.Response(status=400, text=str(exc), content_type="text/plain")
+        try:
+            result = await self._spool.append([Incoming(encoded, SOURCE)])
+        except SpoolRefused as exc:
+            return _refused(exc)
+        answer = {"duplicates": 1} if result.duplicates else {"accepted": 1}
+        return _json(answer)
+
+    async def _many(self, items: list[body.Item]) -> web.Response:
+        events: list[Incoming] = []
+        rejects: list[Reject] = []
+        errors: list[dict] = []
+        for index, item in enumerate(items):
+            try:
+                events.append(Incoming(self._validate(item), SOURCE))
+            except event.EventError as exc:
+                message = str(exc)
+                errors.append({"index": index, "error": message})
+                raw = item.raw.decode("utf-8", "replace")
+                rejects.append(
+                    Reject(
+                        raw=event.scrub_personal_numbers(raw),
+                        error=event.scrub_personal_numbers(message),
+                        source=SOURCE,
+                    )
+                )
+        try:
+            result = await self._spool.append(events, rejects)
+        except SpoolRefused as exc:
+            return _refused(exc)
+        return _json(
+            {
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "dead_lettered": result.dead_lettered,
+                "errors": errors,
+            }
+        )
+
+
+def _json(payload: dict) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+def _text(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n", content_type="text/plain")
+
+
+def _refused(exc: SpoolRefused) -> web.Response:
+    return web.Response(
+        status=503,
+        text=f"not stored, try again later: {exc}\n",
+        content_type="text/plain",
+        headers={"Retry-After": str(exc.retry_after)},
+    )

@@ -1,0 +1,377 @@
+"""The SQLite spool: one writer thread, group commit, and an asyncio face.
+
+Every write that arrives while a commit is in progress goes into the next commit; each caller is
+released only when the commit holding its events has returned from fsync (WAL, synchronous=FULL).
+The event loop never touches the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from relay.errors import UserError
+from relay.spool.quarantine import list_quarantined, quarantine
+from relay.spool.store import Store
+from relay.spool.types import (
+    AppendResult,
+    DeadLetter,
+    Incoming,
+    Leased,
+    Reject,
+    Release,
+    SpoolFull,
+    SpoolStats,
+    SpoolUnavailable,
+)
+
+log = logging.getLogger("relay.spool")
+
+_PROBE_EVERY = 2.0  # seconds between write probes while refusing
+_HOUSEKEEP_EVERY = 10.0
+_PROBE_BYTES = 64 * 1024
+_READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
+
+
+class _Op:
+    __slots__ = ("kind", "args", "future", "result", "error")
+
+    def __init__(self, kind: str, args: tuple, future: asyncio.Future | None) -> None:
+        self.kind = kind
+        self.args = args
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+_WRITES = frozenset({"append", "ack", "release", "dead_letter"})
+
+
+class SqliteSpool:
+    """Implements `relay.spool.types.Spool` on one SQLite file in `directory`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        store: Store,
+        *,
+        max_bytes: int,
+        dedup_window: float,
+        lock_fd: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self._store = store
+        self._max_bytes = max_bytes
+        self._dedup_window = dedup_window
+        self._lock_fd = lock_fd
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._new_events = asyncio.Event()
+        self._refusing: str | None = None
+        # delivery state, owned by the writer thread
+        self._leased: set[int] = set()
+        self._cursor = 0
+        self._quarantined = list_quarantined(directory)
+        self._counters = store.counters()
+        self._oldest = store.oldest_received_at()
+        self._thread = threading.Thread(target=self._run, name="relay-spool", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        dedup_window: float,
+        max_page_count: int | None = None,
+    ) -> SqliteSpool:
+        directory = Path(path)
+        store, lock_fd = await asyncio.to_thread(_open_store, directory, max_page_count)
+        return cls(
+            directory, store, max_bytes=max_bytes, dedup_window=dedup_window, lock_fd=lock_fd
+        )
+
+    # -- the Spool interface -------------------------------------------------------------------
+
+    async def append(
+        self, events: Sequence[Incoming], rejects: Sequence[Reject] = ()
+    ) -> AppendResult:
+        if not events and not rejects:
+            return AppendResult(0, 0, 0)
+        return await self._submit("append", (events, rejects))
+
+    async def lease(self, limit: int) -> list[Leased]:
+        return await self._submit("lease", (limit,))
+
+    async def ack(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._submit("ack", (ids,))
+
+    async def release(self, items: Sequence[Release]) -> None:
+        if items:
+            await self._submit("release", (items,))
+
+    async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
+        if items:
+            await self._submit("dead_letter", (items,))
+
+    async def wait_for_events(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._new_events.wait(), timeout)
+        self._new_events.clear()
+
+    def stats(self) -> SpoolStats:
+        events, nbytes, dead, dead_bytes = self._counters
+        return SpoolStats(
+            events=events,
+            bytes=nbytes,
+            capacity_bytes=self._max_bytes,
+            oldest_received_at=self._oldest,
+            dead_letters=dead,
+            dead_letter_bytes=dead_bytes,
+            quarantined=list(self._quarantined),
+            refusing=self.refusing(),
+        )
+
+    def refusing(self) -> str | None:
+        if self._refusing:
+            return self._refusing
+        _, nbytes, _, dead_bytes = self._counters
+        if nbytes + dead_bytes >= _READY_FILL * self._max_bytes:
+            return (
+                f"spool is {100 * (nbytes + dead_bytes) / self._max_bytes:.0f}% full "
+                f"({nbytes + dead_bytes} of {self._max_bytes} bytes)"
+            )
+        return None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        os.close(self._lock_fd)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _submit(self, kind: str, args: tuple) -> Any:
+        if self._closed:
+            raise SpoolUnavailable("the spool is closed")
+        future = self._loop.create_future()
+        self._queue.put(_Op(kind, args, future))
+        return await future
+
+    def _run(self) -> None:
+        last_housekeeping = time.monotonic()
+        while True:
+            timeout = _PROBE_EVERY if self._refusing else _HOUSEKEEP_EVERY
+            try:
+                first = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                first = _Op("idle", (), None)
+            ops = [first]
+            while True:
+                try:
+                    ops.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = any(op is None for op in ops)
+            ops = [op for op in ops if op is not None]
+            writes = [op for op in ops if op.kind in _WRITES]
+            if writes:
+                self._commit(writes)
+            elif self._refusing and first is not None and first.kind == "idle":
+                self._probe()
+            for op in ops:
+                if op.kind == "lease":
+                    self._lease(op)
+            if time.monotonic() - last_housekeeping > _HOUSEKEEP_EVERY:
+                last_housekeeping = time.monotonic()
+                self._housekeep()
+            done = [op for op in ops if op.future is not None]
+            if done:
+                self._loop.call_soon_threadsafe(self._resolve, done)
+            if stopping:
+                self._store.close()
+                return
+
+    def _resolve(self, ops: list[_Op]) -> None:
+        for op in ops:
+            if op.future.done():
+                continue
+            if op.error is not None:
+                op.future.set_exception(op.error)
+            else:
+                op.future.set_result(op.result)
+        if any(op.kind in ("append", "release") and op.error is None for op in ops):
+            self._new_events.set()
+
+    def _commit(self, writes: list[_Op]) -> None:
+        started = time.monotonic()
+        now = self._clock()
+        cutoff = now - self._dedup_window if self._dedup_window > 0 else None
+        events, nbytes, dead, dead_bytes = self._counters
+        used = nbytes + dead_bytes
+        store = self._store
+        try:
+            store.begin()
+            for op in writes:
+                if op.kind == "append":
+                    try:
+                        accepted, dups, dl, added = store.append(
+                            *op.args, now, cutoff, self._max_bytes - used
+                        )
+                    except SpoolFull as exc:
+                        op.error = exc
+                        self._log_refusal_once("full", str(exc))
+                        continue
+                    used += added
+                    op.result = AppendResult(accepted, dups, dl)
+                elif op.kind == "ack":
+                    store.delete(op.args[0])
+                elif op.kind == "release":
+                    store.release(op.args[0], now)
+                elif op.kind == "dead_letter":
+                    store.dead_letter(op.args[0], now)
+            store.commit()
+        except sqlite3.Error as exc:
+            store.rollback()
+            self._write_failed(exc, writes)
+            return
+        self._after_commit(writes)
+        elapsed = time.monotonic() - started
+        if elapsed > 1.0:
+            log.warning("spool commit took %.1f s (%d operations)", elapsed, len(writes))
+
+    def _after_commit(self, writes: list[_Op]) -> None:
+        if self._refusing:
+            log.warning("spool accepts writes again")
+            self._refusing = None
+        if not any(op.kind == "append" and op.error is not None for op in writes):
+            self._refusal_logged = None
+        for op in writes:
+            if op.kind == "ack":
+                self._leased.difference_update(op.args[0])
+            elif op.kind in ("release", "dead_letter"):
+                self._leased.difference_update(item.id for item in op.args[0])
+        self._refresh_counters()
+
+    def _refresh_counters(self) -> None:
+        try:
+            self._counters = self._store.counters()
+            self._oldest = self._store.oldest_received_at()
+        except sqlite3.Error as exc:
+            log.error("cannot read spool counters: %s", exc)
+
+    def _write_failed(self, exc: sqlite3.Error, writes: list[_Op]) -> None:
+        reason = _describe(exc)
+        if self._refusing != reason:
+            log.error("spool write failed, refusing new events until it recovers: %s", reason)
+        self._refusing = reason
+        for op in writes:
+            if op.error is None:
+                op.error = SpoolUnavailable(reason)
+            if op.kind != "append":
+                # the events stay in the spool; forget the lease so they are offered again
+                ids = op.args[0] if op.kind == "ack" else [i.id for i in op.args[0]]
+                self._leased.difference_update(ids)
+        # rescan from the start: events whose release failed lie behind the cursor
+        self._cursor = 0
+        try:
+            self._store.reopen()
+        except sqlite3.Error as reopen_exc:
+            log.error("cannot reopen the spool: %s", _describe(reopen_exc))
+
+    _refusal_logged: str | None = None
+
+    def _log_refusal_once(self, kind: str, message: str) -> None:
+        if self._refusal_logged != kind:
+            self._refusal_logged = kind
+            log.warning("spool refuses new events: %s", message)
+
+    def _probe(self) -> None:
+        try:
+            self._store.probe(_PROBE_BYTES)
+        except sqlite3.Error as exc:
+            self._refusing = _describe(exc)
+            with contextlib.suppress(sqlite3.Error):
+                self._store.reopen()
+            return
+        log.warning("spool accepts writes again")
+        self._refusing = None
+        self._refresh_counters()
+
+    def _lease(self, op: _Op) -> None:
+        try:
+            leased, self._cursor = self._store.lease(
+                op.args[0], self._cursor, self._leased, self._clock()
+            )
+        except sqlite3.Error as exc:
+            op.error = SpoolUnavailable(_describe(exc))
+            return
+        self._leased.update(item.id for item in leased)
+        op.result = leased
+
+    def _housekeep(self) -> None:
+        if self._dedup_window <= 0 or self._refusing:
+            return
+        try:
+            self._store.begin()
+            self._store.purge_dedup(self._clock() - self._dedup_window)
+            self._store.commit()
+        except sqlite3.Error as exc:
+            self._store.rollback()
+            log.warning("spool housekeeping failed: %s", _describe(exc))
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc)
+
+
+def _open_store(directory: Path, max_page_count: int | None) -> tuple[Store, int]:
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create spool directory {directory}: {exc.strerror}; "
+            "check spool.path and its permissions"
+        ) from None
+    lock_fd = os.open(directory / "spool.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise UserError(
+            f"spool {directory} is in use by another relay; give each relay its own spool.path"
+        ) from None
+    try:
+        store = Store(directory, max_page_count=max_page_count)
+    except sqlite3.Error as exc:
+        moved = quarantine(directory / "spool.db")
+        log.error(
+            "SPOOL QUARANTINED: %s could not be read (%s); moved to %s and started a fresh "
+            "spool. The events in it were not delivered: inspect it with sqlite3.",
+            directory / "spool.db",
+            _describe(exc),
+            moved,
+        )
+        store = Store(directory, max_page_count=max_page_count)
+    return store, lock_fd

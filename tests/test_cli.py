@@ -1,0 +1,92 @@
+"""The `relay` command as a user meets it: real subprocesses, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import SEED_EVENT, RelayProcess
+
+
+def relay(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=30,
+    )
+
+
+def post(url: str, event: dict) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        url + "/api/status", data=orjson.dumps(event), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_check_config_example_file() -> None:
+    result = relay("check-config", "--config", "relay.example.toml")
+    assert result.returncode == 0, result.stderr
+    assert "[spool]" in result.stdout
+
+
+def test_user_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[upstream]\nhots = "x"\n')
+    cases = [
+        relay("check-config", "--config", str(bad)),
+        relay("check-config", "--config", str(tmp_path / "missing.toml")),
+        relay("check-config", env={"RELAY_SPOOL__MAX_BYTES": "lots"}),
+        relay(
+            "run",
+            env={
+                "RELAY_INGEST__HTTP__AUTH_TOKEN_FILE": str(tmp_path / "nope"),
+                "RELAY_SPOOL__PATH": str(tmp_path / "spool"),
+            },
+        ),
+    ]
+    for result in cases:
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("relay: error: ")
+    assert "upstream.hots" in cases[0].stderr
+
+
+def test_spool_stats_after_kill(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    proc = RelayProcess(spool).start()
+    try:
+        assert post(proc.url, SEED_EVENT)[0] == 200
+        status, body = post(proc.url, dict(SEED_EVENT, sender="971203420"))
+        assert (status, body) == (400, b"Sender field (971203420) is not valid ISO6523 format.")
+        proc.kill()
+        proc.start()
+        env = {"RELAY_SPOOL__PATH": str(spool)}
+        result = relay("spool", "stats", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        stats = orjson.loads(result.stdout)
+        assert stats["depth"] == 1
+        assert stats["oldest_age_seconds"] >= 0
+        text = relay("spool", "stats", env=env)
+        assert "depth" in text.stdout
+    finally:
+        proc.kill()
+
+
+def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
+    proc = RelayProcess(tmp_path / "spool").start()
+    assert post(proc.url, SEED_EVENT)[0] == 200
+    assert proc.stop() == 0
+    assert "Traceback" not in proc.output()

@@ -1,0 +1,496 @@
+"""Tests for relay.event: the validation rules, the canonical encoding and the scrubbing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.event import (
+    STATUSES,
+    EventError,
+    decode,
+    encode,
+    hash_personal_number,
+    normalise,
+    parse,
+    scrub_personal_numbers,
+)
+
+# The example from the public eFormidling documentation (shared/seeds/000_cc37f8b3c237575b.txt).
+SEED = {
+    "conversation_id": "3233d263-30d0-4cd4-9e38-ff62a978d58e",
+    "receiver_org_number": "991825827",
+    "@timestamp": "2022-08-10T00:11:27.246Z",
+    "service_identifier": "DPE",
+    "sender": "0192:971203420",
+    "status": "LEVERT",
+    "orgnr": "971203420",
+    "receiver": "0192:991825827",
+    "message_id": "65f237bc-7d64-45cb-8f4d-3d81345b4668",
+    "process_identifier": "urn:no:difi:profile:einnsyn:journalpost:ver1.0",
+    "sender_org_number": "971203420",
+    "document_identifier": "urn:no:difi:einnsyn:xsd::publisering",
+}
+REQUIRED = (
+    "status",
+    "conversation_id",
+    "message_id",
+    "orgnr",
+    "process_identifier",
+    "service_identifier",
+    "sender",
+)
+PERSON = "01017012345"  # an 11-digit personal identity number (made up)
+PERSON_HASH = hashlib.sha256(PERSON.encode()).hexdigest()
+ALLOWED = ", ".join(STATUSES)
+DROP = object()  # marks a field to remove from SEED
+
+
+def event(**changes: object) -> dict:
+    """SEED with fields changed; a value of DROP removes the field. Keys may use __ for @."""
+    out = dict(SEED)
+    for key, value in changes.items():
+        key = key.replace("__", "@")
+        if value is DROP:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+VALID = [
+    pytest.param(
+        SEED,
+        {
+            "sender_org_number": "971203420",
+            "receiver_org_number": "991825827",
+            "logger_name": "STATUS",
+        },
+        id="seed",
+    ),
+    pytest.param(
+        event(sender="0192:971203420:123456789"),
+        {"sender_org_number": "971203420"},
+        id="sender-with-part-identifier",
+    ),
+    pytest.param(
+        event(receiver=PERSON, receiver_org_number=PERSON),
+        {"receiver": PERSON_HASH, "receiver_org_number": PERSON_HASH},
+        id="personal-number-receiver-hashed",
+    ),
+    pytest.param(
+        event(receiver=DROP, receiver_org_number=PERSON),
+        {"receiver_org_number": PERSON_HASH},
+        id="personal-number-receiver-org-number-hashed",
+    ),
+    pytest.param(
+        event(receiver=DROP, receiver_org_number="whatever"),
+        {"receiver_org_number": "whatever"},
+        id="receiver-org-number-passes-without-receiver",
+    ),
+    pytest.param(
+        event(receiver=PERSON_HASH, receiver_org_number=DROP),
+        {"receiver": PERSON_HASH, "receiver_org_number": PERSON_HASH},
+        id="already-hashed-receiver",
+    ),
+    pytest.param(
+        event(receiver="991825827", receiver_org_number="123"),
+        {"receiver": "991825827", "receiver_org_number": "991825827"},
+        id="bare-orgnr-receiver",
+    ),
+    pytest.param(
+        event(receiver=None, receiver_org_number=None),
+        {"receiver": None, "receiver_org_number": None},
+        id="null-receiver-kept",
+    ),
+    pytest.param(
+        event(sender_org_number="000000000"),
+        {"sender_org_number": "971203420"},
+        id="wrong-sender-org-number-overwritten",
+    ),
+    pytest.param(
+        event(receiver_org_number="000000000"),
+        {"receiver_org_number": "991825827"},
+        id="wrong-receiver-org-number-overwritten",
+    ),
+    pytest.param(event(logger_name="OTHER"), {"logger_name": "OTHER"}, id="logger-name-kept"),
+    pytest.param(event(logger_name=None), {"logger_name": "STATUS"}, id="logger-name-null"),
+    pytest.param(
+        event(direction="OUTGOING", extra={"a": [1, 2.5, None, True]}, appname="ip"),
+        {"direction": "OUTGOING", "extra": {"a": [1, 2.5, None, True]}, "appname": "ip"},
+        id="unknown-fields-pass-through",
+    ),
+    pytest.param(
+        event(message_id="65F237BC-7D64-45CB-8F4D-3D81345B4668"),
+        {"message_id": "65F237BC-7D64-45CB-8F4D-3D81345B4668"},
+        id="uppercase-uuid",
+    ),
+    pytest.param(event(status="INNKOMMENDE_LEVERT"), {"status": "INNKOMMENDE_LEVERT"}, id="status"),
+    pytest.param(event(loglevel="WARN"), {"loglevel": "WARN"}, id="loglevel-kept"),
+    pytest.param(event(process_identifier="ø"), {"process_identifier": "ø"}, id="non-ascii-text"),
+] + [
+    pytest.param(event(**{field: value}), {field.replace("__", "@"): value}, id=f"{field}={value}")
+    for field in ("__timestamp", "timestamp")
+    for value in (
+        "2022-08-10T00:11:27.246Z",
+        "2022-08-10T00:11:27",
+        "2022-08-10T00:11",
+        "2022-08-10T00:11:27.1",
+        "2022-08-10T00:11:27.123456789+02:00",
+        "2024-02-29T23:59:59-05:30",
+    )
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), VALID)
+def test_valid(raw: dict, expected: dict) -> None:
+    before = dict(raw)
+    out = normalise(raw)
+    assert raw == before, "the input must not be modified"
+    assert out is not raw
+    for key, value in expected.items():
+        assert out[key] == value, key
+    assert normalise(out) == out
+    assert parse(encode(out)) == out
+
+
+def test_seed_normalised_exactly() -> None:
+    assert normalise(SEED) == {**SEED, "logger_name": "STATUS"}
+    assert "loglevel" not in normalise(SEED)
+
+
+def test_personal_number_appears_nowhere() -> None:
+    out = normalise(event(receiver=PERSON, receiver_org_number=PERSON, sender_org_number=PERSON))
+    assert PERSON.encode() not in encode(out)
+    assert hash_personal_number(PERSON) == PERSON_HASH
+
+
+INVALID = (
+    [
+        pytest.param([SEED], "event must be a JSON object", id="array"),
+        pytest.param("x", "event must be a JSON object", id="string"),
+        pytest.param(None, "event must be a JSON object", id="null"),
+        pytest.param(
+            event(sender="971203420"),
+            "Sender field (971203420) is not valid ISO6523 format.",
+            id="sender-without-icd",
+        ),
+        pytest.param(
+            event(sender="0192:97120342"),
+            "Sender field (0192:97120342) is not valid ISO6523 format.",
+            id="sender-short",
+        ),
+        pytest.param(
+            event(sender="0192:971203420\n"),
+            "Sender field (0192:971203420 ) is not valid ISO6523 format.",
+            id="sender-trailing-newline",
+        ),
+        pytest.param(
+            event(sender="0192:٩٧١٢٠٣٤٢٠"),
+            "Sender field (0192:٩٧١٢٠٣٤٢٠) is not valid ISO6523 format.",
+            id="sender-non-ascii-digits",
+        ),
+        pytest.param(
+            event(message_id="65f237bc-7d64-45cb-8f4d-3d81345b466"),
+            "message_id and conversation_id must be of type UUID",
+            id="message-id-short",
+        ),
+        pytest.param(
+            event(conversation_id="not-a-uuid"),
+            "message_id and conversation_id must be of type UUID",
+            id="conversation-id-bad",
+        ),
+        pytest.param(
+            event(message_id="65f237bc7d6445cb8f4d3d81345b4668"),
+            "message_id and conversation_id must be of type UUID",
+            id="message-id-no-dashes",
+        ),
+        pytest.param(
+            event(status="DELIVERED"),
+            f"status 'DELIVERED' is not one of {ALLOWED}",
+            id="unknown-status",
+        ),
+        pytest.param(
+            event(status="levert"),
+            f"status 'levert' is not one of {ALLOWED}",
+            id="lowercase-status",
+        ),
+        pytest.param(event(status=3), "status must be a string", id="status-number"),
+        pytest.param(event(orgnr="97120342"), "orgnr (97120342) must be 9 digits", id="orgnr-8"),
+        pytest.param(
+            event(orgnr="9712034200"), "orgnr (9712034200) must be 9 digits", id="orgnr-10"
+        ),
+        pytest.param(
+            event(orgnr="97120342x"), "orgnr (97120342x) must be 9 digits", id="orgnr-letter"
+        ),
+        pytest.param(
+            event(receiver="0192:99182582"),
+            "Receiver field (0192:99182582) is not valid ISO6523 format.",
+            id="receiver-bad",
+        ),
+        pytest.param(event(receiver=991825827), "receiver must be a string", id="receiver-number"),
+        pytest.param(
+            event(receiver=DROP, receiver_org_number=int(PERSON)),
+            "receiver_org_number must be a string",
+            id="receiver-org-number-number",
+        ),
+        pytest.param(event(logger_name=1), "logger_name must be a string", id="logger-name-number"),
+        pytest.param(
+            event(big=2**64), "big holds an integer outside the 64-bit range", id="huge-int"
+        ),
+        pytest.param(event(x=[float("nan")]), "x holds a number that is not finite", id="nan"),
+        pytest.param(event(x=(1,)), "x holds a value that is not JSON (tuple)", id="tuple"),
+        pytest.param(
+            event(x="\ud800"), "x contains a lone surrogate (not valid text)", id="surrogate"
+        ),
+        pytest.param({**SEED, 1: "x"}, "event keys must be strings", id="int-key"),
+    ]
+    + [
+        pytest.param(event(**{field: DROP}), f"{field} is required", id=f"missing-{field}")
+        for field in REQUIRED
+    ]
+    + [
+        pytest.param(event(**{field: ""}), f"{field} is required", id=f"empty-{field}")
+        for field in REQUIRED
+    ]
+    + [
+        pytest.param(event(**{field: None}), f"{field} is required", id=f"null-{field}")
+        for field in REQUIRED
+    ]
+    + [
+        pytest.param(
+            event(**{field: value}),
+            f"{field.replace('__', '@')} ({value}) is not an ISO 8601 date-time",
+            id=f"{field}={value}",
+        )
+        for field in ("__timestamp", "timestamp")
+        for value in (
+            "",
+            "yesterday",
+            "2022-08-10",
+            "2022-08-10 00:11:27",
+            "2022-02-30T00:00:00",
+            "2022-08-10T24:00:00",
+            "2022-08-10T00:11:27.1234567890",
+            "2022-08-10T00:11:27+0200",
+            "2022-08-10T00:11:27+24:00",
+            "2022-08-10T00:11.5",
+            "20220810T001127",
+        )
+    ]
+)
+
+
+@pytest.mark.parametrize(("raw", "message"), INVALID)
+def test_invalid(raw: object, message: str) -> None:
+    with pytest.raises(EventError) as info:
+        normalise(raw)
+    assert str(info.value) == message
+
+
+def test_timestamp_not_a_string() -> None:
+    with pytest.raises(EventError, match=r"^timestamp must be a string$"):
+        normalise(event(timestamp=1660090287))
+
+
+def test_checks_run_in_order() -> None:
+    with pytest.raises(EventError, match="^sender is required$"):
+        normalise(event(status="NOPE", sender=DROP))
+    with pytest.raises(EventError, match="^status 'NOPE'"):
+        normalise(event(status="NOPE", message_id="x"))
+    with pytest.raises(EventError, match="UUID"):
+        normalise(event(message_id="x", orgnr="1"))
+
+
+def test_error_messages_one_line_short_and_scrubbed() -> None:
+    value = PERSON + "\n" + "x" * 500
+    with pytest.raises(EventError) as info:
+        normalise(event(orgnr=value))
+    text = str(info.value)
+    assert "\n" not in text
+    assert PERSON not in text
+    assert PERSON_HASH in text
+    assert len(text) <= 100 + len("orgnr () must be 9 digits")
+
+
+def test_error_messages_never_show_part_of_a_cut_personal_number() -> None:
+    with pytest.raises(EventError) as info:
+        normalise(event(orgnr="x" * 94 + PERSON))
+    assert "0101" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"   ", b"{", b"\xff\xfe", b'{"a": 1}x', b"\x00", b"NaN", b"[" * 2000, "\ud800"],
+)
+def test_decode_rejects(raw: bytes | str) -> None:
+    with pytest.raises(EventError, match=r"^body is not valid JSON: \S"):
+        decode(raw)
+
+
+def test_decode_accepts_bytes_and_str() -> None:
+    assert decode(orjson.dumps(SEED)) == SEED
+    assert decode(orjson.dumps(SEED).decode()) == SEED
+    assert parse(orjson.dumps(SEED)) == normalise(SEED)
+
+
+def test_parse_rejects_too_deep_for_encode() -> None:
+    # orjson decodes up to 1024 levels but encodes at most 254, so normalise must refuse.
+    raw = b'{"deep":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    with pytest.raises(EventError, match="nested"):
+        parse(orjson.dumps(SEED)[:-1] + b"," + raw[1:])
+
+
+def test_encode_is_canonical() -> None:
+    shuffled = dict(reversed(list(normalise(SEED).items())))
+    assert encode(normalise(SEED)) == encode(normalise(shuffled))
+    raw = encode(normalise(SEED))
+    assert b" " not in raw and b"\n" not in raw
+    assert list(orjson.loads(raw)) == sorted(orjson.loads(raw))
+
+
+def test_encode_rejects_only_with_event_error() -> None:
+    with pytest.raises(EventError):
+        encode({"a": 2**70})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (PERSON, PERSON_HASH),
+        (f"to {PERSON}.", f"to {PERSON_HASH}."),
+        (f"{PERSON},{PERSON}", f"{PERSON_HASH},{PERSON_HASH}"),
+        (f"a{PERSON}b", f"a{PERSON_HASH}b"),
+        ("971203420", "971203420"),
+        ("0192:971203420", "0192:971203420"),
+        ("123456789012", "123456789012"),
+        ("1234567890123", "1234567890123"),
+        ("1234567890", "1234567890"),
+        ("", ""),
+    ],
+)
+def test_scrub_personal_numbers(text: str, expected: str) -> None:
+    assert scrub_personal_numbers(text) == expected
+
+
+# --- properties -------------------------------------------------------------------------
+
+FAST = settings(max_examples=300, deadline=None, database=None)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63, max_value=2**80)
+    | st.floats()
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+# Digit strings via integers: much faster to generate than st.from_regex, and zero-padded.
+digits9 = st.integers(0, 10**9 - 1).map("{:09d}".format)
+digits11 = st.integers(0, 10**11 - 1).map("{:011d}".format)
+uuids = st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper())
+senders = st.builds(
+    lambda icd, org, part: f"{icd}:{org}{part}",
+    st.integers(0, 9999).map("{:04d}".format),
+    digits9,
+    st.sampled_from(["", ":"]) | digits9.map(lambda p: ":" + p),
+)
+receivers = senders | digits9 | digits11 | st.binary(min_size=32, max_size=32).map(bytes.hex)
+timestamps = st.builds(
+    lambda dt, digits, zone: dt.isoformat(timespec="seconds") + digits + zone,
+    st.datetimes(),
+    st.sampled_from(["", ".1", ".246", ".123456", ".123456789"]),
+    st.sampled_from(["", "Z", "+02:00", "-11:30"]),
+)
+optional = {
+    "receiver": receivers | st.none(),
+    "receiver_org_number": st.text() | st.none() | digits11,
+    "sender_org_number": st.text(),
+    "@timestamp": timestamps,
+    "timestamp": timestamps,
+    "logger_name": st.text(),
+    "document_identifier": st.text(),
+    "direction": st.sampled_from(["OUTGOING", "INCOMING"]),
+}
+valid_events = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(STATUSES),
+        "conversation_id": uuids,
+        "message_id": uuids,
+        "orgnr": digits9,
+        "process_identifier": st.text(min_size=1),
+        "service_identifier": st.sampled_from(["DPO", "DPV", "DPI", "DPF", "DPE", "DPH", "X"]),
+        "sender": senders,
+    },
+    optional=optional,
+)
+
+
+def normalise_or_error(value: object) -> dict | None:
+    try:
+        out = normalise(value)
+    except EventError as err:
+        assert "\n" not in str(err) and "\r" not in str(err)
+        return None
+    assert isinstance(out, dict)
+    encode(out)  # a normalised event always encodes
+    return out
+
+
+def parse_or_error(raw: bytes | str) -> None:
+    try:
+        out = parse(raw)
+    except EventError as err:
+        assert "\n" not in str(err)
+        return
+    assert isinstance(out, dict)
+    encode(out)
+
+
+@FAST
+@given(json_values)
+def test_normalise_and_parse_any_json_value(value: object) -> None:
+    normalise_or_error(value)
+    try:
+        raw = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return  # e.g. a huge int: no JSON document to parse
+    parse_or_error(raw)
+
+
+@settings(FAST, max_examples=150)
+@given(st.dictionaries(st.text(max_size=20), json_values, max_size=4))
+def test_normalise_valid_event_with_any_extra_fields(extra: dict) -> None:
+    normalise_or_error({**extra, **SEED} if len(extra) % 2 else {**SEED, **extra})
+
+
+@FAST
+@given(st.binary() | st.text() | st.text(st.characters() | st.characters(categories=["Cs"])))
+def test_parse_any_input(raw: bytes | str) -> None:
+    parse_or_error(raw)
+
+
+@FAST
+@given(valid_events)
+def test_valid_events(raw: dict) -> None:
+    out = normalise(raw)
+    assert normalise(out) == out
+    assert encode(normalise(dict(reversed(list(raw.items()))))) == encode(out)
+    assert parse(encode(out)) == out
+    assert out["sender_org_number"] == raw["sender"][5:14]
+    data = encode(out)
+    receiver = raw.get("receiver")
+    # receiver_org_number is only taken as given when there is no receiver to derive it from.
+    for value in (receiver, raw.get("receiver_org_number") if receiver is None else None):
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{11}", value):
+            assert hash_personal_number(value).encode() in data
+            assert value.encode() not in data
