@@ -12,9 +12,17 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/relay run --config relay.example.toml
+	$(BIN)/relay demo
 
-test: $(STAMP) lint
+NODE_STAMP := tests/node/node_modules/.installed
+
+# the independent RSocket peer (rsocket-js); without npm its tests skip and say why
+$(NODE_STAMP): tests/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/node --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
+	else echo "npm not found: the rsocket-js interoperability tests will be skipped"; fi
+
+test: $(STAMP) $(NODE_STAMP) lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

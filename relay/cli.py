@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 
@@ -51,6 +53,29 @@ def _parser() -> argparse.ArgumentParser:
 
     command("run", _run, "run the relay until SIGTERM or SIGINT")
     command("check-config", _check_config, "validate the configuration and print it")
+    token = command(
+        "token", _token, "fetch a Maskinporten token with the configured credentials and show it"
+    )
+    token.add_argument("--raw", action="store_true", help="also print the access token itself")
+    demo = sub.add_parser(
+        "demo",
+        help="run the stand-ins and a relay wired to them (what `make run` runs)",
+        description="Start Maskinporten and status-service stand-ins and a relay wired to them.",
+    )
+    demo.add_argument("--listen", default="127.0.0.1:8080", help="the relay's HTTP address")
+    demo.set_defaults(func=_demo)
+    dev = sub.add_parser(
+        "dev-upstream",
+        help="run the Maskinporten and status-service stand-ins",
+        description="Stand-ins for development and tests; writes DATA/relay.toml for a relay.",
+    )
+    dev.add_argument("--data", default="./dev-upstream", help="folder for PKI and received events")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--rsocket-port", type=int, default=7070)
+    dev.add_argument("--http-port", type=int, default=8090)
+    dev.add_argument("--maskinporten-port", type=int, default=8091)
+    dev.add_argument("--token-lifetime", type=float, default=120.0, help="seconds (120)")
+    dev.set_defaults(func=_dev_upstream)
 
     spool = sub.add_parser("spool", help="inspect the spool", description="inspect the spool")
     spool_sub = spool.add_subparsers(dest="spool_command", required=True, metavar="COMMAND")
@@ -60,6 +85,29 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--config", metavar="FILE", help="TOML configuration file")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=_spool_stats)
+
+    dlq = sub.add_parser(
+        "dlq",
+        help="dead letters: list, replay, purge",
+        description="Events the upstream refused for good, and input that was never valid.",
+    )
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    dlq_list = dlq_sub.add_parser("list", help="list dead letters")
+    dlq_list.add_argument("--json", action="store_true", help="print JSON, with the events")
+    dlq_list.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
+    dlq_list.set_defaults(func=_dlq_list)
+    replay = dlq_sub.add_parser("replay", help="put dead letters back into the spool")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, action="append", dest="ids", help="a dead letter's id")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    replay.set_defaults(func=_dlq_replay)
+    purge = dlq_sub.add_parser("purge", help="delete old dead letters")
+    purge.add_argument(
+        "--older-than", required=True, metavar="AGE", help='e.g. "30d": dead for longer than this'
+    )
+    purge.set_defaults(func=_dlq_purge)
+    for p in (dlq_list, replay, purge):
+        p.add_argument("--config", metavar="FILE", help="TOML configuration file")
     return parser
 
 
@@ -117,4 +165,116 @@ def _spool_stats(args: argparse.Namespace) -> int:
         if key == "quarantined":
             value = ", ".join(value) if value else "none"
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _dlq_call(args: argparse.Namespace, func, *rest):
+    cfg = _config(args)
+    try:
+        return func(cfg.spool.path, *rest)
+    except FileNotFoundError as exc:
+        raise UserError(f"{exc}; check spool.path") from None
+    except sqlite3.Error as exc:
+        raise UserError(f"cannot use the spool in {cfg.spool.path}: {exc}") from None
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    from relay.spool import list_dead_letters
+
+    records = _dlq_call(args, list_dead_letters, args.limit)
+    if args.json:
+        out = []
+        for r in records:
+            item = {k: getattr(r, k) for k in r.__slots__ if k != "body"}
+            item["event"] = r.body.decode("utf-8", "replace")
+            out.append(item)
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not records:
+        print("no dead letters")
+        return 0
+    print(f"{'id':>6}  {'dead since':<20}  {'reason':<9} {'source':<8} {'tries':>5}  last error")
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.dead_at))
+        error = (r.last_error or "")[:80]
+        print(f"{r.id:>6}  {when:<20}  {r.reason:<9} {r.source:<8} {r.attempts:>5}  {error}")
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    from relay import event
+    from relay.spool import replay_dead_letters
+
+    def prepare(body: bytes) -> bytes:
+        # raw input that never was a valid event would only be refused again upstream
+        return event.encode(event.normalise(event.decode(body)))
+
+    replayed, skipped = _dlq_call(
+        args, replay_dead_letters, None if args.all else args.ids, prepare
+    )
+    for dl_id, why in skipped.items():
+        print(f"dead letter {dl_id} left in place: {why}", file=sys.stderr)
+    print(f"replayed {len(replayed)} dead letter(s) into the spool")
+    return 1 if skipped and not replayed else 0
+
+
+def _dlq_purge(args: argparse.Namespace) -> int:
+    from relay.config import parse_duration
+    from relay.spool import purge_dead_letters
+
+    age = parse_duration(args.older_than, "--older-than")
+    print(f"purged {_dlq_call(args, purge_dead_letters, age)} dead letter(s)")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from relay.auth.inspect import fetch_and_describe
+
+    cfg = _config(args)
+    print(asyncio.run(fetch_and_describe(cfg.maskinporten, raw=args.raw)))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from relay.dev.demo import run_demo
+    from relay.logs import setup_logging
+
+    setup_logging("info", "text")
+    try:
+        asyncio.run(run_demo(args.listen))
+    except OSError as exc:
+        raise UserError(f"cannot start the demo: {exc.strerror or exc}") from None
+    return 0
+
+
+def _dev_upstream(args: argparse.Namespace) -> int:
+    from relay.dev.upstream import DevUpstream
+    from relay.logs import setup_logging
+
+    setup_logging("info", "text")
+
+    async def run() -> None:
+        upstream = DevUpstream(Path(args.data), host=args.host, token_lifetime=args.token_lifetime)
+        try:
+            a = await upstream.start(
+                rsocket_port=args.rsocket_port,
+                http_port=args.http_port,
+                maskinporten_port=args.maskinporten_port,
+            )
+        except OSError as exc:
+            await upstream.close()
+            raise UserError(f"cannot listen: {exc.strerror or exc}; choose other ports") from None
+        print(
+            f"READY rsocket={a.host}:{a.rsocket_port} http={a.status_url} "
+            f"maskinporten={a.maskinporten_url} config={Path(args.data) / 'relay.toml'}",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await upstream.close()
+
+    asyncio.run(run())
     return 0

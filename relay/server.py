@@ -1,4 +1,4 @@
-"""The running relay: the spool, the sources that feed it, and the ops endpoints, wired together."""
+"""The running relay: the spool, the sources that feed it, delivery, and the ops endpoints."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 from aiohttp import web
 
 from relay.config import Config, parse_listen
+from relay.delivery.setup import DeliveryParts, build_delivery, load_delivery_credentials
 from relay.errors import UserError
 from relay.ops import health
 from relay.sources.http import HttpSource, read_auth_token
@@ -36,50 +37,66 @@ def build_app(cfg: Config, spool: Spool, auth_token: str | None = None) -> web.A
     return app
 
 
-async def serve(cfg: Config) -> None:
-    """Run until SIGTERM or SIGINT; what was not delivered stays in the spool."""
+async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or `stop` is set); undelivered events stay in the spool."""
     # everything a user can get wrong is checked before the spool is opened
     auth_token = read_auth_token(cfg.ingest.http.auth_token_file)
     host, port = parse_listen(cfg.ingest.http.listen, "ingest.http.listen")
+    creds = load_delivery_credentials(cfg)
+
     spool = await SqliteSpool.open(
         cfg.spool.path, max_bytes=cfg.spool.max_bytes, dedup_window=cfg.spool.dedup_window
     )
     runner: web.AppRunner | None = None
+    delivery: DeliveryParts | None = None
     started = False
     try:
-        app = build_app(cfg, spool, auth_token)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        runner = web.AppRunner(
+            build_app(cfg, spool, auth_token), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
         try:
-            await site.start()
+            await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             raise UserError(
                 f"cannot listen on {cfg.ingest.http.listen} (ingest.http.listen): "
                 f"{exc.strerror}; choose a free address"
             ) from None
-        stats = spool.stats()
-        log.info(
-            "relay ready: http on %s, spool %s (%d events, %d bytes queued, %d dead letters)",
-            cfg.ingest.http.listen,
-            cfg.spool.path,
-            stats.events,
-            stats.bytes,
-            stats.dead_letters,
-        )
-        if stats.quarantined:
-            log.error(
-                "spool has %d quarantined file(s): %s", len(stats.quarantined), stats.quarantined
-            )
+        _log_ready(cfg, spool)
+        if creds is not None:
+            delivery = build_delivery(cfg, spool, creds)
+            await delivery.start()
+            log.info("delivering to %s over %s", _upstream_address(cfg), cfg.upstream.transport)
         started = True
-        await _until_signalled()
+        await (stop.wait() if stop is not None else _until_signalled())
         log.info("shutting down: no longer accepting events")
     finally:
         if runner is not None:
             await runner.cleanup()
+        if delivery is not None:
+            await delivery.stop(_SHUTDOWN_TIMEOUT)
         await spool.close()
         if started:
             log.info("stopped; undelivered events stay in the spool")
+
+
+def _log_ready(cfg: Config, spool: Spool) -> None:
+    stats = spool.stats()
+    log.info(
+        "relay ready: http on %s, spool %s (%d events, %d bytes queued, %d dead letters)",
+        cfg.ingest.http.listen,
+        cfg.spool.path,
+        stats.events,
+        stats.bytes,
+        stats.dead_letters,
+    )
+    if stats.quarantined:
+        log.error("spool has %d quarantined file(s): %s", len(stats.quarantined), stats.quarantined)
+
+
+def _upstream_address(cfg: Config) -> str:
+    up = cfg.upstream
+    return f"{up.host}:{up.port}" if up.transport == "rsocket" else up.http_url
 
 
 async def _until_signalled() -> None:

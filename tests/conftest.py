@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
 SEED_EVENT = {
@@ -46,7 +47,10 @@ def free_port() -> int:
 class RelayProcess:
     """`python -m relay run` as a real subprocess, configured through environment variables."""
 
-    def __init__(self, spool: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, spool: Path, env: dict[str, str] | None = None, config: Path | None = None
+    ) -> None:
+        self.config = config
         self.port = free_port()
         self.spool = spool
         self.url = f"http://127.0.0.1:{self.port}"
@@ -61,9 +65,10 @@ class RelayProcess:
 
     def start(self, timeout: float = 20.0) -> RelayProcess:
         logf = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run"], env=self.env, stdout=logf, stderr=logf
-        )
+        args = [sys.executable, "-m", "relay", "run"]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        self.proc = subprocess.Popen(args, env=self.env, stdout=logf, stderr=logf)
         logf.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,12 +97,92 @@ class RelayProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+class UpstreamProcess:
+    """`relay dev-upstream` as a real subprocess: the Maskinporten and status-service stand-ins.
+
+    A restart keeps the ports and the PKI, so a running relay can reconnect to it."""
+
+    def __init__(self, data: Path, token_lifetime: float = 120.0) -> None:
+        self.data = data
+        self.token_lifetime = token_lifetime
+        self.ports = {"rsocket": 0, "http": 0, "maskinporten": 0}
+        self.proc: subprocess.Popen | None = None
+        self.config = data / "relay.toml"
+
+    def start(self, timeout: float = 30.0) -> UpstreamProcess:
+        args = [sys.executable, "-m", "relay", "dev-upstream", "--data", str(self.data)]
+        args += ["--token-lifetime", str(self.token_lifetime)]
+        for name, port in self.ports.items():
+            args += [f"--{name}-port", str(port)]
+        log = open(self.data.parent / f"upstream-{self.data.name}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("READY"):
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                raise RuntimeError(f"dev-upstream exited with {self.proc.returncode}")
+        fields = dict(part.split("=", 1) for part in line.split()[1:])
+        self.ports["rsocket"] = int(fields["rsocket"].rsplit(":", 1)[1])
+        self.ports["http"] = int(fields["http"].rsplit(":", 1)[1])
+        self.ports["maskinporten"] = int(fields["maskinporten"].rsplit(":", 1)[1])
+        self.status_url = fields["http"]
+        self.maskinporten_url = fields["maskinporten"]
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def get(self, url: str):
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return orjson.loads(r.read())
+
+    def post(self, url: str, payload: dict):
+        req = urllib.request.Request(url, data=orjson.dumps(payload), method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return orjson.loads(r.read())
+
+    def stats(self) -> dict:
+        return self.get(self.status_url + "/api/stats")
+
+    def statuses(self, limit: int = 100_000) -> list[dict]:
+        return self.get(f"{self.status_url}/api/statuses?limit={limit}")
+
+    def faults(self, **changes) -> dict:
+        return self.post(self.status_url + "/admin/faults", changes)
+
+    def maskinporten_faults(self, **changes) -> dict:
+        return self.post(self.maskinporten_url + "/admin/faults", changes)
+
+    def tokens_issued(self) -> int:
+        return self.get(self.maskinporten_url + "/admin/stats")["issued"]
+
+
+@pytest.fixture
+def upstream_factory(tmp_path: Path):
+    started: list[UpstreamProcess] = []
+
+    def factory(name: str = "upstream", token_lifetime: float = 120.0) -> UpstreamProcess:
+        up = UpstreamProcess(tmp_path / name, token_lifetime)
+        started.append(up)
+        return up.start()
+
+    yield factory
+    for up in started:
+        up.kill()
+
+
 @pytest.fixture
 def relay_factory(tmp_path: Path):
     started: list[RelayProcess] = []
 
-    def factory(spool: Path | None = None, env: dict[str, str] | None = None) -> RelayProcess:
-        relay = RelayProcess(spool or tmp_path / "spool", env)
+    def factory(
+        spool: Path | None = None, env: dict[str, str] | None = None, config: Path | None = None
+    ) -> RelayProcess:
+        relay = RelayProcess(spool or tmp_path / "spool", env, config)
         started.append(relay)
         return relay
 

@@ -1,5 +1,11 @@
 """The durable spool between sources and delivery. Only this package touches SQLite."""
 
+from relay.spool.dead_letters import (
+    DeadLetterRecord,
+    list_dead_letters,
+    purge_dead_letters,
+    replay_dead_letters,
+)
 from relay.spool.inspect import read_stats
 from relay.spool.sqlite import SqliteSpool
 from relay.spool.types import (
@@ -19,6 +25,7 @@ from relay.spool.types import (
 __all__ = [
     "AppendResult",
     "DeadLetter",
+    "DeadLetterRecord",
     "Incoming",
     "Leased",
     "Reject",
@@ -29,5 +36,8 @@ __all__ = [
     "SpoolStats",
     "SpoolUnavailable",
     "SqliteSpool",
+    "list_dead_letters",
+    "purge_dead_letters",
     "read_stats",
+    "replay_dead_letters",
 ]

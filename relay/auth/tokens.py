@@ -1,0 +1,366 @@
+"""Maskinporten access tokens: one request (:func:`request_token`) and a refreshing cache.
+
+:class:`TokenProvider` keeps one token in memory and renews it in the background before it
+expires, so that in steady state :meth:`TokenProvider.token` never waits for the network.
+Only the background task talks to the token endpoint, which is what makes concurrent callers
+on a cold provider share one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+from relay.auth.credentials import Credentials
+from relay.auth.grant import GRANT_TYPE, make_assertion
+from relay.config.model import MaskinportenConfig
+
+__all__ = [
+    "OAuthError",
+    "TokenEndpointError",
+    "TokenHttpError",
+    "TokenNetworkError",
+    "TokenProvider",
+    "TokenResponse",
+    "refresh_margin",
+    "request_token",
+]
+
+log = logging.getLogger("relay.auth")
+
+DEFAULT_REQUEST_TIMEOUT = 10.0
+# The most of an error answer that goes into a log line; Maskinporten's descriptions are short.
+_MAX_DESCRIPTION = 300
+
+
+class TokenEndpointError(Exception):
+    """A failed token request; ``str()`` is one line without secrets, fit for a log."""
+
+    kind = "http_error"  # the TokenProvider.fetches key this failure counts under
+
+
+class OAuthError(TokenEndpointError):
+    """The token endpoint's JSON error answer, e.g. ``invalid_client``."""
+
+    kind = "oauth_error"
+
+    def __init__(self, error: str, description: str, status: int) -> None:
+        self.error = error
+        self.description = description
+        self.status = status
+        super().__init__(f"{error}: {description}" if description else error)
+
+
+class TokenHttpError(TokenEndpointError):
+    """An HTTP answer that is neither a token nor an OAuth error (a 503 page, bad JSON)."""
+
+    kind = "http_error"
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class TokenNetworkError(TokenEndpointError):
+    """The token endpoint could not be reached, or did not answer in time."""
+
+    kind = "network_error"
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    access_token: str = field(repr=False)
+    expires_in: float
+    scope: str
+    token_type: str
+
+
+def refresh_margin(lifetime: float) -> float:
+    """How long before expiry to renew: 30 s for 120 s tokens, half of a very short one."""
+    return max(0.25 * lifetime, min(30.0, 0.5 * lifetime))
+
+
+async def request_token(
+    session: aiohttp.ClientSession,
+    cfg: MaskinportenConfig,
+    creds: Credentials,
+    *,
+    timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    now: float | None = None,
+) -> TokenResponse:
+    """One grant, one POST; raises a :class:`TokenEndpointError` subclass on any failure."""
+    assertion = make_assertion(
+        creds, client_id=cfg.client_id, audience=cfg.audience, scope=cfg.scope, now=now
+    )
+    try:
+        async with session.post(
+            cfg.token_url,
+            data={"grant_type": GRANT_TYPE, "assertion": assertion},
+            headers={"Accept": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as resp:
+            status = resp.status
+            body = await resp.read()
+    except TimeoutError:
+        raise TokenNetworkError(
+            f"cannot reach token endpoint {cfg.token_url}: no answer within {timeout:g} s"
+        ) from None
+    except (aiohttp.ClientError, OSError) as e:
+        reason = _one_line(str(e)) or type(e).__name__
+        raise TokenNetworkError(f"cannot reach token endpoint {cfg.token_url}: {reason}") from None
+
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        # an endpoint that echoed the grant back must not get it into a log line
+        description = str(answer.get("error_description") or "").replace(assertion, "<grant>")
+        raise OAuthError(_one_line(answer["error"]), _one_line(description), status)
+    if status != 200:
+        raise TokenHttpError(f"token endpoint {cfg.token_url} answered HTTP {status}", status)
+    if not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
+        raise TokenHttpError(
+            f"token endpoint {cfg.token_url} answered HTTP 200 without an access_token", status
+        )
+    expires_in = answer.get("expires_in")
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
+        raise TokenHttpError(
+            f"token endpoint {cfg.token_url} answered HTTP 200 without a positive expires_in",
+            status,
+        )
+    return TokenResponse(
+        access_token=answer["access_token"],
+        expires_in=float(expires_in),
+        scope=str(answer.get("scope") or cfg.scope),
+        token_type=str(answer.get("token_type") or "Bearer"),
+    )
+
+
+class TokenProvider:
+    """A Maskinporten access token kept fresh in the background; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: MaskinportenConfig,
+        creds: Credentials,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> None:
+        self._cfg = cfg
+        self._creds = creds
+        self._session = session
+        self._own_session = session is None
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._clock = clock
+        self._request_timeout = request_timeout
+        self.fetches: dict[str, int] = {
+            "ok": 0,
+            "oauth_error": 0,
+            "http_error": 0,
+            "network_error": 0,
+        }
+        self.last_error: str | None = None
+        self._token: str | None = None
+        self._lifetime = 0.0
+        self._expires_at = 0.0
+        self._refresh_at = 0.0
+        # set (and replaced) whenever a new token arrives or the provider closes
+        self._new_token = asyncio.Event()
+        # interrupts the refresher's wait for the next scheduled refresh
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._logged_error: str | None = None
+        self._got_first = False
+        # consecutive refusals of fresh tokens by the upstream; spaces out the refetches
+        self._invalidations = 0
+        self._not_before = 0.0
+
+    async def start(self) -> None:
+        """Start the background refresher; returns without waiting for a token."""
+        if self._closed:
+            raise RuntimeError("TokenProvider is closed")
+        if self._task is not None:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        self._task = asyncio.create_task(self._run(), name="relay.auth token refresher")
+
+    async def token(self) -> str:
+        """A valid access token; waits (without limit) only while there is none."""
+        while True:
+            if self._closed:
+                raise RuntimeError("TokenProvider is closed")
+            token = self._usable_token()
+            if token is not None:
+                return token
+            if self._task is None:
+                await self.start()
+            await self._new_token.wait()
+
+    def invalidate(self, token: str) -> None:
+        """The upstream refused `token`: if it is the current one, drop it and fetch anew."""
+        if self._closed or token != self._token:
+            return  # an older token, already replaced
+        self._token = None
+        self._invalidations += 1
+        if self._invalidations == 1:
+            log.info("the upstream refused the access token; fetching a new one")
+            self._not_before = 0.0
+        else:
+            if self._invalidations == 2:
+                log.warning(
+                    "the upstream refused a freshly fetched access token too; check that "
+                    "maskinporten.scope %r is what the upstream expects",
+                    self._cfg.scope,
+                )
+            # without this, an upstream refusing every token would have us hammer Maskinporten
+            self._not_before = self._clock() + self._backoff(self._invalidations - 1)
+        self._wake.set()
+
+    def expires_in(self) -> float | None:
+        """Seconds left on the current token; None when there is none."""
+        if self._token is None:
+            return None
+        return max(0.0, self._expires_at - self._clock())
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._token = None
+        self._announce()
+
+    def _usable_token(self) -> str | None:
+        if self._token is None:
+            return None
+        # a token about to expire could lapse on its way to the upstream
+        leeway = min(1.0, 0.1 * self._lifetime)
+        if self._expires_at - self._clock() <= leeway:
+            return None
+        return self._token
+
+    def _announce(self) -> None:
+        """Wake every token() caller waiting for a new token."""
+        event, self._new_token = self._new_token, asyncio.Event()
+        event.set()
+
+    def _backoff(self, failures: int) -> float:
+        # full jitter: many relays restarted together do not hit the endpoint in step
+        ceiling = min(self._max_backoff, self._initial_backoff * 2 ** min(failures - 1, 40))
+        return random.uniform(0, ceiling)
+
+    def _delay(self) -> float:
+        """Seconds until the next fetch is due; zero or less means now."""
+        now = self._clock()
+        if self._token is None:
+            return self._not_before - now
+        return self._refresh_at - now
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            self._wake.clear()
+            delay = self._delay()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                continue
+            if await self._attempt():
+                failures = 0
+            else:
+                failures += 1
+                await asyncio.sleep(self._backoff(failures))
+
+    async def _attempt(self) -> bool:
+        assert self._session is not None
+        scheduled = self._token is not None
+        sent_at = self._clock()
+        try:
+            resp = await request_token(
+                self._session,
+                self._cfg,
+                self._creds,
+                timeout=self._request_timeout,
+                now=sent_at,
+            )
+        except OAuthError as e:
+            self.fetches[e.kind] += 1
+            self._failed(str(e), f"Maskinporten refused the grant for {self._cfg.client_id}: {e}")
+            return False
+        except TokenEndpointError as e:
+            self.fetches[e.kind] += 1
+            self._failed(str(e), str(e), level=logging.WARNING)
+            return False
+        except Exception as e:
+            # a bug, not the endpoint; keep the refresher alive and say so once
+            message = f"unexpected {type(e).__name__} while fetching an access token"
+            self._failed(message, message, exc_info=True)
+            return False
+
+        # expires_in is counted from when the request left, so the token never outlives it
+        self._token = resp.access_token
+        self._lifetime = resp.expires_in
+        self._expires_at = sent_at + resp.expires_in
+        self._refresh_at = self._expires_at - refresh_margin(resp.expires_in)
+        self.fetches["ok"] += 1
+        self.last_error = None
+        if scheduled:
+            self._invalidations = 0
+        if self._logged_error is not None:
+            log.info("token endpoint recovered; got a new access token for %s", self._cfg.client_id)
+            self._logged_error = None
+        if not self._got_first:
+            self._got_first = True
+            log.info(
+                "got access token for %s, scope %s, expires in %d s",
+                self._cfg.client_id,
+                resp.scope,
+                resp.expires_in,
+            )
+        else:
+            log.debug("refreshed access token, expires in %d s", resp.expires_in)
+        self._announce()
+        return True
+
+    def _failed(
+        self, error: str, message: str, *, level: int = logging.ERROR, exc_info: bool = False
+    ) -> None:
+        self.last_error = error
+        if error == self._logged_error:
+            return  # said already; the retries continue quietly
+        self._logged_error = error
+        remaining = self.expires_in()
+        still = (
+            f"; the current token is valid for {remaining:.0f} s more"
+            if self._usable_token() is not None and remaining is not None
+            else ""
+        )
+        log.log(level, "%s (retrying%s)", message, still, exc_info=exc_info)
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _MAX_DESCRIPTION else flat[: _MAX_DESCRIPTION - 3] + "..."

@@ -1,0 +1,1 @@
+"""Delivery: take events from the spool and send them to the status service (the sinks)."""

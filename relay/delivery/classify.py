@@ -1,0 +1,69 @@
+"""Mapping upstream failures to what the delivery loop does with the events."""
+
+from __future__ import annotations
+
+import re
+
+from rsocket.error_codes import ErrorCode
+from rsocket.exceptions import RSocketProtocolError
+
+from relay.delivery.outcome import Outcome, Verdict
+from relay.delivery.rsocket_connection import ConnectionLost
+
+# Spring Security answers a refused bearer with an APPLICATION_ERROR such as "Access Denied" or
+# "Invalid bearer token"; those are the token's fault, not the event's.
+_TOKEN_REFUSED = re.compile(
+    r"access denied|unauthori[sz]ed|unauthenticated|invalid[_ ]token|bearer|\bjwt\b|"
+    r"token (?:is )?(?:expired|invalid|refused)|expired token",
+    re.IGNORECASE,
+)
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def token_refused(text: str) -> bool:
+    return bool(_TOKEN_REFUSED.search(text))
+
+
+def classify_rsocket_error(exc: BaseException) -> Outcome:
+    if isinstance(exc, ConnectionLost):
+        return Outcome(Verdict.RETRY, "connection", one_line(str(exc)), connection_lost=True)
+    if isinstance(exc, TimeoutError):
+        return Outcome(Verdict.RETRY, "timeout", "no answer within upstream.request_timeout")
+    if isinstance(exc, RSocketProtocolError):
+        text = one_line(exc.data or "")
+        code = exc.error_code
+        if code == ErrorCode.INVALID:
+            return Outcome(Verdict.INVALID, "invalid", text or "INVALID")
+        if code == ErrorCode.REJECTED:
+            return Outcome(Verdict.RETRY, "token", text or "REJECTED")
+        if code in (ErrorCode.CONNECTION_ERROR, ErrorCode.CONNECTION_CLOSE):
+            return Outcome(Verdict.RETRY, "connection", text or code.name, connection_lost=True)
+        return Outcome(Verdict.RETRY, code.name.lower(), text or code.name)
+    if isinstance(exc, RuntimeError):  # rsocket-py's form of APPLICATION_ERROR
+        text = one_line(str(exc))
+        if token_refused(text):
+            return Outcome(Verdict.RETRY, "token", text)
+        return Outcome(Verdict.REJECTED, "rejected", text or "APPLICATION_ERROR")
+    return Outcome(Verdict.RETRY, "error", one_line(f"{type(exc).__name__}: {exc}"))
+
+
+def classify_http_status(status: int, text: str, retry_after: float | None) -> Outcome:
+    text = one_line(text) or f"HTTP {status}"
+    if 200 <= status < 300:
+        return Outcome(Verdict.DELIVERED)
+    if status in (400, 422):
+        return Outcome(Verdict.INVALID, "invalid", text)
+    if status == 413:
+        return Outcome(Verdict.INVALID, "too_large", text)
+    if status == 401:
+        return Outcome(Verdict.RETRY, "token", text)
+    if status in (403, 404, 405):
+        # a missing scope or a wrong URL: the configuration is wrong, not the events
+        return Outcome(Verdict.RETRY, f"http_{status}", text, retry_after=retry_after)
+    if status in (408, 429) or status >= 500:
+        return Outcome(Verdict.RETRY, f"http_{status}", text, retry_after=retry_after)
+    return Outcome(Verdict.RETRY, f"http_{status}", text, retry_after=retry_after)

@@ -1,0 +1,96 @@
+"""The HTTP sink: POST one event per request to the status service's `/api/status`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from relay.config import RetryConfig, UpstreamConfig
+from relay.delivery.classify import classify_http_status, one_line
+from relay.delivery.outcome import Outcome, Verdict
+from relay.delivery.payload import request_data
+from relay.delivery.rsocket_sink import TokenSource
+
+log = logging.getLogger("relay.delivery.http")
+
+_NOT_READY_STATUSES = {
+    403: "check maskinporten.scope",
+    404: "check upstream.http_url",
+    405: "check upstream.http_url",
+}
+
+
+class HttpSink:
+    def __init__(self, upstream: UpstreamConfig, retry: RetryConfig, tokens: TokenSource) -> None:
+        self._cfg = upstream
+        self._retry = retry
+        self._tokens = tokens
+        self._session: aiohttp.ClientSession | None = None
+        self._not_ready: str | None = None
+        self._reachable = False
+
+    @property
+    def connected(self) -> bool:
+        return self._reachable
+
+    def not_ready(self) -> str | None:
+        return self._not_ready
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._cfg.max_in_flight, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._cfg.request_timeout),
+        )
+
+    async def wait_ready(self) -> None:
+        await self._tokens.token()
+
+    async def send(self, bodies: list[bytes]) -> Outcome:
+        token = await self._tokens.token()
+        data = request_data(bodies, self._cfg.batch_size)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        try:
+            async with self._session.post(self._cfg.http_url, data=data, headers=headers) as r:
+                text = await r.text(errors="replace") if r.status >= 300 else ""
+                retry_after = _retry_after(r.headers.get("Retry-After"))
+                status = r.status
+        except TimeoutError:
+            self._reachable = False
+            return Outcome(Verdict.RETRY, "timeout", "no answer within upstream.request_timeout")
+        except aiohttp.ClientError as exc:
+            self._reachable = False
+            return Outcome(Verdict.RETRY, "connection", one_line(f"{type(exc).__name__}: {exc}"))
+        self._reachable = True
+        outcome = classify_http_status(status, text, retry_after)
+        if outcome.reason == "token":
+            self._tokens.invalidate(token)
+        if status in _NOT_READY_STATUSES:
+            reason = f"the status service answers {status} ({outcome.error}): "
+            reason += _NOT_READY_STATUSES[status]
+            if reason != self._not_ready:
+                log.error("%s; events are kept and retried slowly", reason)
+            self._not_ready = reason
+            outcome = Outcome(
+                outcome.verdict, outcome.reason, outcome.error, retry_after=self._retry.max_backoff
+            )
+        elif self._not_ready and outcome.verdict is Verdict.DELIVERED:
+            log.warning("the status service accepts events again")
+            self._not_ready = None
+        return outcome
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            await asyncio.sleep(0)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from this service; fall back to our own backoff

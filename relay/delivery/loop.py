@@ -1,0 +1,231 @@
+"""The delivery loop: oldest events from the spool to the sink, many requests in flight.
+
+Delivered events are acknowledged to the spool in batched commits; failed ones go back with a
+not-before time; permanent refusals go to the dead-letter table. One poisoned event never blocks
+the events behind it, because every request is independent and the loop keeps leasing past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relay.backoff import backoff_delay
+from relay.config import RetryConfig, UpstreamConfig
+from relay.delivery.outcome import Outcome, Sink, Verdict
+from relay.spool import DeadLetter, Leased, Release, Spool, SpoolRefused
+
+log = logging.getLogger("relay.delivery")
+
+_ACK_EVERY = 0.05  # seconds between ack commits
+_ACK_BATCH = 2000
+_RETRY_POLL = 0.25  # how often events waiting for a retry time are looked for
+_MAX_LEASE = 2000
+# A rejection counts toward max_rejections only while the upstream accepts other events: when it
+# refuses everything, the upstream is in trouble and the events are not to blame.
+_OTHERS_OK_WINDOW = 60.0
+
+
+@dataclass
+class DeliveryStats:
+    delivered: int = 0
+    redelivered: int = 0  # sent again after a connection died with them in flight
+    retries: Counter[str] = field(default_factory=Counter)
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    last_delivery_at: float | None = None
+    last_error: str | None = None
+
+
+class Delivery:
+    def __init__(
+        self,
+        spool: Spool,
+        sink: Sink,
+        upstream: UpstreamConfig,
+        retry: RetryConfig,
+        *,
+        on_delivered: Callable[[list[Leased], float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._spool = spool
+        self._sink = sink
+        self._max_in_flight = upstream.max_in_flight
+        self._batch = upstream.batch_size
+        self._retry = retry
+        self._on_delivered = on_delivered
+        self._clock = clock
+        self.stats = DeliveryStats()
+        self._tasks: set[asyncio.Task] = set()
+        self._slot_freed = asyncio.Event()
+        self._to_ack: list[int] = []
+        self._ack_due = asyncio.Event()
+        self._lost_in_flight: set[int] = set()
+        self._logged: str | None = None
+        self._runner: asyncio.Task | None = None
+        self._acker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._acker = asyncio.create_task(self._ack_loop(), name="delivery-acks")
+        self._runner = asyncio.create_task(self._lease_loop(), name="delivery")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking events; let requests in flight finish for up to `timeout` seconds.
+        What is not acknowledged by then stays in the spool and is sent after the restart."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "%d requests still in flight after %.0f s; their events stay in the spool",
+                    len(pending),
+                    timeout,
+                )
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._acker is not None:
+            self._acker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acker
+        await self._flush_acks()
+
+    # -- taking events --------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await self._sink.wait_ready()
+            free = self._max_in_flight - self.stats.in_flight
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                events = await self._spool.lease(min(free * self._batch, _MAX_LEASE))
+            except SpoolRefused as exc:
+                log.error("cannot read events from the spool: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if not events:
+                await self._spool.wait_for_events(_RETRY_POLL)
+                continue
+            for i in range(0, len(events), self._batch):
+                self._dispatch(events[i : i + self._batch])
+
+    def _dispatch(self, chunk: list[Leased]) -> None:
+        self.stats.in_flight += 1
+        task = asyncio.create_task(self._deliver(chunk))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, chunk: list[Leased]) -> None:
+        try:
+            outcome = await self._sink.send([e.body for e in chunk])
+            await self._settle(chunk, outcome)
+        except SpoolRefused as exc:
+            # the events stay in the spool under their lease and are offered again after restart
+            log.error("cannot record a delivery result in the spool: %s", exc)
+        finally:
+            self.stats.in_flight -= 1
+            self._slot_freed.set()
+
+    # -- settling results ------------------------------------------------------------------
+
+    async def _settle(self, chunk: list[Leased], outcome: Outcome) -> None:
+        now = self._clock()
+        verdict = outcome.verdict
+        if verdict is Verdict.DELIVERED:
+            self._delivered(chunk, now)
+            return
+        self.stats.last_error = f"{outcome.reason}: {outcome.error}" if outcome.error else None
+        self._log_once(outcome)
+        if verdict is Verdict.INVALID:
+            await self._dead_letter(chunk, outcome.reason, outcome.error)
+            return
+        if verdict is Verdict.REJECTED and self._others_ok(now):
+            doomed = [e for e in chunk if e.rejections + 1 >= self._retry.max_rejections]
+            if doomed:
+                await self._dead_letter(doomed, "rejected", outcome.error)
+                chunk = [e for e in chunk if e not in doomed]
+            rejected = True
+        else:
+            rejected = False
+        if not chunk:
+            return
+        self.stats.retries[outcome.reason] += len(chunk)
+        if outcome.connection_lost:
+            self._lost_in_flight.update(e.id for e in chunk)
+        await self._spool.release(
+            [
+                Release(e.id, self._delay(e, outcome), outcome.error or outcome.reason, rejected)
+                for e in chunk
+            ]
+        )
+
+    def _delivered(self, chunk: list[Leased], now: float) -> None:
+        stats = self.stats
+        stats.delivered += len(chunk)
+        stats.last_delivery_at = now
+        if self._logged is not None:
+            log.info("delivering again (last problem: %s)", self._logged)
+            self._logged = None
+        if self._lost_in_flight:
+            for e in chunk:
+                if e.id in self._lost_in_flight:
+                    self._lost_in_flight.discard(e.id)
+                    stats.redelivered += 1
+        self._to_ack.extend(e.id for e in chunk)
+        if len(self._to_ack) >= _ACK_BATCH:
+            self._ack_due.set()
+        if self._on_delivered is not None:
+            self._on_delivered(chunk, now)
+
+    def _delay(self, event: Leased, outcome: Outcome) -> float:
+        if outcome.connection_lost:
+            return 0.0  # not the event's fault: send it on the next connection
+        if outcome.retry_after is not None:
+            return outcome.retry_after
+        return backoff_delay(event.attempts, self._retry.initial_backoff, self._retry.max_backoff)
+
+    def _others_ok(self, now: float) -> bool:
+        last = self.stats.last_delivery_at
+        return last is not None and now - last < _OTHERS_OK_WINDOW
+
+    async def _dead_letter(self, chunk: list[Leased], reason: str, error: str) -> None:
+        await self._spool.dead_letter([DeadLetter(e.id, reason, error) for e in chunk])
+        self.stats.dead_lettered[reason] += len(chunk)
+        log.warning(
+            "dead-lettered %d event(s) (%s): %s; see `relay dlq list`", len(chunk), reason, error
+        )
+
+    def _log_once(self, outcome: Outcome) -> None:
+        key = f"{outcome.reason}: {outcome.error}" if outcome.error else outcome.reason
+        if outcome.verdict is Verdict.RETRY and key != self._logged:
+            log.warning("delivery failed, will retry: %s", key)
+            self._logged = key
+
+    # -- acknowledging --------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_due.wait(), _ACK_EVERY)
+            self._ack_due.clear()
+            try:
+                await self._flush_acks()
+            except SpoolRefused as exc:
+                log.error("cannot acknowledge delivered events in the spool: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _flush_acks(self) -> None:
+        if self._to_ack:
+            ids, self._to_ack = self._to_ack, []
+            await self._spool.ack(ids)

@@ -1,0 +1,133 @@
+"""One RSocket connection to the status service, made safe to use.
+
+rsocket-py leaves a request hanging forever when the connection dies under it, and reports a
+keepalive timeout without closing anything. Here every request fails at once when the connection
+is lost, and the connection closes itself on a keepalive timeout or an error on stream 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from datetime import timedelta
+
+from rsocket.error_codes import ErrorCode
+from rsocket.extensions.mimetypes import WellKnownMimeTypes
+from rsocket.payload import Payload
+from rsocket.request_handler import BaseRequestHandler
+from rsocket.rsocket_client import RSocketClient
+
+from relay.delivery.rsocket_transport import SingleWriteTCP
+
+log = logging.getLogger("relay.delivery.rsocket")
+
+
+class ConnectionLost(Exception):
+    """The connection died while the request was outstanding, or before it was sent."""
+
+
+class _Handler(BaseRequestHandler):
+    def __init__(self, connection: RSocketConnection) -> None:
+        super().__init__()
+        self._connection = connection
+
+    async def on_error(self, error_code: ErrorCode, payload: Payload) -> None:
+        # errors on stream 0 (REJECTED_SETUP, CONNECTION_ERROR, …) end the connection
+        text = (payload.data or b"").decode("utf-8", "replace")
+        self._connection.lost(f"{error_code.name}: {text}" if text else error_code.name)
+
+    async def on_close(self, rsocket, exception: Exception | None = None) -> None:
+        self._connection.lost("closed by the upstream")
+
+    async def on_connection_error(self, rsocket, exception: Exception) -> None:
+        self._connection.lost(f"connection error: {exception}")
+
+    async def on_keepalive_timeout(self, time_since_last_keepalive: timedelta, rsocket) -> None:
+        seconds = time_since_last_keepalive.total_seconds()
+        self._connection.lost(f"no keepalive from the upstream for {seconds:.0f} s")
+
+
+class RSocketConnection:
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending: set[asyncio.Future] = set()
+        self._client: RSocketClient | None = None
+        self._closing: asyncio.Task | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        tls: bool,
+        keepalive_interval: float,
+        keepalive_max_lifetime: float,
+        connect_timeout: float,
+    ) -> RSocketConnection:
+        """Connect and send SETUP; raises OSError or TimeoutError when the TCP connect fails."""
+        self = cls()
+        context = ssl.create_default_context() if tls else None
+        async with asyncio.timeout(connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=context, server_hostname=host if tls else None
+            )
+
+        async def one_transport():
+            yield SingleWriteTCP(reader, writer)
+
+        self._client = RSocketClient(
+            one_transport(),
+            handler_factory=lambda: _Handler(self),
+            metadata_encoding=WellKnownMimeTypes.MESSAGE_RSOCKET_COMPOSITE_METADATA,
+            data_encoding=WellKnownMimeTypes.APPLICATION_JSON,
+            keep_alive_period=timedelta(seconds=keepalive_interval),
+            max_lifetime_period=timedelta(seconds=keepalive_max_lifetime),
+        )
+        await self._client.connect()
+        return self
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.done()
+
+    async def request(self, data: bytes, metadata: bytes, timeout: float) -> None:
+        """Request-response; returns when the upstream acknowledged. Raises ConnectionLost,
+        TimeoutError, RuntimeError (APPLICATION_ERROR) or RSocketProtocolError."""
+        if self.closed.done():
+            raise ConnectionLost(self.closed.result())
+        future = self._client.request_response(Payload(data, metadata))
+        self._pending.add(future)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            future.cancel()  # sends CANCEL, so the upstream may drop the work
+            raise
+        finally:
+            self._pending.discard(future)
+
+    def lost(self, reason: str) -> None:
+        """Fail every outstanding request and close; the first reason given is kept."""
+        if self.closed.done():
+            return
+        self.closed.set_result(reason)
+        for future in list(self._pending):
+            if not future.done():
+                future.set_exception(ConnectionLost(reason))
+        self._pending.clear()
+        self._closing = asyncio.get_running_loop().create_task(self._close_client())
+
+    async def close(self) -> None:
+        self.lost("closed by the relay")
+        if self._closing is not None:
+            await self._closing
+
+    async def _close_client(self) -> None:
+        if self._client is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self._client.close()

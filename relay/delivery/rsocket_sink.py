@@ -1,0 +1,149 @@
+"""The RSocket sink: a supervised, persistent connection; one request-response per request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Protocol
+
+from rsocket.extensions.helpers import authenticate_bearer, composite, route
+
+from relay.backoff import backoff_delay
+from relay.config import RetryConfig, UpstreamConfig
+from relay.delivery.classify import classify_rsocket_error, one_line
+from relay.delivery.outcome import DELIVERED, Outcome, Verdict
+from relay.delivery.payload import request_data
+from relay.delivery.rsocket_connection import RSocketConnection
+
+log = logging.getLogger("relay.delivery.rsocket")
+
+_CONNECT_TIMEOUT = 10.0
+
+
+class TokenSource(Protocol):
+    async def token(self) -> str: ...
+
+    def invalidate(self, token: str) -> None: ...
+
+
+class RSocketSink:
+    def __init__(self, upstream: UpstreamConfig, retry: RetryConfig, tokens: TokenSource) -> None:
+        self._cfg = upstream
+        self._retry = retry
+        self._tokens = tokens
+        self._conn: RSocketConnection | None = None
+        self._ready = asyncio.Event()
+        self._supervisor: asyncio.Task | None = None
+        self._metadata: tuple[str, bytes] | None = None  # (token, composite metadata)
+        self._last_conn: RSocketConnection | None = None  # closed on shutdown
+        self._healthy = False  # a request succeeded on the current connection
+        self.connects = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self._cfg.host}:{self._cfg.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.is_open
+
+    def not_ready(self) -> str | None:
+        return None
+
+    async def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="rsocket-supervisor")
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+        await self._tokens.token()
+
+    async def send(self, bodies: list[bytes]) -> Outcome:
+        conn = self._conn
+        if conn is None or not conn.is_open:
+            return Outcome(Verdict.RETRY, "connection", "not connected", connection_lost=True)
+        token = await self._tokens.token()
+        data = request_data(bodies, self._cfg.batch_size)
+        try:
+            await conn.request(data, self._metadata_for(token), self._cfg.request_timeout)
+        except Exception as exc:  # every failure becomes an Outcome; nothing escapes to the loop
+            outcome = classify_rsocket_error(exc)
+            if outcome.reason == "token":
+                self._tokens.invalidate(token)
+            return outcome
+        self._healthy = True
+        return DELIVERED
+
+    def _metadata_for(self, token: str) -> bytes:
+        # the token changes once per refresh, so the metadata is built once per token
+        cached = self._metadata
+        if cached is None or cached[0] != token:
+            cached = (token, composite(route(self._cfg.route), authenticate_bearer(token)))
+            self._metadata = cached
+        return cached[1]
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        last_failure: str | None = None
+        while True:
+            try:
+                conn = await RSocketConnection.open(
+                    self._cfg.host,
+                    self._cfg.port,
+                    tls=self._cfg.tls,
+                    keepalive_interval=self._cfg.keepalive_interval,
+                    keepalive_max_lifetime=self._cfg.keepalive_max_lifetime,
+                    connect_timeout=_CONNECT_TIMEOUT,
+                )
+            except (OSError, TimeoutError) as exc:
+                failure = one_line(str(exc) or type(exc).__name__)
+                delay = backoff_delay(attempt, self._retry.initial_backoff, self._retry.max_backoff)
+                if failure != last_failure:
+                    log.warning(
+                        "cannot connect to the status service at %s: %s; retrying with backoff",
+                        self.address,
+                        failure,
+                    )
+                    last_failure = failure
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            self.connects += 1
+            log.info(
+                "connected to the status service at %s (rsocket%s)",
+                self.address,
+                ", tls" if self._cfg.tls else "",
+            )
+            last_failure = None
+            self._conn, self._last_conn, self._healthy = conn, conn, False
+            self._ready.set()
+            started = time.monotonic()
+            try:
+                reason = await conn.closed
+            finally:
+                self._ready.clear()
+                self._conn = None
+            log.warning(
+                "connection to %s lost after %.0f s: %s; reconnecting",
+                self.address,
+                time.monotonic() - started,
+                reason,
+            )
+            await conn.close()
+            if self._healthy:
+                attempt = 0  # reset after a healthy connection
+            else:
+                # it died before anything got through (e.g. SETUP refused): do not spin
+                await asyncio.sleep(
+                    backoff_delay(attempt, self._retry.initial_backoff, self._retry.max_backoff)
+                )
+                attempt += 1
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._last_conn is not None:
+            await self._last_conn.close()

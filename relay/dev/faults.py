@@ -1,0 +1,126 @@
+"""Fault switches of the status-service stand-in, changeable while it runs.
+
+Handlers read the one shared StatusFaults object on every request, so a test or the admin
+endpoint can turn a fault on between two requests without restarting anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["StatusFaults"]
+
+# Statuses for which an HTTP client is told when to come back.
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+@dataclass
+class StatusFaults:
+    reject_fraction: float = 0.0
+    reject_match: dict[str, str] = field(default_factory=dict)
+    reject_message: str = "rejected by stand-in fault switch"
+    delay: float = 0.0
+    drop_after: int = 0
+    http_status: int = 0
+    http_fraction: float = 1.0
+    retry_after: int = 1
+    accept_arrays: bool = True
+
+    def __post_init__(self) -> None:
+        # Validate constructor arguments the same way as admin changes.
+        self.update(dataclasses.asdict(self))
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` (e.g. admin JSON) all or nothing; a ValueError names the culprit."""
+        if not isinstance(changes, Mapping):
+            raise ValueError("faults must be a JSON object of fault names to values")
+        known = {f.name for f in dataclasses.fields(self)}
+        checked: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(known))}")
+            checked[name] = _CHECKS[name](name, value)
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def rejects(self, events: Iterable[Mapping[str, Any]]) -> bool:
+        """Whether a request carrying ``events`` is to be refused (reject_match or the dice)."""
+        match = self.reject_match
+        if match and any(all(e.get(k) == v for k, v in match.items()) for e in events):
+            return True
+        return self.reject_fraction > 0 and random.random() < self.reject_fraction
+
+    def http_fault(self) -> tuple[int, dict[str, str]] | None:
+        """(status, headers) when this HTTP request is to get the http_status fault, else None."""
+        if not self.http_status or random.random() >= self.http_fraction:
+            return None
+        headers = {}
+        if self.http_status in _RETRY_AFTER_STATUSES:
+            headers["Retry-After"] = str(self.retry_after)
+        return self.http_status, headers
+
+
+def _fraction(name: str, value: Any) -> float:
+    # bool is an int subclass; true/false as a fraction is almost certainly a mistake.
+    if type(value) not in (int, float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"fault {name} must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _seconds(name: str, value: Any) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"fault {name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"fault {name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _http_status(name: str, value: Any) -> int:
+    if type(value) is not int or not (value == 0 or 100 <= value <= 599):
+        raise ValueError(f"fault {name} must be 0 (off) or an HTTP status 100-599, got {value!r}")
+    return value
+
+
+def _text(name: str, value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError(f"fault {name} must be a string, got {value!r}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError(f"fault {name} must be true or false, got {value!r}")
+    return value
+
+
+def _match(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        type(k) is str and type(v) is str for k, v in value.items()
+    ):
+        raise ValueError(f"fault {name} must be an object of field names to strings, got {value!r}")
+    return dict(value)
+
+
+_CHECKS = {
+    "reject_fraction": _fraction,
+    "reject_match": _match,
+    "reject_message": _text,
+    "delay": _seconds,
+    "drop_after": _count,
+    "http_status": _http_status,
+    "http_fraction": _fraction,
+    "retry_after": _count,
+    "accept_arrays": _flag,
+}

@@ -1,0 +1,335 @@
+"""RSocket (TCP) side of the status-service stand-in: route ``log-fire``.
+
+rsocket-py turns a handler future that fails with anything but RSocketProtocolError into an
+ERROR frame APPLICATION_ERROR (0x201) whose data is str(exception); its client raises that as
+RuntimeError(text). We fail futures with RSocketApplicationError(text) to get exactly that.
+
+rsocket-py awaits each handler call inside its frame-reading loop, so every request runs in
+its own task and the handler returns at once: a slow request (fault delay) must not hold up
+the others on the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from rsocket.error_codes import ErrorCode
+from rsocket.exceptions import RSocketApplicationError, RSocketProtocolError
+from rsocket.frame import CONNECTION_STREAM_ID, ErrorFrame, Frame, KeepAliveFrame
+from rsocket.payload import Payload
+from rsocket.request_handler import BaseRequestHandler
+from rsocket.rsocket_server import RSocketServer
+from rsocket.transports.tcp import TransportTCP
+
+if TYPE_CHECKING:
+    from relay.dev.status_service import StatusServiceStandIn
+
+__all__ = ["ROUTE", "MetadataError", "RSocketStandIn", "parse_metadata", "start"]
+
+log = logging.getLogger("relay.dev.status_rsocket")
+
+ROUTE = "log-fire"
+COMPOSITE_MIME = b"message/x.rsocket.composite-metadata.v0"
+JSON_MIME = b"application/json"
+
+_ROUTING_ID = 0x7E
+_AUTH_ID = 0x7C
+_ROUTING_MIME = "message/x.rsocket.routing.v0"
+_AUTH_MIME = "message/x.rsocket.authentication.v0"
+_LEGACY_BEARER_MIME = "message/x.rsocket.authentication.bearer.v0"
+_BEARER_ID = 0x01
+_SIMPLE_ID = 0x00
+
+# How long to wait for a last frame (REJECTED_SETUP, the final answer) to leave before closing.
+_FLUSH_TIMEOUT = 1.0
+
+
+class MetadataError(ValueError):
+    """Per-request composite metadata that cannot be read."""
+
+
+def parse_metadata(metadata: bytes | None) -> tuple[list[str], str | None]:
+    """(routing tags, bearer token or None) from composite metadata.
+
+    The token is accepted in the three forms Spring's server accepts: the authentication
+    extension with its MIME as well-known id 0x7C or as the full string, and the legacy
+    ``message/x.rsocket.authentication.bearer.v0`` entry holding the raw token.
+    """
+    tags: list[str] = []
+    token: str | None = None
+    buf = metadata or b""
+    offset = 0
+    while offset < len(buf):
+        first = buf[offset]
+        offset += 1
+        if first & 0x80:
+            mime: int | str = first & 0x7F
+        else:
+            end = offset + first + 1  # a MIME string's length is stored minus one
+            mime = _ascii(buf[offset:end], end <= len(buf), "MIME type")
+            offset = end
+        if offset + 3 > len(buf):
+            raise MetadataError("truncated entry length")
+        length = int.from_bytes(buf[offset : offset + 3], "big")
+        offset += 3
+        if offset + length > len(buf):
+            raise MetadataError("entry longer than the metadata")
+        entry = buf[offset : offset + length]
+        offset += length
+        if mime in (_ROUTING_ID, _ROUTING_MIME):
+            tags.extend(_routing_tags(entry))
+        elif mime in (_AUTH_ID, _AUTH_MIME):
+            token = _auth_extension_token(entry)
+        elif mime == _LEGACY_BEARER_MIME:
+            token = _utf8(entry, "bearer token")
+    return tags, token
+
+
+def _ascii(raw: bytes, complete: bool, what: str) -> str:
+    if not complete:
+        raise MetadataError(f"truncated {what}")
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise MetadataError(f"{what} is not ASCII") from None
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MetadataError(f"{what} is not UTF-8") from None
+
+
+def _routing_tags(entry: bytes) -> list[str]:
+    tags, offset = [], 0
+    while offset < len(entry):
+        end = offset + 1 + entry[offset]
+        if end > len(entry):
+            raise MetadataError("truncated routing tag")
+        tags.append(_utf8(entry[offset + 1 : end], "routing tag"))
+        offset = end
+    return tags
+
+
+def _auth_extension_token(entry: bytes) -> str:
+    if not entry:
+        raise MetadataError("empty authentication entry")
+    first = entry[0]
+    if first & 0x80:
+        auth_id = first & 0x7F
+        if auth_id != _BEARER_ID:
+            name = "simple" if auth_id == _SIMPLE_ID else f"id {auth_id:#x}"
+            raise MetadataError(f"authentication type {name} is not supported; use bearer")
+        return _utf8(entry[1:], "bearer token")
+    end = 1 + first + 1
+    auth_type = _ascii(entry[1:end], end <= len(entry), "authentication type")
+    if auth_type != "bearer":
+        raise MetadataError(f"authentication type {auth_type} is not supported; use bearer")
+    return _utf8(entry[end:], "bearer token")
+
+
+class RSocketStandIn:
+    """The listening server; ``port`` is the bound port. Counters are read by tests and stats."""
+
+    def __init__(self, service: StatusServiceStandIn) -> None:
+        self.service = service
+        self.port = 0
+        self.connections_total = 0
+        self.requests = 0
+        self.errors = 0
+        self.in_flight = 0  # requests being served now, over all connections
+        self.max_in_flight = 0  # the most ever served at once: tests check the relay's bound
+        self._connections: set[RSocketServer] = set()
+        self._server: asyncio.Server | None = None
+        self._closing = False
+
+    @property
+    def connections_open(self) -> int:
+        return len(self._connections)
+
+    async def listen(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._accept, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:
+            writer.close()
+            return
+        handler = _ConnectionHandler(self)
+        handler.socket = RSocketServer(
+            TransportTCP(reader, writer), handler_factory=lambda: handler
+        )
+        self._connections.add(handler.socket)
+        self.connections_total += 1
+
+    def _forget(self, socket: RSocketServer) -> None:
+        self._connections.discard(socket)
+
+    async def close(self) -> None:
+        """Stop listening and close every client connection."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for socket in list(self._connections):
+            await _close_quietly(socket)
+        self._connections.clear()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+
+class _ConnectionHandler(BaseRequestHandler):
+    """One per connection (rsocket-py calls the factory once per RSocketServer)."""
+
+    def __init__(self, owner: RSocketStandIn) -> None:
+        super().__init__()
+        self.owner = owner
+        self.socket: RSocketServer | None = None
+        self.answered = 0
+        self._setup_ok = False
+        self._closing = False
+        self._tasks: set[asyncio.Task] = set()
+        # Kept apart from _tasks: on_close cancels those, and it runs in the middle of this.
+        self._close_task: asyncio.Task | None = None
+
+    async def on_setup(
+        self, data_encoding: bytes, metadata_encoding: bytes, payload: Payload
+    ) -> None:
+        if metadata_encoding != COMPOSITE_MIME:
+            self._reject_setup(
+                f"metadata MIME must be {COMPOSITE_MIME.decode()}, "
+                f"got {metadata_encoding.decode('ascii', 'replace')}"
+            )
+        elif data_encoding != JSON_MIME:
+            self._reject_setup(
+                f"data MIME must be {JSON_MIME.decode()}, "
+                f"got {data_encoding.decode('ascii', 'replace')}"
+            )
+        else:
+            self._setup_ok = True
+
+    def _reject_setup(self, reason: str) -> None:
+        # Not raised: rsocket-py would send REJECTED_SETUP but keep the connection open.
+        log.info("rejected SETUP: %s", reason)
+        frame = ErrorFrame()
+        frame.stream_id = CONNECTION_STREAM_ID
+        frame.error_code = ErrorCode.REJECTED_SETUP
+        frame.data = reason.encode()
+        self._close_after(frame)
+
+    async def request_response(self, payload: Payload) -> asyncio.Future:
+        task = self._spawn(payload, "request-response")
+        task.add_done_callback(self._answered)
+        return task
+
+    async def request_fire_and_forget(self, payload: Payload) -> None:
+        task = self._spawn(payload, "fire-and-forget")
+        task.add_done_callback(self._fnf_done)
+
+    async def on_close(self, rsocket: RSocketServer, exception: Exception | None = None) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        self.owner._forget(rsocket)
+
+    def _spawn(self, payload: Payload, interaction: str) -> asyncio.Task:
+        owner = self.owner
+        owner.requests += 1
+        owner.in_flight += 1
+        owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        task = asyncio.create_task(self._serve(payload, interaction))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._served)
+        return task
+
+    def _served(self, _: asyncio.Task) -> None:
+        self.owner.in_flight -= 1
+
+    async def _serve(self, payload: Payload, interaction: str) -> Payload:
+        service = self.owner.service
+        try:
+            delay = service.faults.delay
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not self._setup_ok:
+                raise RSocketProtocolError(ErrorCode.REJECTED, "no accepted SETUP")
+            try:
+                tags, token = parse_metadata(payload.metadata)
+            except MetadataError as err:
+                raise RSocketApplicationError(f"Invalid composite metadata: {err}") from None
+            try:
+                claims = service.authorise(token)
+            except PermissionError as err:
+                raise RSocketApplicationError(f"Access Denied: {err}") from None
+            if not tags:
+                raise RSocketApplicationError("No routing metadata (message/x.rsocket.routing.v0)")
+            if tags[0] != ROUTE:
+                raise RSocketApplicationError(f"No handler for destination '{tags[0]}'")
+            try:
+                service.receive(
+                    payload.data, claims=claims, transport="rsocket", interaction=interaction
+                )
+            except ValueError as err:
+                raise RSocketApplicationError(str(err)) from None
+        except (RSocketApplicationError, RSocketProtocolError) as err:
+            self.owner.errors += 1
+            log.info("%s refused: %s", interaction, err)
+            raise
+        return Payload()
+
+    def _fnf_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled():
+            task.exception()  # already logged and counted in _serve; mark it retrieved
+        self._answered(task)
+
+    def _answered(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        self.answered += 1
+        limit = self.owner.service.faults.drop_after
+        if 0 < limit <= self.answered and not self._closing:
+            log.info("dropping connection after %d answered requests (drop_after)", self.answered)
+            # Deferred one loop step: rsocket-py's own done callback, which queues the answer,
+            # was registered after ours and must run first, so the answer leaves before the drop.
+            asyncio.get_running_loop().call_soon(self._drop)
+
+    def _drop(self) -> None:
+        # KEEPALIVE without the respond flag is ignored by a client: a harmless marker that
+        # tells when everything queued before it (the last answer) has been written.
+        self._close_after(KeepAliveFrame())
+
+    def _close_after(self, frame: Frame) -> None:
+        if self._closing or self.socket is None:
+            return
+        self._closing = True
+        frame.sent_future = asyncio.get_running_loop().create_future()
+        self.socket.send_frame(frame)
+        self._close_task = asyncio.create_task(self._flush_and_close(frame.sent_future))
+
+    async def _flush_and_close(self, sent: asyncio.Future) -> None:
+        # shield: rsocket-py's sender calls set_result on it later, which would raise in
+        # the sender if wait_for had cancelled it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sent), _FLUSH_TIMEOUT)
+        if self.socket is not None:
+            self.owner._forget(self.socket)
+            await _close_quietly(self.socket)
+
+
+async def _close_quietly(socket: RSocketServer) -> None:
+    try:
+        await socket.close()
+    except Exception:
+        log.debug("error while closing an RSocket connection", exc_info=True)
+
+
+async def start(host: str, port: int, service: StatusServiceStandIn) -> RSocketStandIn:
+    """Listen on host:port (0 = any free port) for ``service``; see RSocketStandIn.port."""
+    server = RSocketStandIn(service)
+    await server.listen(host, port)
+    return server

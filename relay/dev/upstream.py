@@ -1,0 +1,170 @@
+"""`relay dev-upstream`: the Maskinporten and status-service stand-ins, wired to each other.
+
+A throwaway PKI is made on first use; the status service trusts only tokens of this Maskinporten
+stand-in. `relay.toml` in the data folder is a relay configuration that points at them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from relay.dev.certs import TEST_KID, TestPki, make_test_pki
+from relay.dev.maskinporten import ClientRegistration, MaskinportenFaults, MaskinportenStandIn
+from relay.dev.status_service import StatusServiceStandIn
+
+log = logging.getLogger("relay.dev")
+
+DEFAULT_ORGNR = "991825827"
+DEFAULT_SCOPE = "eformidling:dpo"
+
+
+@dataclass(frozen=True)
+class UpstreamAddresses:
+    host: str
+    rsocket_port: int
+    http_port: int
+    maskinporten_port: int
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def maskinporten_url(self) -> str:
+        return f"http://{self.host}:{self.maskinporten_port}"
+
+
+class DevUpstream:
+    def __init__(
+        self,
+        data: Path,
+        *,
+        host: str = "127.0.0.1",
+        orgnr: str = DEFAULT_ORGNR,
+        scope: str = DEFAULT_SCOPE,
+        token_lifetime: float = 120.0,
+    ) -> None:
+        self.data = Path(data)
+        self.host = host
+        self.orgnr = orgnr
+        self.scope = scope
+        self.client_id = f"MOVE_IP_{orgnr}"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.pki: TestPki = _load_or_make_pki(self.data / "pki", orgnr)
+        self.maskinporten: MaskinportenStandIn | None = None
+        self.status: StatusServiceStandIn | None = None
+        self.addresses: UpstreamAddresses | None = None
+        self._token_lifetime = token_lifetime
+        self._runner: web.AppRunner | None = None
+
+    async def start(
+        self, *, rsocket_port: int = 7070, http_port: int = 8090, maskinporten_port: int = 8091
+    ) -> UpstreamAddresses:
+        # the issuer URL holds the port, so the socket is bound before the stand-in is built
+        sock = socket.create_server((self.host, maskinporten_port))
+        mp_port = sock.getsockname()[1]
+        issuer = f"http://{self.host}:{mp_port}/"
+        registration = ClientRegistration(
+            scopes=frozenset({self.scope}),
+            orgnr=self.orgnr,
+            kid_keys={self.pki.kid: self.pki.kid_pub.read_bytes()},
+        )
+        self.maskinporten = MaskinportenStandIn(
+            issuer=issuer,
+            audience=issuer,
+            clients={self.client_id: registration},
+            trusted_ca_pems=[self.pki.ca_cert_pem],
+            faults=MaskinportenFaults(token_lifetime=self._token_lifetime),
+        )
+        app = self.maskinporten.app()
+        app.router.add_get("/admin/faults", self._get_mp_faults)
+        app.router.add_post("/admin/faults", self._set_mp_faults)
+        app.router.add_get("/admin/stats", self._get_mp_stats)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+        mp = self.maskinporten
+        self.status = StatusServiceStandIn(
+            store_path=self.data / "received.db",
+            verify_token=lambda token: mp.verify_access_token(token),
+            scope=self.scope,
+        )
+        rs_port = await self.status.start_rsocket(self.host, rsocket_port)
+        st_port = await self.status.start_http(self.host, http_port)
+        self.addresses = UpstreamAddresses(self.host, rs_port, st_port, mp_port)
+        (self.data / "relay.toml").write_text(self.relay_config())
+        return self.addresses
+
+    def relay_config(self, transport: str = "rsocket") -> str:
+        """A relay configuration (TOML) that delivers to these stand-ins."""
+        a = self.addresses
+        return (
+            "# written by `relay dev-upstream`: a relay wired to the local stand-ins\n"
+            "[upstream]\n"
+            f'transport = "{transport}"\n'
+            f'host = "{a.host}"\n'
+            f"port = {a.rsocket_port}\n"
+            f'http_url = "{a.status_url}/api/status"\n\n'
+            "[maskinporten]\n"
+            f'token_url = "{a.maskinporten_url}/token"\n'
+            f'audience = "{a.maskinporten_url}/"\n'
+            f'client_id = "{self.client_id}"\n'
+            f'scope = "{self.scope}"\n'
+            f'key_file = "{self.pki.leaf_key}"\n'
+            f'cert_file = "{self.pki.leaf_cert}"\n'
+        )
+
+    async def _get_mp_faults(self, _: web.Request) -> web.Response:
+        return web.json_response(vars(self.maskinporten.faults))
+
+    async def _get_mp_stats(self, _: web.Request) -> web.Response:
+        return web.json_response({"issued": self.maskinporten.issued})
+
+    async def _set_mp_faults(self, request: web.Request) -> web.Response:
+        try:
+            changes = orjson.loads(await request.read())
+            faults = self.maskinporten.faults
+            for name, value in changes.items():
+                if not hasattr(faults, name):
+                    raise ValueError(f"unknown fault {name!r}")
+                setattr(faults, name, type(getattr(faults, name))(value))
+        except (ValueError, TypeError, AttributeError) as exc:
+            return web.Response(status=400, text=f"{exc}\n")
+        return web.json_response(vars(self.maskinporten.faults))
+
+    async def close(self) -> None:
+        if self.status is not None:
+            await self.status.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _load_or_make_pki(directory: Path, orgnr: str) -> TestPki:
+    """The PKI of an earlier run, so a restarted stand-in still trusts a running relay."""
+    password = "changeit"
+    files = {
+        "ca_cert": "ca.pem",
+        "leaf_cert": "leaf.pem",
+        "leaf_key": "leaf.key",
+        "keystore": "keystore.p12",
+        "kid_key": "kid.key",
+        "kid_pub": "kid.pub",
+    }
+    paths = {name: directory / file for name, file in files.items()}
+    if not all(p.exists() for p in paths.values()):
+        return make_test_pki(directory, orgnr=orgnr, password=password)
+    return TestPki(
+        directory=directory,
+        password=password,
+        orgnr=orgnr,
+        kid=TEST_KID,
+        ca_cert_pem=paths["ca_cert"].read_bytes(),
+        **paths,
+    )

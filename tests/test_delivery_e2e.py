@@ -1,0 +1,247 @@
+"""Delivery end to end with real processes: relay, Maskinporten and status-service stand-ins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from relay import event as event_model
+from tests.conftest import RelayProcess, UpstreamProcess, make_event
+
+FAST_RETRY = {"RELAY_RETRY__INITIAL_BACKOFF": "50ms", "RELAY_RETRY__MAX_BACKOFF": "1s"}
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def send(relay: RelayProcess, events: list[dict]) -> None:
+    """POST as NDJSON in chunks; raises unless every chunk is acknowledged."""
+    for i in range(0, len(events), 500):
+        body = b"\n".join(orjson.dumps(e) for e in events[i : i + 500])
+        req = urllib.request.Request(
+            relay.url + "/api/status", data=body, headers={"Content-Type": "application/x-ndjson"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert orjson.loads(r.read())["accepted"] == len(events[i : i + 500])
+
+
+def received_ids(up: UpstreamProcess) -> Counter[str]:
+    return Counter(s["message_id"] for s in up.statuses())
+
+
+def spool_depth(relay: RelayProcess) -> int:
+    out = subprocess.run(
+        [sys.executable, "-m", "relay", "spool", "stats", "--json"],
+        env=relay.env,
+        capture_output=True,
+        timeout=30,
+    )
+    return orjson.loads(out.stdout)["depth"]
+
+
+@pytest.mark.parametrize("transport", ["rsocket", "http"])
+def test_events_arrive_once_as_sent(
+    transport: str, upstream_factory, relay_factory, tmp_path: Path
+) -> None:
+    up = upstream_factory()
+    relay = relay_factory(config=up.config, env={"RELAY_UPSTREAM__TRANSPORT": transport}).start()
+    events = [make_event(status=s) for s in ("OPPRETTET", "SENDT", "LEVERT") for _ in range(100)]
+    send(relay, events)
+    wait_until(lambda: up.stats()["total"] >= len(events), 30, "all events upstream")
+    got = {s["message_id"]: s for s in up.statuses()}
+    assert len(got) == len(events)
+    assert up.stats()["duplicates"] == 0
+    for sent in events:
+        stored = dict(got[sent["message_id"]])
+        received = stored.pop("_received")
+        assert stored == event_model.normalise(sent)
+        assert stored["logger_name"] == "STATUS"
+        assert received["transport"] == transport
+        assert received["client_id"] == "MOVE_IP_991825827"
+    wait_until(lambda: spool_depth(relay) == 0, 10, "the spool to drain")
+
+
+def test_short_lived_tokens_never_fail_a_delivery(upstream_factory, relay_factory) -> None:
+    up = upstream_factory(token_lifetime=3)
+    relay = relay_factory(config=up.config).start()
+    started = time.monotonic()
+    sent = 0
+    while time.monotonic() - started < 10:
+        send(relay, [make_event() for _ in range(20)])
+        sent += 20
+        time.sleep(0.1)
+    wait_until(lambda: up.stats()["total"] >= sent, 20, "all events upstream")
+    elapsed = time.monotonic() - started
+    stats = up.stats()
+    assert stats["rsocket"]["errors"] == 0, "a request was refused (expired token?)"
+    # about one fetch per refresh period (half of a 3 s lifetime), never one per event
+    assert up.tokens_issued() <= elapsed / 1.0 + 2
+    assert "Access Denied" not in relay.output()
+
+
+def test_upstream_and_relay_killed_mid_stream_lose_nothing(
+    upstream_factory, relay_factory, tmp_path: Path
+) -> None:
+    up = upstream_factory()
+    relay = relay_factory(config=up.config, env=FAST_RETRY).start()
+    acked: list[dict] = []
+    for round_ in range(6):
+        batch = [make_event() for _ in range(200)]
+        send(relay, batch)
+        acked += batch
+        if round_ == 1:
+            up.kill()
+            time.sleep(1.0)
+            send(relay, batch := [make_event() for _ in range(200)])
+            acked += batch
+            up.start()
+        if round_ == 3:
+            relay.kill()
+            relay.start()
+    wait_until(lambda: set(received_ids(up)) >= {e["message_id"] for e in acked}, 60, "every event")
+    # the upstream's store survived its restart; duplicates are allowed, losses are not
+    assert "lost" in relay.output() or "reconnect" in relay.output()
+
+
+def test_token_endpoint_down_events_wait_then_flow(upstream_factory, relay_factory) -> None:
+    up = upstream_factory(token_lifetime=3)
+    relay = relay_factory(config=up.config, env=FAST_RETRY).start()
+    send(relay, [make_event()])
+    wait_until(lambda: up.stats()["total"] == 1, 20, "the first event")
+    up.maskinporten_faults(unavailable=True)
+    time.sleep(3.5)  # the token expires while the endpoint is down
+    events = [make_event() for _ in range(50)]
+    send(relay, events)
+    time.sleep(1.5)
+    assert up.stats()["total"] == 1, "delivered without a valid token?"
+    up.maskinporten_faults(unavailable=False)
+    wait_until(lambda: up.stats()["total"] == 51, 30, "events after the token endpoint is back")
+    assert spool_stats(relay)["dead_letters"] == 0
+
+
+def spool_stats(relay: RelayProcess) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "relay", "spool", "stats", "--json"],
+        env=relay.env,
+        capture_output=True,
+        timeout=30,
+    )
+    return orjson.loads(out.stdout)
+
+
+def test_rejected_kind_is_dead_lettered_and_replayable(upstream_factory, relay_factory) -> None:
+    up = upstream_factory()
+    env = {**FAST_RETRY, "RELAY_RETRY__MAX_REJECTIONS": "3"}
+    relay = relay_factory(config=up.config, env=env).start()
+    up.faults(reject_match={"status": "FEIL"})
+    good = [make_event(status="LEVERT") for _ in range(100)]
+    bad = [make_event(status="FEIL") for _ in range(5)]
+    mixed = good[:50] + bad + good[50:]
+    send(relay, mixed)
+    wait_until(lambda: up.stats()["total"] >= 100, 30, "the good events")
+    wait_until(lambda: spool_stats(relay)["dead_letters"] == 5, 30, "the FEIL events to die")
+    assert up.stats()["by_status"].get("FEIL", 0) == 0
+
+    listing = subprocess.run(
+        [sys.executable, "-m", "relay", "dlq", "list", "--json"],
+        env=relay.env,
+        capture_output=True,
+        timeout=30,
+    )
+    letters = orjson.loads(listing.stdout)
+    assert {orjson.loads(d["event"])["message_id"] for d in letters} == {
+        e["message_id"] for e in bad
+    }
+    assert all(d["reason"] == "rejected" and d["attempts"] == 3 for d in letters)
+    assert "rejected by stand-in fault switch" in letters[0]["last_error"]
+
+    up.faults(reject_match={})
+    replay = subprocess.run(
+        [sys.executable, "-m", "relay", "dlq", "replay", "--all"],
+        env=relay.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert replay.returncode == 0, replay.stderr
+    wait_until(lambda: up.stats()["by_status"].get("FEIL", 0) == 5, 30, "replayed events")
+    assert spool_stats(relay)["dead_letters"] == 0
+
+
+def test_in_flight_bound_and_flat_memory_while_upstream_is_down(
+    upstream_factory, relay_factory
+) -> None:
+    up = upstream_factory()
+    relay = relay_factory(
+        config=up.config, env={**FAST_RETRY, "RELAY_UPSTREAM__MAX_IN_FLIGHT": "8"}
+    ).start()
+    up.faults(delay=0.2)
+    send(relay, [make_event() for _ in range(200)])
+    wait_until(lambda: up.stats()["total"] >= 200, 30, "the events")
+    assert 1 < up.stats()["rsocket"]["max_in_flight"] <= 8
+
+    up.kill()
+    rss = []
+    for _ in range(30):  # a minute of outage, with producers still sending
+        send(relay, [make_event() for _ in range(100)])
+        rss.append(_rss_kib(relay.proc.pid))
+        time.sleep(2)
+    # after warm-up, memory stays flat: the backlog lives on disk, not in the process
+    assert max(rss[5:]) - rss[5] < 8 * 1024, rss
+    up.start()
+    wait_until(lambda: up.stats()["total"] >= 200 + 3000, 60, "the backlog to drain")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_relay_token_command_with_keystore_and_pem(upstream_factory, tmp_path: Path) -> None:
+    up = upstream_factory()
+    pki = up.data / "pki"
+    base = up.config.read_text().split("key_file")[0]
+    variants = {
+        "pem": f'key_file = "{pki / "leaf.key"}"\ncert_file = "{pki / "leaf.pem"}"\n',
+        "p12": f'keystore = "{pki / "keystore.p12"}"\n',
+        "kid": f'key_file = "{pki / "kid.key"}"\nkid = "relay-test-kid"\n',
+    }
+    for name, creds in variants.items():
+        config = tmp_path / f"{name}.toml"
+        config.write_text(base + creds)
+        result = subprocess.run(
+            [sys.executable, "-m", "relay", "token", "--config", str(config)],
+            env={"RELAY_KEYSTORE_PASSWORD": "changeit", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, (name, result.stderr)
+        assert "MOVE_IP_991825827" in result.stdout
+        assert "eyJ" not in result.stdout  # the token itself only with --raw
+    wrong = subprocess.run(
+        [sys.executable, "-m", "relay", "token", "--config", str(tmp_path / "p12.toml")],
+        env={"RELAY_KEYSTORE_PASSWORD": "wrong-password", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert wrong.returncode == 2
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    assert "password" in wrong.stderr and "wrong-password" not in wrong.stderr

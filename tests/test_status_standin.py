@@ -1,0 +1,417 @@
+"""The status-service stand-in on real ports, with rsocket-py's and aiohttp's own clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from rsocket.error_codes import ErrorCode
+from rsocket.extensions.helpers import authenticate_bearer, composite, route
+from rsocket.extensions.mimetypes import WellKnownMimeTypes
+from rsocket.helpers import single_transport_provider
+from rsocket.payload import Payload
+from rsocket.request_handler import BaseRequestHandler
+from rsocket.rsocket_client import RSocketClient
+from rsocket.transports.tcp import TransportTCP
+
+from relay.dev.faults import StatusFaults
+from relay.dev.status_service import StatusServiceStandIn
+from tests.conftest import make_event
+
+SCOPE = "eformidling:dpo"
+CLIENT_ID = "MOVE_IP_971203420"
+ISSUER = "https://test.maskinporten.no/"
+TIMEOUT = 5.0
+
+_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def make_token(key: rsa.RSAPrivateKey = _KEY, **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "client_id": CLIENT_ID,
+        "scope": SCOPE,
+        "iat": now,
+        "exp": now + 120,
+        "jti": str(uuid.uuid4()),
+        "consumer": {"authority": "iso6523-actorid-upis", "ID": "0192:971203420"},
+    }
+    claims.update(overrides)
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+def verify_token(token: str) -> dict:
+    return jwt.decode(
+        token,
+        _KEY.public_key(),
+        algorithms=["RS256"],
+        issuer=ISSUER,
+        options={"require": ["exp", "iss"]},
+    )
+
+
+def status_event(**overrides: Any) -> dict:
+    return make_event(logger_name="STATUS", **overrides)
+
+
+class Events:
+    """rsocket-py client handler that records what the server does to the connection."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+        self.errors: list[tuple[ErrorCode, bytes]] = []
+
+    def handler(self) -> BaseRequestHandler:
+        events = self
+
+        class Handler(BaseRequestHandler):
+            async def on_error(self, error_code, payload):
+                events.errors.append((error_code, payload.data))
+
+            async def on_close(self, rsocket, exception=None):
+                events.closed.set()
+
+        return Handler()
+
+
+@asynccontextmanager
+async def rsocket_client(
+    port: int,
+    events: Events | None = None,
+    metadata_encoding: WellKnownMimeTypes = WellKnownMimeTypes.MESSAGE_RSOCKET_COMPOSITE_METADATA,
+) -> AsyncIterator[RSocketClient]:
+    events = events or Events()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = RSocketClient(
+        single_transport_provider(TransportTCP(reader, writer)),
+        handler_factory=events.handler,
+        metadata_encoding=metadata_encoding,
+        data_encoding=WellKnownMimeTypes.APPLICATION_JSON,
+        keep_alive_period=timedelta(seconds=20),
+        max_lifetime_period=timedelta(seconds=90),
+    )
+    async with client:
+        yield client
+
+
+def metadata(token: str | None = None, tag: str = "log-fire") -> bytes:
+    items = [route(tag)]
+    if token is not None:
+        items.append(authenticate_bearer(token))
+    return composite(*items)
+
+
+def string_mime_entry(mime: bytes, data: bytes) -> bytes:
+    """A composite-metadata entry whose MIME is written as a string, not a well-known id."""
+    return bytes([len(mime) - 1]) + mime + len(data).to_bytes(3, "big") + data
+
+
+async def send(
+    client: RSocketClient, event: object, meta: bytes | None = None, token: str | None = None
+) -> Payload:
+    if meta is None:
+        meta = metadata(token or make_token())
+    payload = Payload(orjson.dumps(event), meta)
+    return await asyncio.wait_for(client.request_response(payload), TIMEOUT)
+
+
+async def refused(client: RSocketClient, event: object, **kw: Any) -> str:
+    """The APPLICATION_ERROR text; rsocket-py raises exactly RuntimeError for code 0x201."""
+    with pytest.raises(RuntimeError) as info:
+        await send(client, event, **kw)
+    assert type(info.value) is RuntimeError
+    return str(info.value)
+
+
+async def until(predicate, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+class StandIn:
+    def __init__(self, service: StatusServiceStandIn, rsocket_port: int, http_url: str) -> None:
+        self.service = service
+        self.port = rsocket_port
+        self.url = http_url
+        self.session: aiohttp.ClientSession
+
+    async def post(self, body: object, token: str | None = None, *, raw: bytes | None = None):
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else orjson.dumps(body)
+        async with self.session.post(self.url + "/api/status", data=data, headers=headers) as r:
+            return r.status, await r.text(), r.headers
+
+    async def get(self, path: str, **params: str) -> Any:
+        async with self.session.get(self.url + path, params=params) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
+@pytest.fixture
+async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
+    service = StatusServiceStandIn(
+        store_path=tmp_path / "status.db", verify_token=verify_token, scope=SCOPE
+    )
+    rsocket_port = await service.start_rsocket("127.0.0.1", 0)
+    http_port = await service.start_http("127.0.0.1", 0)
+    s = StandIn(service, rsocket_port, f"http://127.0.0.1:{http_port}")
+    async with aiohttp.ClientSession() as session:
+        s.session = session
+        yield s
+    await service.close()
+
+
+# -- RSocket ---------------------------------------------------------------------------------
+
+
+async def test_request_response_is_stored_before_the_ack(standin: StandIn) -> None:
+    event = status_event()
+    async with rsocket_client(standin.port) as client:
+        answer = await send(client, event)
+        assert not answer.data
+        rows = standin.service.store.statuses(message_id=event["message_id"])
+    assert len(rows) == 1
+    received = rows[0].pop("_received")
+    assert rows[0]["status"] == event["status"]
+    assert rows[0]["sender_org_number"] == "971203420"
+    assert received["transport"] == "rsocket"
+    assert received["interaction"] == "request-response"
+    assert received["client_id"] == CLIENT_ID
+    assert isinstance(received["token_exp"], int)
+
+
+async def test_fire_and_forget_is_stored(standin: StandIn) -> None:
+    event = status_event()
+    async with rsocket_client(standin.port) as client:
+        payload = Payload(orjson.dumps(event), metadata(make_token()))
+        await asyncio.wait_for(client.fire_and_forget(payload), TIMEOUT)
+        store = standin.service.store
+        await until(lambda: store.statuses(message_id=event["message_id"]))
+    (row,) = store.statuses(message_id=event["message_id"])
+    assert row["_received"]["interaction"] == "fire-and-forget"
+
+
+@pytest.mark.parametrize("form", ["well-known id", "mime string", "legacy bearer"])
+async def test_all_three_bearer_forms_are_accepted(standin: StandIn, form: str) -> None:
+    token = make_token().encode()
+    auth = {
+        "well-known id": composite(authenticate_bearer(token.decode())),
+        "mime string": string_mime_entry(b"message/x.rsocket.authentication.v0", b"\x81" + token),
+        "legacy bearer": string_mime_entry(b"message/x.rsocket.authentication.bearer.v0", token),
+    }[form]
+    event = status_event()
+    async with rsocket_client(standin.port) as client:
+        await send(client, event, meta=composite(route("log-fire")) + auth)
+    assert standin.service.store.statuses(message_id=event["message_id"])
+
+
+@pytest.mark.parametrize(
+    "make_bad_token, reason",
+    [
+        # made when the test runs, not at collection: a suite can outlive a 120 s token
+        (lambda: None, "no bearer token"),
+        (lambda: make_token(exp=int(time.time()) - 60), "expired"),
+        (lambda: make_token(_OTHER_KEY), "Signature verification failed"),
+        (lambda: make_token(scope="eformidling:dpv"), f"token lacks scope {SCOPE}"),
+        (lambda: "not-a-jwt", ""),
+    ],
+)
+async def test_bad_tokens_are_denied(standin: StandIn, make_bad_token, reason: str) -> None:
+    token = make_bad_token()
+    async with rsocket_client(standin.port) as client:
+        text = await refused(client, status_event(), meta=metadata(token))
+        assert text.startswith("Access Denied: ")
+        assert reason in text
+        # The connection stays usable: the token is checked per request, not per connection.
+        await send(client, status_event())
+    assert standin.service.store.stats()["total"] == 1
+
+
+async def test_wrong_route_is_an_error(standin: StandIn) -> None:
+    async with rsocket_client(standin.port) as client:
+        text = await refused(client, status_event(), meta=metadata(make_token(), tag="log"))
+    assert text == "No handler for destination 'log'"
+
+
+async def test_invalid_events_get_the_service_messages(standin: StandIn) -> None:
+    async with rsocket_client(standin.port) as client:
+        bad_sender = status_event(sender="971203420")
+        assert await refused(client, bad_sender) == (
+            "Sender field (971203420) is not valid ISO6523 format."
+        )
+        assert await refused(client, status_event(message_id="42")) == (
+            "message_id and conversation_id must be of type UUID"
+        )
+        assert await refused(client, make_event()) == "logger_name missing"
+    assert standin.service.store.stats()["total"] == 0
+
+
+async def test_arrays_follow_the_accept_arrays_switch(standin: StandIn) -> None:
+    async with rsocket_client(standin.port) as client:
+        await send(client, [status_event(), status_event()])
+        standin.service.faults.accept_arrays = False
+        assert "one event per request" in await refused(client, [status_event()])
+    stats = standin.service.store.stats()
+    assert (stats["total"], stats["requests"]) == (2, 1)
+
+
+async def test_reject_faults_leave_other_requests_alone(standin: StandIn) -> None:
+    faults = standin.service.faults
+    faults.update({"reject_match": {"status": "FEIL"}, "reject_message": "nope"})
+    async with rsocket_client(standin.port) as client:
+        assert await refused(client, status_event(status="FEIL")) == "nope"
+        await send(client, status_event(status="LEVERT"))
+        faults.update({"reject_match": {}, "reject_fraction": 1.0})
+        assert await refused(client, status_event(status="LEVERT")) == "nope"
+        faults.update({"reject_fraction": 0.0})
+        await send(client, status_event(status="FEIL"))
+    assert standin.service.store.stats()["by_status"] == {"FEIL": 1, "LEVERT": 1}
+
+
+async def test_delay_does_not_serialise_requests(standin: StandIn) -> None:
+    standin.service.faults.delay = 0.3
+    async with rsocket_client(standin.port) as client:
+        token = make_token()
+        started = time.monotonic()
+        await asyncio.gather(*(send(client, status_event(), token=token) for _ in range(20)))
+        elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 1.5, elapsed
+    assert standin.service.store.stats()["total"] == 20
+
+
+async def test_drop_after_closes_the_connection(standin: StandIn) -> None:
+    standin.service.faults.drop_after = 3
+    events = Events()
+    async with rsocket_client(standin.port, events) as client:
+        for _ in range(3):
+            await send(client, status_event())
+        await asyncio.wait_for(events.closed.wait(), TIMEOUT)
+    rs = standin.service.rsocket
+    await until(lambda: rs.connections_open == 0)
+    assert (rs.connections_total, rs.requests) == (1, 3)
+    # A new connection gets its own count.
+    async with rsocket_client(standin.port) as client:
+        await send(client, status_event())
+    assert standin.service.store.stats()["total"] == 4
+
+
+async def test_setup_without_composite_metadata_is_rejected_and_closed(standin: StandIn) -> None:
+    events = Events()
+    async with rsocket_client(standin.port, events, WellKnownMimeTypes.APPLICATION_JSON):
+        await asyncio.wait_for(events.closed.wait(), TIMEOUT)
+    ((code, text),) = events.errors
+    assert code == ErrorCode.REJECTED_SETUP
+    assert b"composite-metadata" in text
+
+
+async def test_close_closes_client_connections(standin: StandIn) -> None:
+    events = Events()
+    async with rsocket_client(standin.port, events) as client:
+        await send(client, status_event())
+        assert standin.service.rsocket.connections_open == 1
+        await standin.service.rsocket.close()
+        await asyncio.wait_for(events.closed.wait(), TIMEOUT)
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+async def test_http_answers_like_the_service(standin: StandIn) -> None:
+    event = make_event()  # over HTTP, logger_name defaults to STATUS
+    status, body, _ = await standin.post(event, make_token())
+    assert (status, body) == (200, "")
+    (row,) = standin.service.store.statuses(message_id=event["message_id"])
+    assert row["logger_name"] == "STATUS"
+    assert row["_received"]["transport"] == "http"
+
+    status, body, headers = await standin.post(make_event(sender="971203420"), make_token())
+    assert (status, body) == (400, "Sender field (971203420) is not valid ISO6523 format.")
+    assert headers["Content-Type"].startswith("text/plain")
+
+    for token in (None, "garbage", make_token(exp=int(time.time()) - 60)):
+        status, _, headers = await standin.post(make_event(), token)
+        assert status == 401
+        assert headers["WWW-Authenticate"] == "Bearer"
+
+    status, _, _ = await standin.post(None, make_token(), raw=b"{not json")
+    assert status == 400
+
+
+async def test_http_status_fault_sends_retry_after(standin: StandIn) -> None:
+    standin.service.faults.update({"http_status": 503, "retry_after": 7})
+    status, _, headers = await standin.post(make_event(), make_token())
+    assert (status, headers["Retry-After"]) == (503, "7")
+    standin.service.faults.update({"http_fraction": 0.0})
+    status, _, _ = await standin.post(make_event(), make_token())
+    assert status == 200
+
+
+async def test_statuses_filter_and_stats_count_duplicates(standin: StandIn) -> None:
+    conversation = str(uuid.uuid4())
+    first = make_event(conversation_id=conversation, status="OPPRETTET")
+    second = dict(first, status="SENDT")
+    other = make_event(status="FEIL", service_identifier="DPO")
+    for event in (first, second, second, other):
+        assert (await standin.post(event, make_token()))[0] == 200
+    async with rsocket_client(standin.port) as client:
+        await send(client, dict(second, logger_name="STATUS"))
+
+    rows = await standin.get("/api/statuses", conversation_id=conversation)
+    assert [r["status"] for r in rows] == ["OPPRETTET", "SENDT", "SENDT", "SENDT"]
+    rows = await standin.get("/api/statuses", message_id=other["message_id"])
+    assert [r["status"] for r in rows] == ["FEIL"]
+    rows = await standin.get("/api/statuses", conversation_id=conversation, limit="2")
+    assert [r["_received"]["transport"] for r in rows] == ["http", "rsocket"]
+
+    stats = await standin.get("/api/stats")
+    assert stats["total"] == 5
+    assert stats["requests"] == 5
+    assert stats["duplicates"] == 2
+    assert stats["by_status"] == {"FEIL": 1, "OPPRETTET": 1, "SENDT": 3}
+    assert stats["by_service_identifier"] == {"DPE": 4, "DPO": 1}
+    assert [e["message_id"] for e in stats["recent_feil"]] == [other["message_id"]]
+    assert stats["rsocket"]["connections_total"] == 1
+    assert stats["rsocket"]["requests"] == 1
+    assert stats["http"]["requests"] == 4
+
+
+async def test_admin_faults_round_trip(standin: StandIn) -> None:
+    url = standin.url + "/admin/faults"
+    change = {"delay": 0.05, "reject_match": {"status": "FEIL"}, "http_status": 429}
+    async with standin.session.post(url, json=change) as r:
+        assert r.status == 200
+        assert {k: (await r.json())[k] for k in change} == change
+    assert standin.service.faults.reject_match == {"status": "FEIL"}
+    assert (await standin.get("/admin/faults"))["http_status"] == 429
+
+    for bad, culprit in (({"reject_ratio": 0.5}, "reject_ratio"), ({"delay": "1s"}, "delay")):
+        async with standin.session.post(url, json=bad) as r:
+            assert r.status == 400
+            assert culprit in await r.text()
+    assert standin.service.faults.delay == 0.05
+
+
+def test_fault_update_is_all_or_nothing() -> None:
+    faults = StatusFaults()
+    with pytest.raises(ValueError, match="drop_after"):
+        faults.update({"delay": 1, "drop_after": -1})
+    assert faults.delay == 0.0
+    with pytest.raises(ValueError, match="reject_fraction"):
+        StatusFaults(reject_fraction=2)
