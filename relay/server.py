@@ -20,7 +20,12 @@ log = logging.getLogger("relay")
 _SHUTDOWN_TIMEOUT = 10.0
 
 
-def build_app(cfg: Config, spool: Spool, auth_token: str | None = None) -> web.Application:
+def build_app(
+    cfg: Config,
+    spool: Spool,
+    auth_token: str | None = None,
+    delivery: DeliveryParts | None = None,
+) -> web.Application:
     """The HTTP application: ingest paths plus /healthz and /readyz."""
     http = cfg.ingest.http
     # auto_decompress off: the source inflates bodies itself, bounded by max_body_bytes
@@ -33,7 +38,7 @@ def build_app(cfg: Config, spool: Spool, auth_token: str | None = None) -> web.A
         max_event_bytes=http.max_event_bytes,
         auth_token=auth_token,
     ).add_routes(app)
-    health.add_routes(app, spool)
+    health.add_routes(app, spool, [delivery.sink.not_ready] if delivery else [])
     return app
 
 
@@ -51,8 +56,12 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     delivery: DeliveryParts | None = None
     started = False
     try:
+        if creds is not None:
+            delivery = build_delivery(cfg, spool, creds)
         runner = web.AppRunner(
-            build_app(cfg, spool, auth_token), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT
+            build_app(cfg, spool, auth_token, delivery),
+            access_log=None,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
         )
         await runner.setup()
         try:
@@ -63,8 +72,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
                 f"{exc.strerror}; choose a free address"
             ) from None
         _log_ready(cfg, spool)
-        if creds is not None:
-            delivery = build_delivery(cfg, spool, creds)
+        if delivery is not None:
             await delivery.start()
             log.info("delivering to %s over %s", _upstream_address(cfg), cfg.upstream.transport)
         started = True

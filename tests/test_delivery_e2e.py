@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -245,3 +246,68 @@ def test_relay_token_command_with_keystore_and_pem(upstream_factory, tmp_path: P
     assert wrong.returncode == 2
     assert len(wrong.stderr.strip().splitlines()) == 1
     assert "password" in wrong.stderr and "wrong-password" not in wrong.stderr
+
+
+def test_batches_go_as_json_arrays(upstream_factory, relay_factory) -> None:
+    up = upstream_factory()  # the stand-in accepts arrays; the real service does not
+    relay = relay_factory(config=up.config, env={"RELAY_UPSTREAM__BATCH_SIZE": "50"}).start()
+    events = [make_event() for _ in range(1000)]
+    send(relay, events)
+    wait_until(lambda: up.stats()["total"] >= 1000, 30, "all events upstream")
+    assert set(received_ids(up)) == {e["message_id"] for e in events}
+    assert up.stats()["requests"] <= 1000 / 10
+
+
+def readyz(relay: RelayProcess) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(relay.url + "/readyz", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_http_sink_retries_5xx_and_reports_403_as_not_ready(
+    upstream_factory, relay_factory
+) -> None:
+    up = upstream_factory()
+    env = {**FAST_RETRY, "RELAY_UPSTREAM__TRANSPORT": "http"}
+    relay = relay_factory(config=up.config, env=env).start()
+    up.faults(http_status=503, http_fraction=0.5, retry_after=1)
+    events = [make_event() for _ in range(100)]
+    send(relay, events)
+    wait_until(lambda: up.stats()["total"] >= 100, 30, "events past the 503s")
+    assert set(received_ids(up)) == {e["message_id"] for e in events}
+
+    up.faults(http_status=403, http_fraction=1.0)
+    send(relay, [make_event()])
+    wait_until(lambda: readyz(relay)[0] == 503, 20, "not-ready on 403")
+    assert "403" in readyz(relay)[1]
+    up.faults(http_status=0)
+    wait_until(lambda: up.stats()["total"] == 101, 20, "the event after the 403s")
+    wait_until(lambda: readyz(relay)[0] == 200, 10, "ready again")
+    assert spool_stats(relay)["dead_letters"] == 0
+
+
+def test_frozen_upstream_times_out_then_keepalive_reconnects(
+    upstream_factory, relay_factory
+) -> None:
+    up = upstream_factory()
+    env = {
+        **FAST_RETRY,
+        "RELAY_UPSTREAM__REQUEST_TIMEOUT": "1s",
+        "RELAY_UPSTREAM__KEEPALIVE_INTERVAL": "1s",
+        "RELAY_UPSTREAM__KEEPALIVE_MAX_LIFETIME": "3s",
+    }
+    relay = relay_factory(config=up.config, env=env).start()
+    send(relay, [make_event()])
+    wait_until(lambda: up.stats()["total"] == 1, 20, "the first event")
+    up.proc.send_signal(signal.SIGSTOP)  # alive but silent: TCP stays up, nothing answers
+    try:
+        events = [make_event() for _ in range(50)]
+        send(relay, events)
+        wait_until(lambda: "no keepalive" in relay.output(), 20, "the keepalive timeout")
+    finally:
+        up.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: up.stats()["total"] >= 51, 30, "the events after the freeze")
+    assert set(received_ids(up)) >= {e["message_id"] for e in events}
+    assert "timeout" in relay.output()

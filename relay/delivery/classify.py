@@ -40,9 +40,10 @@ def classify_rsocket_error(exc: BaseException) -> Outcome:
             return Outcome(Verdict.INVALID, "invalid", text or "INVALID")
         if code == ErrorCode.REJECTED:
             return Outcome(Verdict.RETRY, "token", text or "REJECTED")
-        if code in (ErrorCode.CONNECTION_ERROR, ErrorCode.CONNECTION_CLOSE):
+        if code in (ErrorCode.CONNECTION_ERROR, ErrorCode.CONNECTION_ERROR_NO_RETRY):
             return Outcome(Verdict.RETRY, "connection", text or code.name, connection_lost=True)
-        return Outcome(Verdict.RETRY, code.name.lower(), text or code.name)
+        name = getattr(code, "name", str(code))
+        return Outcome(Verdict.RETRY, name.lower(), text or name)
     if isinstance(exc, RuntimeError):  # rsocket-py's form of APPLICATION_ERROR
         text = one_line(str(exc))
         if token_refused(text):

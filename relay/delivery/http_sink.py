@@ -49,7 +49,11 @@ class HttpSink:
         await self._tokens.token()
 
     async def send(self, bodies: list[bytes]) -> Outcome:
-        token = await self._tokens.token()
+        try:
+            async with asyncio.timeout(self._cfg.request_timeout):
+                token = await self._tokens.token()
+        except TimeoutError:
+            return Outcome(Verdict.RETRY, "token", "no valid access token (see relay.auth logs)")
         data = request_data(bodies, self._cfg.batch_size)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:

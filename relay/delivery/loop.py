@@ -128,10 +128,15 @@ class Delivery:
 
     async def _deliver(self, chunk: list[Leased]) -> None:
         try:
-            outcome = await self._sink.send([e.body for e in chunk])
+            try:
+                outcome = await self._sink.send([e.body for e in chunk])
+            except Exception as exc:
+                # a bug, not an upstream answer: the events must still go back to the spool
+                log.exception("unexpected error while sending; the events will be retried")
+                outcome = Outcome(Verdict.RETRY, "internal", f"{type(exc).__name__}: {exc}")
             await self._settle(chunk, outcome)
         except SpoolRefused as exc:
-            # the events stay in the spool under their lease and are offered again after restart
+            # the spool forgets the lease on a failed write, so the events are offered again
             log.error("cannot record a delivery result in the spool: %s", exc)
         finally:
             self.stats.in_flight -= 1

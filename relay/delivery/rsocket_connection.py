@@ -83,8 +83,8 @@ class RSocketConnection:
             handler_factory=lambda: _Handler(self),
             metadata_encoding=WellKnownMimeTypes.MESSAGE_RSOCKET_COMPOSITE_METADATA,
             data_encoding=WellKnownMimeTypes.APPLICATION_JSON,
-            keep_alive_period=timedelta(seconds=keepalive_interval),
-            max_lifetime_period=timedelta(seconds=keepalive_max_lifetime),
+            keep_alive_period=_whole_seconds(keepalive_interval),
+            max_lifetime_period=_whole_seconds(keepalive_max_lifetime),
         )
         await self._client.connect()
         return self
@@ -114,6 +114,10 @@ class RSocketConnection:
         if self.closed.done():
             return
         self.closed.set_result(reason)
+        if self._client is not None:
+            # through the library, so its own clean-up later finds the streams already ended
+            with contextlib.suppress(Exception):
+                self._client.stop_all_streams()
         for future in list(self._pending):
             if not future.done():
                 future.set_exception(ConnectionLost(reason))
@@ -131,3 +135,9 @@ class RSocketConnection:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await self._client.close()
+
+
+def _whole_seconds(seconds: float) -> timedelta:
+    # rsocket-py 0.4.20 counts the sub-second part twice when it writes SETUP (200 ms goes out
+    # as 400 ms), so only whole seconds reach the wire as configured
+    return timedelta(seconds=max(1, round(seconds)))

@@ -63,7 +63,11 @@ class RSocketSink:
         conn = self._conn
         if conn is None or not conn.is_open:
             return Outcome(Verdict.RETRY, "connection", "not connected", connection_lost=True)
-        token = await self._tokens.token()
+        try:
+            async with asyncio.timeout(self._cfg.request_timeout):
+                token = await self._tokens.token()
+        except TimeoutError:
+            return Outcome(Verdict.RETRY, "token", "no valid access token (see relay.auth logs)")
         data = request_data(bodies, self._cfg.batch_size)
         try:
             await conn.request(data, self._metadata_for(token), self._cfg.request_timeout)
