@@ -85,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--config", metavar="FILE", help="TOML configuration file")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=_spool_stats)
+    check = spool_sub.add_parser(
+        "check", help="integrity check of the spool file (exit 0 sound, 1 problems found)"
+    )
+    check.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    check.set_defaults(func=_spool_check)
+    status = sub.add_parser(
+        "status", help="show a running relay's /status readably", description="Show /status."
+    )
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="the relay's HTTP address")
+    status.add_argument("--json", action="store_true", help="print the JSON as it is")
+    status.set_defaults(func=_status)
 
     dlq = sub.add_parser(
         "dlq",
@@ -136,11 +147,12 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _spool_stats(args: argparse.Namespace) -> int:
-    from relay.spool import read_stats
+    from relay.spool import per_source, read_stats
 
     cfg = _config(args)
     try:
         stats = read_stats(cfg.spool.path, cfg.spool.max_bytes)
+        sources = per_source(cfg.spool.path)
     except sqlite3.Error as exc:
         raise UserError(
             f"cannot read the spool in {cfg.spool.path}: {exc}; "
@@ -156,6 +168,7 @@ def _spool_stats(args: argparse.Namespace) -> int:
         "dead_letters": stats.dead_letters,
         "dead_letter_bytes": stats.dead_letter_bytes,
         "quarantined": stats.quarantined,
+        "sources": sources,
     }
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
@@ -164,8 +177,64 @@ def _spool_stats(args: argparse.Namespace) -> int:
     for key, value in report.items():
         if key == "quarantined":
             value = ", ".join(value) if value else "none"
-        print(f"{key:<{width}}  {value}")
+        if key == "sources":
+            value = "; ".join(
+                f"{name}: {n['events']} waiting, {n['dead_letters']} dead"
+                for name, n in sorted(value.items())
+            )
+        print(f"{key:<{width}}  {value or '-'}")
     return 0
+
+
+def _spool_check(args: argparse.Namespace) -> int:
+    from relay.spool import check_spool
+
+    cfg = _config(args)
+    problems = check_spool(cfg.spool.path)
+    for problem in problems:
+        print(f"spool {cfg.spool.path}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"spool {cfg.spool.path} is sound")
+    return 1 if problems else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = args.url.rstrip("/") + "/status"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = r.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"cannot read {url}: {reason}; is the relay running there?") from None
+    try:
+        report = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UserError(f"{url} did not answer JSON; is that a relay?") from None
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(_format_status(report))
+    return 0 if report.get("status") == "ok" else 1
+
+
+def _format_status(report: dict) -> str:
+    lines = [f"status: {report.get('status', '?').upper()}"]
+    lines += [f"  - {reason}" for reason in report.get("reasons", [])]
+    for section in ("spool", "upstream", "delivery", "token"):
+        values = report.get(section)
+        if not values:
+            continue
+        lines.append(f"{section}:")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+            elif isinstance(value, list):
+                value = ", ".join(map(str, value)) or "-"
+            lines.append(f"  {key.replace('_', ' '):<26} {'-' if value is None else value}")
+    return "\n".join(lines)
 
 
 def _dlq_call(args: argparse.Namespace, func, *rest):

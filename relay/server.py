@@ -1,23 +1,30 @@
-"""The running relay: the spool, the sources that feed it, delivery, and the ops endpoints."""
+"""The running relay: the spool, the sources that feed it, delivery, and the ops endpoints.
+
+Start order: spool, delivery, listeners. Stop order, on SIGTERM/SIGINT: stop accepting, finish the
+commit in progress, let requests in flight finish until `lifecycle.shutdown_timeout`, close the
+spool. What was not delivered stays in the spool for the next start.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
 
 from aiohttp import web
 
 from relay.config import Config, parse_listen
 from relay.delivery.setup import DeliveryParts, build_delivery, load_delivery_credentials
 from relay.errors import UserError
-from relay.ops import health
+from relay.ops import collectors, endpoints
+from relay.ops.metrics import Metrics
+from relay.ops.status import StatusReport
 from relay.sources.http import HttpSource, read_auth_token
+from relay.sources.intake import Intake
 from relay.spool import Spool, SqliteSpool
 
 log = logging.getLogger("relay")
-
-_SHUTDOWN_TIMEOUT = 10.0
 
 
 def build_app(
@@ -25,44 +32,51 @@ def build_app(
     spool: Spool,
     auth_token: str | None = None,
     delivery: DeliveryParts | None = None,
+    intake: Intake | None = None,
 ) -> web.Application:
-    """The HTTP application: ingest paths plus /healthz and /readyz."""
+    """The HTTP application: ingest paths and the operator's endpoints."""
     http = cfg.ingest.http
+    intake = intake or Intake(spool, http.max_event_bytes)
     # auto_decompress off: the source inflates bodies itself, bounded by max_body_bytes
     app = web.Application(
         client_max_size=http.max_body_bytes, handler_args={"auto_decompress": False}
     )
-    HttpSource(
+    HttpSource(intake, max_body_bytes=http.max_body_bytes, auth_token=auth_token).add_routes(app)
+    collectors.register(intake.metrics, spool, delivery, intake)
+    endpoints.add_routes(
+        app,
         spool,
-        max_body_bytes=http.max_body_bytes,
-        max_event_bytes=http.max_event_bytes,
-        auth_token=auth_token,
-    ).add_routes(app)
-    health.add_routes(app, spool, [delivery.sink.not_ready] if delivery else [])
+        intake.metrics,
+        StatusReport(cfg, spool, delivery),
+        [delivery.sink.not_ready] if delivery else [],
+    )
     return app
 
 
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM or SIGINT (or `stop` is set); undelivered events stay in the spool."""
+    """Run until SIGTERM or SIGINT (or `stop` is set)."""
     # everything a user can get wrong is checked before the spool is opened
     auth_token = read_auth_token(cfg.ingest.http.auth_token_file)
     host, port = parse_listen(cfg.ingest.http.listen, "ingest.http.listen")
     creds = load_delivery_credentials(cfg)
 
+    metrics = Metrics()
     spool = await SqliteSpool.open(
-        cfg.spool.path, max_bytes=cfg.spool.max_bytes, dedup_window=cfg.spool.dedup_window
+        cfg.spool.path,
+        max_bytes=cfg.spool.max_bytes,
+        dedup_window=cfg.spool.dedup_window,
+        on_commit=metrics.commit_seconds.observe,
     )
-    runner: web.AppRunner | None = None
+    intake = Intake(spool, cfg.ingest.http.max_event_bytes, metrics)
     delivery: DeliveryParts | None = None
+    runner: web.AppRunner | None = None
     started = False
     try:
         if creds is not None:
-            delivery = build_delivery(cfg, spool, creds)
-        runner = web.AppRunner(
-            build_app(cfg, spool, auth_token, delivery),
-            access_log=None,
-            shutdown_timeout=_SHUTDOWN_TIMEOUT,
-        )
+            delivery = build_delivery(cfg, spool, creds, on_delivered=metrics.observe_delivered)
+        app = build_app(cfg, spool, auth_token, delivery, intake)
+        # the drain below bounds shutdown; the HTTP side only finishes the requests it holds
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
@@ -79,13 +93,15 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         await (stop.wait() if stop is not None else _until_signalled())
         log.info("shutting down: no longer accepting events")
     finally:
+        deadline = time.monotonic() + cfg.lifecycle.shutdown_timeout
         if runner is not None:
             await runner.cleanup()
         if delivery is not None:
-            await delivery.stop(_SHUTDOWN_TIMEOUT)
+            await delivery.stop(max(0.0, deadline - time.monotonic()))
         await spool.close()
         if started:
-            log.info("stopped; undelivered events stay in the spool")
+            stats = spool.stats()
+            log.info("stopped; %d undelivered event(s) stay in the spool", stats.events)
 
 
 def _log_ready(cfg: Config, spool: Spool) -> None:

@@ -90,3 +90,49 @@ def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
     assert post(proc.url, SEED_EVENT)[0] == 200
     assert proc.stop() == 0
     assert "Traceback" not in proc.output()
+
+
+def test_spool_check_sound_and_corrupt(tmp_path: Path) -> None:
+    import asyncio
+
+    from relay.spool import Incoming, SqliteSpool
+
+    async def fill() -> None:
+        spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=1 << 30, dedup_window=0)
+        await spool.append(
+            [Incoming(b'{"n":%d,"pad":"%s"}' % (i, b"x" * 200), "t") for i in range(2000)]
+        )
+        await spool.close()
+
+    asyncio.run(fill())
+    env = {"RELAY_SPOOL__PATH": str(tmp_path / "spool")}
+    sound = relay("spool", "check", env=env)
+    assert sound.returncode == 0, sound.stderr
+    assert "sound" in sound.stdout
+    stats = orjson.loads(relay("spool", "stats", "--json", env=env).stdout)
+    assert stats["sources"] == {"t": {"events": 2000, "bytes": stats["bytes"], "dead_letters": 0}}
+
+    db = tmp_path / "spool" / "spool.db"
+    data = bytearray(db.read_bytes())
+    for offset in range(4096 * 5, 4096 * 40, 4096):
+        data[offset + 100 : offset + 400] = b"\xff" * 300
+    db.write_bytes(bytes(data))
+    broken = relay("spool", "check", env=env)
+    assert broken.returncode == 1
+    assert broken.stderr.strip() and "Traceback" not in broken.stderr
+
+
+def test_status_command(tmp_path: Path) -> None:
+    proc = RelayProcess(tmp_path / "spool").start()
+    try:
+        result = relay("status", "--url", proc.url)
+        # no Maskinporten credentials: delivery is off, which /status reports as degraded
+        assert result.returncode == 1
+        assert "status: DEGRADED" in result.stdout
+        assert "delivery is off" in result.stdout
+        raw = relay("status", "--url", proc.url, "--json")
+        assert orjson.loads(raw.stdout)["status"] == "degraded"
+    finally:
+        proc.kill()
+    gone = relay("status", "--url", proc.url)
+    assert gone.returncode == 2 and "is the relay running" in gone.stderr

@@ -818,6 +818,8 @@ def test_render_shape() -> None:
         "[retry]",
         "[maskinporten]",
         "[log]",
+        "[health]",
+        "[lifecycle]",
     ]
     assert 'request_timeout = "10s"' in text
     assert 'initial_backoff = "200ms"' in text

@@ -168,6 +168,20 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """``[health]``: when ``/status`` calls the relay degraded."""
+
+    stall_after: float = _duration("60s")
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """``[lifecycle]``: start-up and shutdown."""
+
+    shutdown_timeout: float = _duration("10s")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``Config()`` is the all-defaults configuration."""
 
@@ -177,6 +191,8 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     maskinporten: MaskinportenConfig = field(default_factory=MaskinportenConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
 
 
 _Key = tuple[str, ...]

@@ -117,6 +117,7 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
 
     retry = cfg.retry
     positive_duration("retry.initial_backoff", retry.initial_backoff)
+    positive_duration("health.stall_after", cfg.health.stall_after)
     if retry.initial_backoff > retry.max_backoff:
         raise _error(
             f"{name('retry.initial_backoff')} ({format_duration(retry.initial_backoff)}) must "

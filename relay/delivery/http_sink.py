@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiohttp
 
@@ -29,16 +30,17 @@ class HttpSink:
         self._tokens = tokens
         self._session: aiohttp.ClientSession | None = None
         self._not_ready: str | None = None
-        self._reachable = False
+        self.down_since: float | None = None  # wall time the upstream became unreachable
 
     @property
     def connected(self) -> bool:
-        return self._reachable
+        return self.down_since is None
 
     def not_ready(self) -> str | None:
         return self._not_ready
 
     async def start(self) -> None:
+        self.down_since = time.time()  # until the first answer, the upstream is not known to work
         connector = aiohttp.TCPConnector(limit=self._cfg.max_in_flight, keepalive_timeout=60)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -62,12 +64,12 @@ class HttpSink:
                 retry_after = _retry_after(r.headers.get("Retry-After"))
                 status = r.status
         except TimeoutError:
-            self._reachable = False
+            self._unreachable()
             return Outcome(Verdict.RETRY, "timeout", "no answer within upstream.request_timeout")
         except aiohttp.ClientError as exc:
-            self._reachable = False
+            self._unreachable()
             return Outcome(Verdict.RETRY, "connection", one_line(f"{type(exc).__name__}: {exc}"))
-        self._reachable = True
+        self.down_since = None
         outcome = classify_http_status(status, text, retry_after)
         if outcome.reason == "token":
             self._tokens.invalidate(token)
@@ -84,6 +86,10 @@ class HttpSink:
             log.warning("the status service accepts events again")
             self._not_ready = None
         return outcome
+
+    def _unreachable(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.time()
 
     async def close(self) -> None:
         if self._session is not None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from relay.backoff import backoff_delay
@@ -35,8 +35,13 @@ _OTHERS_OK_WINDOW = 60.0
 class DeliveryStats:
     delivered: int = 0
     redelivered: int = 0  # sent again after a connection died with them in flight
-    retries: Counter[str] = field(default_factory=Counter)
-    dead_lettered: Counter[str] = field(default_factory=Counter)
+    # the usual reasons start at zero, so they show on /metrics before the first failure
+    retries: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(("connection", "timeout", "token"), 0))
+    )
+    dead_lettered: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(("rejected", "invalid"), 0))
+    )
     in_flight: int = 0
     last_delivery_at: float | None = None
     last_error: str | None = None
@@ -50,7 +55,7 @@ class Delivery:
         upstream: UpstreamConfig,
         retry: RetryConfig,
         *,
-        on_delivered: Callable[[list[Leased], float], None] | None = None,
+        on_delivered: Callable[[Iterable[float], float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._spool = spool
@@ -191,7 +196,7 @@ class Delivery:
         if len(self._to_ack) >= _ACK_BATCH:
             self._ack_due.set()
         if self._on_delivered is not None:
-            self._on_delivered(chunk, now)
+            self._on_delivered((e.received_at for e in chunk), now)
 
     def _delay(self, event: Leased, outcome: Outcome) -> float:
         if outcome.connection_lost:

@@ -42,4 +42,6 @@ class Sink(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    down_since: float | None  # wall time the upstream became unreachable, None while it answers
+
     async def close(self) -> None: ...

@@ -39,6 +39,7 @@ class RSocketSink:
         self._metadata: tuple[str, bytes] | None = None  # (token, composite metadata)
         self._last_conn: RSocketConnection | None = None  # closed on shutdown
         self._healthy = False  # a request succeeded on the current connection
+        self.down_since: float | None = time.time()  # wall time the upstream became unreachable
         self.connects = 0
 
     @property
@@ -121,6 +122,7 @@ class RSocketSink:
             )
             last_failure = None
             self._conn, self._last_conn, self._healthy = conn, conn, False
+            self.down_since = None
             self._ready.set()
             started = time.monotonic()
             try:
@@ -128,6 +130,7 @@ class RSocketSink:
             finally:
                 self._ready.clear()
                 self._conn = None
+                self.down_since = time.time()
             log.warning(
                 "connection to %s lost after %.0f s: %s; reconnecting",
                 self.address,

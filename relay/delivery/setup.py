@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from relay.auth.credentials import Credentials, load_credentials
@@ -51,7 +52,13 @@ def load_delivery_credentials(cfg: Config) -> Credentials | None:
     return load_credentials(cfg.maskinporten)
 
 
-def build_delivery(cfg: Config, spool: Spool, creds: Credentials) -> DeliveryParts:
+def build_delivery(
+    cfg: Config,
+    spool: Spool,
+    creds: Credentials,
+    on_delivered: Callable[[Iterable[float], float], None] | None = None,
+) -> DeliveryParts:
+    """`on_delivered(received_at_times, now)` is told of every delivered event (for latency)."""
     tokens = TokenProvider(
         cfg.maskinporten,
         creds,
@@ -60,5 +67,5 @@ def build_delivery(cfg: Config, spool: Spool, creds: Credentials) -> DeliveryPar
     )
     sink_type = RSocketSink if cfg.upstream.transport == "rsocket" else HttpSink
     sink = sink_type(cfg.upstream, cfg.retry, tokens)
-    delivery = Delivery(spool, sink, cfg.upstream, cfg.retry)
+    delivery = Delivery(spool, sink, cfg.upstream, cfg.retry, on_delivered=on_delivered)
     return DeliveryParts(tokens, sink, delivery)

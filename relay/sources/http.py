@@ -15,7 +15,8 @@ from aiohttp import web
 from relay import event
 from relay.errors import UserError
 from relay.sources import body
-from relay.spool import Incoming, Reject, Spool, SpoolRefused
+from relay.sources.intake import Intake
+from relay.spool import Incoming, Reject, SpoolRefused
 
 log = logging.getLogger("relay.sources.http")
 
@@ -41,16 +42,11 @@ def read_auth_token(path: str) -> str | None:
 
 class HttpSource:
     def __init__(
-        self,
-        spool: Spool,
-        *,
-        max_body_bytes: int,
-        max_event_bytes: int,
-        auth_token: str | None = None,
+        self, intake: Intake, *, max_body_bytes: int, auth_token: str | None = None
     ) -> None:
-        self._spool = spool
+        self._intake = intake
+        intake.declare(SOURCE)
         self._max_body = max_body_bytes
-        self._max_event = max_event_bytes
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
 
     def add_routes(self, app: web.Application) -> None:
@@ -88,13 +84,7 @@ class HttpSource:
         """The canonical bytes of a valid event; raises EventError."""
         if item.error is not None:
             raise event.EventError(item.error)
-        encoded = event.encode(event.normalise(item.value))
-        if len(encoded) > self._max_event:
-            raise event.EventError(
-                f"event is {len(encoded)} bytes, over ingest.http.max_event_bytes "
-                f"({self._max_event})"
-            )
-        return encoded
+        return self._intake.check(item.value)
 
     async def _one(self, item: body.Item) -> web.Response:
         try:
@@ -103,7 +93,7 @@ class HttpSource:
             # the real service answers a bad event with 400 and its reason as plain text
             return web.Response(status=400, text=str(exc), content_type="text/plain")
         try:
-            result = await self._spool.append([Incoming(encoded, SOURCE)])
+            result = await self._intake.submit(SOURCE, [Incoming(encoded, SOURCE)])
         except SpoolRefused as exc:
             return _refused(exc)
         answer = {"duplicates": 1} if result.duplicates else {"accepted": 1}
@@ -117,18 +107,10 @@ class HttpSource:
             try:
                 events.append(Incoming(self._validate(item), SOURCE))
             except event.EventError as exc:
-                message = str(exc)
-                errors.append({"index": index, "error": message})
-                raw = item.raw.decode("utf-8", "replace")
-                rejects.append(
-                    Reject(
-                        raw=event.scrub_personal_numbers(raw),
-                        error=event.scrub_personal_numbers(message),
-                        source=SOURCE,
-                    )
-                )
+                errors.append({"index": index, "error": str(exc)})
+                rejects.append(self._intake.reject(item.raw, str(exc), SOURCE))
         try:
-            result = await self._spool.append(events, rejects)
+            result = await self._intake.submit(SOURCE, events, rejects)
         except SpoolRefused as exc:
             return _refused(exc)
         return _json(

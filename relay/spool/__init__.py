@@ -6,7 +6,7 @@ from relay.spool.dead_letters import (
     purge_dead_letters,
     replay_dead_letters,
 )
-from relay.spool.inspect import read_stats
+from relay.spool.inspect import check_spool, per_source, read_stats
 from relay.spool.sqlite import SqliteSpool
 from relay.spool.types import (
     AppendResult,
@@ -36,7 +36,9 @@ __all__ = [
     "SpoolStats",
     "SpoolUnavailable",
     "SqliteSpool",
+    "check_spool",
     "list_dead_letters",
+    "per_source",
     "purge_dead_letters",
     "read_stats",
     "replay_dead_letters",

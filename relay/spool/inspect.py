@@ -38,3 +38,62 @@ def read_stats(directory: str | Path, max_bytes: int) -> SpoolStats:
         dead_letter_bytes=dead_bytes,
         quarantined=quarantined,
     )
+
+
+def per_source(directory: str | Path) -> dict[str, dict[str, int]]:
+    """Waiting events and dead letters per source. Reads the whole queue: for the CLI only."""
+    db = Path(directory) / DB_NAME
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        out: dict[str, dict[str, int]] = {}
+        for source, n, nbytes in conn.execute(
+            "SELECT source, count(*), sum(length(body)) FROM events GROUP BY source"
+        ):
+            out.setdefault(source, {}).update(events=n, bytes=nbytes or 0)
+        for source, n in conn.execute("SELECT source, count(*) FROM dead_letters GROUP BY source"):
+            out.setdefault(source, {})["dead_letters"] = n
+    finally:
+        conn.close()
+    for numbers in out.values():
+        for key in ("events", "bytes", "dead_letters"):
+            numbers.setdefault(key, 0)
+    return out
+
+
+def check_spool(directory: str | Path) -> list[str]:
+    """Problems found by SQLite's integrity check and by recounting the counters; [] when sound.
+
+    Reads every page, so it takes time on a large spool; safe while the relay runs."""
+    db = Path(directory) / DB_NAME
+    if not db.exists():
+        return [f"no spool at {db}"]
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        if problems:
+            return problems
+        # one read transaction, so the recount and the counters see the same moment
+        conn.execute("BEGIN")
+        kept = conn.execute(
+            "SELECT events, event_bytes, dead_letters, dead_letter_bytes FROM stats"
+        ).fetchone()
+        counted = conn.execute(
+            "SELECT (SELECT count(*) FROM events), (SELECT coalesce(sum(length(body)), 0)"
+            " FROM events), (SELECT count(*) FROM dead_letters),"
+            " (SELECT coalesce(sum(length(body)), 0) FROM dead_letters)"
+        ).fetchone()
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        return [f"cannot read the spool: {exc}"]
+    finally:
+        conn.close()
+    names = ("events", "event bytes", "dead letters", "dead-letter bytes")
+    return [
+        f"counter of {name} says {k}, the tables hold {c}"
+        for name, k, c in zip(names, kept, counted, strict=True)
+        if k != c
+    ]

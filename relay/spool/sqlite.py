@@ -69,6 +69,7 @@ class SqliteSpool:
         dedup_window: float,
         lock_fd: int,
         clock: Callable[[], float] = time.time,
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
         self.directory = directory
         self._store = store
@@ -76,6 +77,7 @@ class SqliteSpool:
         self._dedup_window = dedup_window
         self._lock_fd = lock_fd
         self._clock = clock
+        self._on_commit = on_commit  # called from the spool's thread with each commit's seconds
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._new_events = asyncio.Event()
@@ -100,11 +102,17 @@ class SqliteSpool:
         max_bytes: int,
         dedup_window: float,
         max_page_count: int | None = None,
+        on_commit: Callable[[float], None] | None = None,
     ) -> SqliteSpool:
         directory = Path(path)
         store, lock_fd = await asyncio.to_thread(_open_store, directory, max_page_count)
         return cls(
-            directory, store, max_bytes=max_bytes, dedup_window=dedup_window, lock_fd=lock_fd
+            directory,
+            store,
+            max_bytes=max_bytes,
+            dedup_window=dedup_window,
+            lock_fd=lock_fd,
+            on_commit=on_commit,
         )
 
     # -- the Spool interface -------------------------------------------------------------------
@@ -256,6 +264,8 @@ class SqliteSpool:
             return
         self._after_commit(writes)
         elapsed = time.monotonic() - started
+        if self._on_commit is not None:
+            self._on_commit(elapsed)
         if elapsed > 1.0:
             log.warning("spool commit took %.1f s (%d operations)", elapsed, len(writes))
 

@@ -1,16 +1,23 @@
-"""Liveness and readiness endpoints."""
+"""The operator's endpoints on the HTTP listener: /healthz, /readyz, /metrics, /status."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import orjson
 from aiohttp import web
 
+from relay.ops.metrics import CONTENT_TYPE, Metrics
+from relay.ops.status import StatusReport
 from relay.spool import Spool
 
 
 def add_routes(
-    app: web.Application, spool: Spool, checks: Sequence[Callable[[], str | None]] = ()
+    app: web.Application,
+    spool: Spool,
+    metrics: Metrics,
+    status: StatusReport,
+    checks: Sequence[Callable[[], str | None]] = (),
 ) -> None:
     """`checks` are further reasons not to be ready (e.g. the upstream refusing our scope)."""
 
@@ -24,5 +31,14 @@ def add_routes(
             return web.Response(status=503, text=f"not ready: {reason}\n")
         return web.Response(text="ready\n")
 
+    async def metrics_page(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def status_page(_: web.Request) -> web.Response:
+        body = orjson.dumps(status.report(), option=orjson.OPT_INDENT_2)
+        return web.Response(body=body, content_type="application/json")
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/status", status_page)

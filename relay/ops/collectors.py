@@ -1,0 +1,92 @@
+"""Scrape-time metrics: numbers the spool, delivery and token provider already keep."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from prometheus_client.core import Metric
+
+from relay.delivery.setup import DeliveryParts
+from relay.ops.metrics import Metrics, counter, gauge
+from relay.sources.intake import Intake
+from relay.spool import Spool
+
+
+def register(
+    metrics: Metrics, spool: Spool, delivery: DeliveryParts | None, intake: Intake
+) -> None:
+    metrics.add_collector(_spool_metrics(spool))
+    metrics.add_collector(_dead_letter_metrics(delivery, intake))
+    if delivery is not None:
+        metrics.add_collector(_delivery_metrics(delivery))
+
+
+def _dead_letter_metrics(
+    delivery: DeliveryParts | None, intake: Intake
+) -> Callable[[], Iterable[Metric]]:
+    def collect() -> Iterable[Metric]:
+        by_reason = Counter(intake.dead_lettered)
+        if delivery is not None:
+            by_reason.update(delivery.delivery.stats.dead_lettered)
+        yield counter(
+            "relay_dead_lettered_events",
+            "Events moved to the dead-letter table (at ingest or by delivery), by reason",
+            dict(by_reason),
+            "reason",
+        )
+
+    return collect
+
+
+def _spool_metrics(spool: Spool) -> Callable[[], Iterable[Metric]]:
+    def collect() -> Iterable[Metric]:
+        s = spool.stats()
+        age = max(0.0, time.time() - s.oldest_received_at) if s.oldest_received_at else 0.0
+        yield gauge("relay_spool_events", "Events waiting in the spool", s.events)
+        yield gauge("relay_spool_bytes", "Bytes of waiting events", s.bytes)
+        yield gauge("relay_spool_capacity_bytes", "spool.max_bytes", s.capacity_bytes)
+        yield gauge("relay_spool_oldest_event_age_seconds", "Age of the oldest waiting event", age)
+        yield gauge("relay_dead_letter_events", "Events in the dead-letter table", s.dead_letters)
+        yield gauge("relay_spool_quarantined_files", "Quarantined spool files", len(s.quarantined))
+        yield gauge(
+            "relay_spool_refusing", "1 while the spool refuses writes", int(bool(s.refusing))
+        )
+
+    return collect
+
+
+def _delivery_metrics(parts: DeliveryParts) -> Callable[[], Iterable[Metric]]:
+    def collect() -> Iterable[Metric]:
+        stats = parts.delivery.stats
+        yield counter("relay_delivered_events", "Events acknowledged upstream", stats.delivered)
+        yield counter(
+            "relay_delivery_retries",
+            "Events given back to the spool for another try, by reason",
+            dict(stats.retries),
+            "reason",
+        )
+        yield counter(
+            "relay_redelivered_events",
+            "Events sent again after a connection died with them in flight",
+            stats.redelivered,
+        )
+        yield gauge("relay_delivery_in_flight", "Requests outstanding upstream", stats.in_flight)
+        yield gauge(
+            "relay_upstream_connected", "1 while the upstream answers", int(parts.sink.connected)
+        )
+        expires = parts.tokens.expires_in()
+        yield gauge(
+            "relay_token_expires_in_seconds",
+            "Seconds left on the access token (0 when there is none)",
+            expires or 0.0,
+        )
+        yield counter(
+            "relay_token_fetches",
+            "Access-token requests to Maskinporten, by result",
+            dict(parts.tokens.fetches),
+            "result",
+        )
+
+    return collect

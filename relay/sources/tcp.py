@@ -1,0 +1,282 @@
+"""TCP listeners with the spool as back-pressure: what is read is stored before more is read.
+
+Every frame read from a connection is stored within one group commit of being read: the frames
+that one read completes form a batch (at most `MAX_BATCH_FRAMES` frames / `MAX_BATCH_BYTES`),
+and the connection is not read again until the spool has committed that batch. When the spool
+refuses (full, or the disk fails), the batch is kept and retried; the connection stays unread
+meanwhile, so its kernel buffers fill and the TCP window stops the sender. Nothing that was read
+is dropped: not when the spool refuses, not when the sender disconnects.
+
+What plain TCP cannot give: the sender's kernel got TCP ACKs for bytes that are still in our
+kernel's receive buffer, so bytes not yet read when the relay dies or shuts down are lost without
+the sender knowing. Only an application-level acknowledgement (RELP, HTTP) closes that gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from relay.config import parse_listen
+from relay.errors import UserError
+from relay.sources.intake import Intake
+from relay.sources.syslog_framing import Frame, FrameReader
+from relay.spool import Incoming, Reject, SpoolFull, SpoolRefused
+
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_FRAMES",
+    "Convert",
+    "Item",
+    "Refusals",
+    "TcpIngest",
+    "batch_length",
+]
+
+log = logging.getLogger("relay.sources.tcp")
+
+MAX_BATCH_FRAMES = 1000
+MAX_BATCH_BYTES = 1 << 20
+# The spool suggests 5 s; a TCP sender is blocked while we wait, so look again sooner.
+RETRY_MAX = 1.0
+
+Item = Incoming | Reject
+# A frame made into what is stored: an event, a dead letter, or None for a frame that is
+# deliberately not kept (the converter counts it).
+Convert = Callable[[Frame], Item | None]
+
+
+class Refusals:
+    """One log line when the spool starts refusing a source's events and one when it stores
+    them again, however many retries and connections lie in between."""
+
+    def __init__(self, source: str, consequence: str, *, lost: bool = False) -> None:
+        self.source = source
+        self.consequence = consequence
+        self.lost = lost  # refused items are gone (UDP), not held for a retry (TCP)
+        self.since: float | None = None
+        self.refused_items = 0
+
+    def refused(self, exc: SpoolRefused, items: int) -> None:
+        self.refused_items += items
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s: the spool refuses events (%s); %s", self.source, exc, self.consequence)
+
+    def stored(self) -> None:
+        if self.since is None:
+            return
+        elapsed = time.monotonic() - self.since
+        if self.lost:
+            log.warning(
+                "%s: the spool stores events again after %.1f s; %d were lost meanwhile",
+                self.source,
+                elapsed,
+                self.refused_items,
+            )
+        else:
+            log.warning("%s: the spool stores events again after %.1f s", self.source, elapsed)
+        self.since = None
+        self.refused_items = 0
+
+
+class TcpIngest:
+    """One TCP listener feeding `intake` as `source`; `convert` turns frames into items."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        *,
+        source: str,
+        setting: str,
+        max_frame: int,
+        convert: Convert,
+        octet_counting: bool,
+        retry_max: float = RETRY_MAX,
+    ) -> None:
+        self.intake = intake
+        self.source = source
+        self.setting = setting
+        self.max_frame = max_frame
+        self.convert = convert
+        self.octet_counting = octet_counting
+        self.retry_max = retry_max
+        self.port: int | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._closing = asyncio.Event()
+        self._refusals = Refusals(
+            source, "keeping what was read and reading no more until it is stored"
+        )
+
+    async def start(self, listen: str) -> None:
+        """Listen on `listen` ("host:port"); raises UserError naming the setting."""
+        host, port = parse_listen(listen, self.setting)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), host, port, reuse_address=True
+            )
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {listen} ({self.setting}): {exc.strerror or exc}; "
+                "choose a free address"
+            ) from None
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop accepting and reading; return once what was read is stored (or, when the spool
+        refuses it, once that is logged)."""
+        if self._server is not None:
+            self._server.close()
+        self._closing.set()
+        connections = list(self._connections)
+        for conn in connections:
+            conn.shutdown()
+        await asyncio.gather(*(conn.closed for conn in connections))
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def store(self, items: list[Item], peer: str) -> bool:
+        """Store `items` in order, retrying while the spool refuses. False when the relay shut
+        down before they could be stored (then it is logged)."""
+        start = 0
+        size = len(items)
+        while start < len(items):
+            chunk = items[start : start + size]
+            events = [i for i in chunk if isinstance(i, Incoming)]
+            rejects = [i for i in chunk if isinstance(i, Reject)]
+            try:
+                await self.intake.submit(self.source, events, rejects)
+            except SpoolRefused as exc:
+                if self._closing.is_set():
+                    log.warning(
+                        "%s: %d frame(s) read from %s were not stored at shutdown: %s",
+                        self.source,
+                        len(items) - start,
+                        peer,
+                        exc,
+                    )
+                    return False
+                self._refusals.refused(exc, len(chunk))
+                if isinstance(exc, SpoolFull):
+                    # less may fit where all did not; order is kept either way
+                    size = max(1, len(chunk) // 2)
+                await self._pause(min(exc.retry_after, self.retry_max))
+                continue
+            self._refusals.stored()
+            start += len(chunk)
+        return True
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+
+def batch_length(items: list[Item]) -> int:
+    """How many of `items` make the next batch: at most MAX_BATCH_FRAMES items and
+    MAX_BATCH_BYTES bytes, but at least one item."""
+    size = 0
+    for count, item in enumerate(items[:MAX_BATCH_FRAMES]):
+        size += len(item.body) if isinstance(item, Incoming) else len(item.raw)
+        if size > MAX_BATCH_BYTES and count:
+            return count
+    return min(len(items), MAX_BATCH_FRAMES)
+
+
+class _Connection(asyncio.Protocol):
+    """One sender. Reading pauses whenever frames are waiting to be stored."""
+
+    def __init__(self, ingest: TcpIngest) -> None:
+        self._ingest = ingest
+        self._framer = FrameReader(ingest.max_frame, octet_counting=ingest.octet_counting)
+        self._pending: list[Item] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._ended = False
+        self.peer = "?"
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio callbacks -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._ingest._connections.add(self)
+        log.debug("%s: connection from %s", self._ingest.source, self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        self._take(self._framer.feed(data))
+
+    def eof_received(self) -> bool:
+        self._end()
+        return True  # keep the transport; it is closed once what was read is stored
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()  # a reset: what was read is stored all the same
+
+    # -- the work --------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+        self._end()
+
+    def _end(self) -> None:
+        """No more bytes will be read: a last frame without delimiter is a frame too."""
+        if self._ended:
+            return
+        self._ended = True
+        self._take(self._framer.finish())
+        if self._worker is None:
+            self._finish()
+
+    def _take(self, frames: list[Frame]) -> None:
+        convert = self._ingest.convert
+        items = [item for frame in frames if (item := convert(frame)) is not None]
+        if not items:
+            return
+        self._pending.extend(items)
+        if self._worker is None:
+            if self._transport is not None:
+                self._transport.pause_reading()
+            self._worker = asyncio.create_task(self._store_pending())
+
+    async def _store_pending(self) -> None:
+        ingest = self._ingest
+        try:
+            while self._pending:
+                batch = self._pending[: batch_length(self._pending)]
+                stored = await ingest.store(batch, self.peer)
+                del self._pending[: len(batch)]
+                if not stored:
+                    self._pending.clear()
+        except Exception:
+            # a bug, not the spool refusing: say what is lost and drop the connection
+            log.exception(
+                "%s: %d frame(s) read from %s were not stored",
+                ingest.source,
+                len(self._pending),
+                self.peer,
+            )
+            self._pending.clear()
+            self._ended = True
+        finally:
+            self._worker = None
+        if self._ended:
+            self._finish()
+        elif self._transport is not None:
+            self._transport.resume_reading()
+
+    def _finish(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        self._ingest._connections.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+            log.debug("%s: connection from %s closed", self._ingest.source, self.peer)
