@@ -8,6 +8,7 @@ import time
 
 import aiohttp
 
+from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.classify import classify_http_status, one_line
 from relay.delivery.outcome import Outcome, Verdict
@@ -31,6 +32,8 @@ class HttpSink:
         self._session: aiohttp.ClientSession | None = None
         self._not_ready: str | None = None
         self.down_since: float | None = None  # wall time the upstream became unreachable
+        self._failures = 0  # consecutive requests that got no answer at all
+        self._last_failure = 0.0
 
     @property
     def connected(self) -> bool:
@@ -48,6 +51,15 @@ class HttpSink:
         )
 
     async def wait_ready(self) -> None:
+        # while the upstream cannot be reached, probe it with backoff instead of running the whole
+        # backlog into connection errors at full speed
+        if self._failures:
+            delay = backoff_delay(
+                self._failures - 1, self._retry.initial_backoff, self._retry.max_backoff
+            )
+            wait = self._last_failure + delay - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
         await self._tokens.token()
 
     async def send(self, bodies: list[bytes]) -> Outcome:
@@ -70,6 +82,7 @@ class HttpSink:
             self._unreachable()
             return Outcome(Verdict.RETRY, "connection", one_line(f"{type(exc).__name__}: {exc}"))
         self.down_since = None
+        self._failures = 0
         outcome = classify_http_status(status, text, retry_after)
         if outcome.reason == "token":
             self._tokens.invalidate(token)
@@ -90,6 +103,8 @@ class HttpSink:
     def _unreachable(self) -> None:
         if self.down_since is None:
             self.down_since = time.time()
+        self._failures += 1
+        self._last_failure = time.monotonic()
 
     async def close(self) -> None:
         if self._session is not None:
