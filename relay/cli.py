@@ -272,11 +272,17 @@ def _dlq_list(args: argparse.Namespace) -> int:
 
 def _dlq_replay(args: argparse.Namespace) -> int:
     from relay import event
+    from relay.sources.syslog_header import decode_event
     from relay.spool import replay_dead_letters
 
     def prepare(body: bytes) -> bytes:
-        # raw input that never was a valid event would only be refused again upstream
-        return event.encode(event.normalise(event.decode(body)))
+        # raw input that never was a valid event would only be refused again upstream; a
+        # syslog frame keeps its header, so the event is looked for inside it
+        try:
+            value = event.decode(body)
+        except event.EventError:
+            value = decode_event(body)
+        return event.encode(event.normalise(value))
 
     replayed, skipped = _dlq_call(
         args, replay_dead_letters, None if args.all else args.ids, prepare

@@ -22,6 +22,8 @@ from relay.ops.metrics import Metrics
 from relay.ops.status import StatusReport
 from relay.sources.http import HttpSource, read_auth_token
 from relay.sources.intake import Intake
+from relay.sources.json_lines import JsonLinesSource, start_json_lines
+from relay.sources.syslog import SyslogSource, start_syslog
 from relay.spool import Spool, SqliteSpool
 
 log = logging.getLogger("relay")
@@ -70,6 +72,8 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     intake = Intake(spool, cfg.ingest.http.max_event_bytes, metrics)
     delivery: DeliveryParts | None = None
     runner: web.AppRunner | None = None
+    syslog: SyslogSource | None = None
+    json_lines: JsonLinesSource | None = None
     started = False
     try:
         if creds is not None:
@@ -85,6 +89,10 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
                 f"cannot listen on {cfg.ingest.http.listen} (ingest.http.listen): "
                 f"{exc.strerror}; choose a free address"
             ) from None
+        max_event = cfg.ingest.http.max_event_bytes
+        syslog = await start_syslog(cfg.ingest.syslog, intake, max_event)
+        json_lines = await start_json_lines(cfg.ingest.json_lines, intake, max_event)
+        metrics.add_collector(lambda: collectors.udp_drops(syslog))
         _log_ready(cfg, spool)
         if delivery is not None:
             await delivery.start()
@@ -94,8 +102,11 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         log.info("shutting down: no longer accepting events")
     finally:
         deadline = time.monotonic() + cfg.lifecycle.shutdown_timeout
+        # the sources close before the spool: what they have read is still stored
+        closing = [src.close() for src in (syslog, json_lines) if src is not None]
         if runner is not None:
-            await runner.cleanup()
+            closing.append(runner.cleanup())
+        await asyncio.gather(*closing)
         if delivery is not None:
             await delivery.stop(max(0.0, deadline - time.monotonic()))
         await spool.close()
@@ -106,9 +117,19 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
 
 def _log_ready(cfg: Config, spool: Spool) -> None:
     stats = spool.stats()
+    ingest = cfg.ingest
+    listeners = [f"http {ingest.http.listen}"] + [
+        f"{name} {address}"
+        for name, address in (
+            ("syslog tcp", ingest.syslog.tcp_listen),
+            ("syslog udp", ingest.syslog.udp_listen),
+            ("json lines", ingest.json_lines.tcp_listen),
+        )
+        if address
+    ]
     log.info(
-        "relay ready: http on %s, spool %s (%d events, %d bytes queued, %d dead letters)",
-        cfg.ingest.http.listen,
+        "relay ready: %s; spool %s (%d events, %d bytes queued, %d dead letters)",
+        ", ".join(listeners),
         cfg.spool.path,
         stats.events,
         stats.bytes,

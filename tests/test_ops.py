@@ -51,6 +51,7 @@ def test_metrics_names_and_spool_gauges_match_spool_stats(upstream_factory, rela
     relay = relay_factory(config=up.config, env=FAST_RETRY).start()
     send(relay, [make_event() for _ in range(10)])
     wait_until(lambda: up.stats()["total"] == 10, 20, "the first events")
+    wait_until(lambda: spool_stats(relay)["depth"] == 0, 20, "their acks")
     up.kill()  # what comes now stays in the spool
     send(relay, [make_event() for _ in range(25)])
     bad = orjson.dumps(make_event(sender="nope"))

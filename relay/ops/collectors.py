@@ -11,6 +11,7 @@ from prometheus_client.core import Metric
 from relay.delivery.setup import DeliveryParts
 from relay.ops.metrics import Metrics, counter, gauge
 from relay.sources.intake import Intake
+from relay.sources.syslog import SyslogSource
 from relay.spool import Spool
 
 
@@ -90,3 +91,14 @@ def _delivery_metrics(parts: DeliveryParts) -> Callable[[], Iterable[Metric]]:
         )
 
     return collect
+
+
+def udp_drops(syslog: SyslogSource | None) -> Iterable[Metric]:
+    """Datagrams the kernel dropped before the relay read them: UDP's own, silent losses."""
+    drops = syslog.kernel_drops() if syslog is not None else None
+    if drops is not None:
+        yield counter(
+            "relay_syslog_udp_kernel_drops",
+            "Datagrams the kernel dropped on the syslog UDP socket (receive buffer full)",
+            drops,
+        )

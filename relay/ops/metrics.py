@@ -37,6 +37,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.skipped = Counter(
+            "relay_skipped_lines",
+            "Lines that are not status events (another logger_name), skipped on purpose",
+            ["source", "reason"],
+            registry=r,
+        )
         self.delivery_latency = Histogram(
             "relay_delivery_latency_seconds",
             "From the ingest commit to the upstream's acknowledgement",

@@ -49,17 +49,27 @@ class Intake:
         )
 
     async def submit(
-        self, source: str, events: list[Incoming], rejects: list[Reject] = ()
+        self,
+        source: str,
+        events: list[Incoming],
+        rejects: list[Reject] = (),
+        *,
+        retry: bool = False,
     ) -> AppendResult:
-        """Store durably and count; raises SpoolRefused (nothing stored) when the spool refuses."""
+        """Store durably and count; raises SpoolRefused (nothing stored) when the spool refuses.
+
+        `retry`: these were submitted before and refused, and are held by the source (TCP
+        back-pressure); they were counted as received and refused then, not again."""
         m = self.metrics
         received = len(events) + len(rejects)
-        m.received.labels(source).inc(received)
+        if not retry:
+            m.received.labels(source).inc(received)
         try:
             result = await self.spool.append(events, rejects)
         except SpoolRefused as exc:
-            reason = "spool_full" if isinstance(exc, SpoolFull) else "spool_unavailable"
-            m.rejected.labels(source, reason).inc(received)
+            if not retry:
+                reason = "spool_full" if isinstance(exc, SpoolFull) else "spool_unavailable"
+                m.rejected.labels(source, reason).inc(received)
             raise
         for r in rejects:
             m.rejected.labels(source, r.reason).inc()

@@ -4,7 +4,7 @@ This is what the integrasjonspunkt's logstash-logback-encoder appender writes (s
 lines with ``"logger_name": "STATUS"``), and what Fluent Bit or Vector send in json_lines mode.
 The appender ships every log line of the application, so a line whose `logger_name` is another
 logger is an ordinary log line: not stored, not dead-lettered, only counted
-(``relay_rejected_events_total{source="json_lines",reason="not_status"}``). A line without
+(``relay_skipped_lines_total{source="json_lines",reason="not_status"}``). A line without
 `logger_name` is taken as a status event. The Logstash fields (``@version``, ``level``,
 ``thread_name``, ``message``, ``appname``, ``HOSTNAME``, …) pass through unchanged.
 
@@ -43,7 +43,7 @@ _LOGGER_NAME = re.compile(rb'"logger_name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 def json_lines_converter(intake: Intake) -> Convert:
     """Turn one line into an event, a dead letter with its raw text, or None (not a status)."""
-    not_status = intake.metrics.rejected.labels(SOURCE, "not_status")
+    not_status = intake.metrics.skipped.labels(SOURCE, "not_status")
 
     def convert(frame: Frame) -> Item | None:
         if frame.problem is not None:
@@ -101,5 +101,5 @@ async def start_json_lines(
         octet_counting=False,
     )
     await tcp.start(cfg.tcp_listen)
-    log.info("json_lines: listening on tcp %s (port %d)", cfg.tcp_listen, tcp.port)
+    log.info("json_lines: listening on tcp %s", tcp.address)
     return JsonLinesSource(tcp)

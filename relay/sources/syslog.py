@@ -36,7 +36,7 @@ from relay.event import EventError
 from relay.sources.intake import Intake
 from relay.sources.syslog_framing import HEAD_BYTES, Frame
 from relay.sources.syslog_header import decode_event
-from relay.sources.tcp import Convert, Item, Refusals, TcpIngest
+from relay.sources.tcp import Convert, Item, Refusals, TcpIngest, show_address
 from relay.spool import Incoming, Reject, SpoolRefused
 
 __all__ = ["HEADER_ALLOWANCE", "SOURCE_TCP", "SOURCE_UDP", "SyslogSource", "start_syslog"]
@@ -119,14 +119,12 @@ async def start_syslog(
             if tcp is not None:
                 await tcp.close()
             raise
-    source = SyslogSource(tcp, udp)
-    if tcp is not None or udp is not None:
-        log.info(
-            "syslog: listening%s%s",
-            f" on tcp {cfg.tcp_listen} (port {source.tcp_port})" if tcp else "",
-            f" on udp {cfg.udp_listen} (port {source.udp_port})" if udp else "",
-        )
-    return source
+    listening = [
+        f"{kind} {part.address}" for kind, part in (("tcp", tcp), ("udp", udp)) if part is not None
+    ]
+    if listening:
+        log.info("syslog: listening on %s", " and ".join(listening))
+    return SyslogSource(tcp, udp)
 
 
 class UdpIngest(asyncio.DatagramProtocol):
@@ -138,6 +136,7 @@ class UdpIngest(asyncio.DatagramProtocol):
         self.intake = intake
         self.max_frame = max_frame
         self.port: int | None = None
+        self.address = ""
         self._convert = syslog_converter(intake, SOURCE_UDP)
         self._transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
@@ -162,6 +161,8 @@ class UdpIngest(asyncio.DatagramProtocol):
             ) from None
         self._sock = sock
         self.port = sock.getsockname()[1]
+        self.address = show_address(host, self.port)
+        self.intake.declare(SOURCE_UDP)
         transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._transport = transport
 

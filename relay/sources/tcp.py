@@ -34,6 +34,7 @@ __all__ = [
     "Refusals",
     "TcpIngest",
     "batch_length",
+    "show_address",
 ]
 
 log = logging.getLogger("relay.sources.tcp")
@@ -51,34 +52,37 @@ Convert = Callable[[Frame], Item | None]
 
 class Refusals:
     """One log line when the spool starts refusing a source's events and one when it stores
-    them again, however many retries and connections lie in between."""
+    them again, however many retries and connections lie in between. A nearly full spool
+    takes some events and refuses others for as long as delivery frees space bit by bit, so
+    the episode ends only with a success after `QUIET` seconds without a refusal."""
+
+    QUIET = 10.0
 
     def __init__(self, source: str, consequence: str, *, lost: bool = False) -> None:
         self.source = source
         self.consequence = consequence
         self.lost = lost  # refused items are gone (UDP), not held for a retry (TCP)
         self.since: float | None = None
+        self.last = 0.0
         self.refused_items = 0
 
     def refused(self, exc: SpoolRefused, items: int) -> None:
         self.refused_items += items
+        self.last = time.monotonic()
         if self.since is None:
-            self.since = time.monotonic()
+            self.since = self.last
             log.warning("%s: the spool refuses events (%s); %s", self.source, exc, self.consequence)
 
     def stored(self) -> None:
-        if self.since is None:
+        if self.since is None or time.monotonic() - self.last < self.QUIET:
             return
-        elapsed = time.monotonic() - self.since
-        if self.lost:
-            log.warning(
-                "%s: the spool stores events again after %.1f s; %d were lost meanwhile",
-                self.source,
-                elapsed,
-                self.refused_items,
-            )
-        else:
-            log.warning("%s: the spool stores events again after %.1f s", self.source, elapsed)
+        lost = f"; {self.refused_items} were lost" if self.lost else ""
+        log.warning(
+            "%s: the spool stores events again; it refused them for %.1f s%s",
+            self.source,
+            self.last - self.since,
+            lost,
+        )
         self.since = None
         self.refused_items = 0
 
@@ -105,6 +109,7 @@ class TcpIngest:
         self.octet_counting = octet_counting
         self.retry_max = retry_max
         self.port: int | None = None
+        self.address = ""  # host:port once listening
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = asyncio.Event()
@@ -126,6 +131,8 @@ class TcpIngest:
                 "choose a free address"
             ) from None
         self.port = self._server.sockets[0].getsockname()[1]
+        self.address = show_address(host, self.port)
+        self.intake.declare(self.source)
 
     async def close(self) -> None:
         """Stop accepting and reading; return once what was read is stored (or, when the spool
@@ -145,12 +152,14 @@ class TcpIngest:
         down before they could be stored (then it is logged)."""
         start = 0
         size = len(items)
+        refused_upto = 0  # items before this were counted when first refused
         while start < len(items):
             chunk = items[start : start + size]
             events = [i for i in chunk if isinstance(i, Incoming)]
             rejects = [i for i in chunk if isinstance(i, Reject)]
+            retry = start + len(chunk) <= refused_upto
             try:
-                await self.intake.submit(self.source, events, rejects)
+                await self.intake.submit(self.source, events, rejects, retry=retry)
             except SpoolRefused as exc:
                 if self._closing.is_set():
                     log.warning(
@@ -162,6 +171,7 @@ class TcpIngest:
                     )
                     return False
                 self._refusals.refused(exc, len(chunk))
+                refused_upto = max(refused_upto, start + len(chunk))
                 if isinstance(exc, SpoolFull):
                     # less may fit where all did not; order is kept either way
                     size = max(1, len(chunk) // 2)
@@ -174,6 +184,10 @@ class TcpIngest:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), seconds)
+
+
+def show_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def batch_length(items: list[Item]) -> int:
@@ -207,6 +221,11 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self._ingest._closing.is_set():
+            # accepted just as the listener closed: nothing is read from it
+            self._ended = True
+            self._finish()
+            return
         self._ingest._connections.add(self)
         log.debug("%s: connection from %s", self._ingest.source, self.peer)
 
