@@ -136,3 +136,14 @@ def test_status_command(tmp_path: Path) -> None:
         proc.kill()
     gone = relay("status", "--url", proc.url)
     assert gone.returncode == 2 and "is the relay running" in gone.stderr
+
+
+def test_json_logs_have_stable_keys(tmp_path: Path) -> None:
+    proc = RelayProcess(tmp_path / "spool", env={"RELAY_LOG__FORMAT": "json"}).start()
+    assert proc.stop() == 0
+    lines = [line for line in proc.output().splitlines() if line.strip()]
+    assert len(lines) >= 3
+    for line in lines:
+        entry = orjson.loads(line)
+        assert {"ts", "level", "logger", "message"} <= set(entry)
+    assert any("relay ready" in orjson.loads(line)["message"] for line in lines)
