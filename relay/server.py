@@ -80,7 +80,9 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
             delivery = build_delivery(cfg, spool, creds, on_delivered=metrics.observe_delivered)
         app = build_app(cfg, spool, auth_token, delivery, intake)
         # the drain below bounds shutdown; the HTTP side only finishes the requests it holds
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=min(cfg.lifecycle.shutdown_timeout, 5.0)
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
@@ -106,10 +108,14 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         closing = [src.close() for src in (syslog, json_lines) if src is not None]
         if runner is not None:
             closing.append(runner.cleanup())
-        await asyncio.gather(*closing)
-        if delivery is not None:
-            await delivery.stop(max(0.0, deadline - time.monotonic()))
-        await spool.close()
+        for result in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("error while stopping a listener: %s", result)
+        try:
+            if delivery is not None:
+                await delivery.stop(max(0.0, deadline - time.monotonic()))
+        finally:
+            await spool.close()
         if started:
             stats = spool.stats()
             log.info("stopped; %d undelivered event(s) stay in the spool", stats.events)

@@ -311,3 +311,47 @@ def test_frozen_upstream_times_out_then_keepalive_reconnects(
     wait_until(lambda: up.stats()["total"] >= 51, 30, "the events after the freeze")
     assert set(received_ids(up)) >= {e["message_id"] for e in events}
     assert "timeout" in relay.output()
+
+
+def test_an_upstream_refusing_everything_dead_letters_nothing(
+    upstream_factory, relay_factory
+) -> None:
+    up = upstream_factory()
+    relay = relay_factory(config=up.config, env=FAST_RETRY).start()
+    send(relay, [make_event() for _ in range(50)])
+    wait_until(lambda: up.stats()["total"] == 50, 20, "healthy deliveries first")
+    up.faults(reject_fraction=1.0)  # e.g. its backend is down and it answers APPLICATION_ERROR
+    send(relay, [make_event() for _ in range(300)])
+    time.sleep(8)  # long enough for every event to be refused well over max_rejections times
+    assert spool_stats(relay)["dead_letters"] == 0
+    up.faults(reject_fraction=0.0)
+    wait_until(lambda: up.stats()["total"] == 350, 30, "the backlog after the upstream heals")
+
+
+def test_a_refused_batch_is_judged_event_by_event(upstream_factory, relay_factory) -> None:
+    up = upstream_factory()
+    env = {**FAST_RETRY, "RELAY_UPSTREAM__BATCH_SIZE": "10", "RELAY_RETRY__MAX_REJECTIONS": "2"}
+    relay = relay_factory(config=up.config, env=env).start()
+    send(relay, [make_event() for _ in range(30)])
+    wait_until(lambda: up.stats()["total"] == 30, 20, "healthy deliveries first")
+    up.faults(reject_match={"status": "FEIL"})
+    events = [make_event(status="FEIL" if i % 10 == 3 else "LEVERT") for i in range(100)]
+    send(relay, events)
+    wait_until(lambda: up.stats()["total"] >= 30 + 90, 30, "the good events of the batches")
+    wait_until(lambda: spool_stats(relay)["dead_letters"] == 10, 30, "only the FEIL ones to die")
+    assert up.stats()["by_status"].get("FEIL", 0) == 0
+
+
+def test_retry_after_is_honoured_within_max_backoff() -> None:
+    import math
+
+    from relay.config import RetryConfig, UpstreamConfig
+    from relay.delivery.loop import Delivery
+    from relay.delivery.outcome import Outcome, Verdict
+    from relay.spool import Leased
+
+    loop = Delivery(None, None, UpstreamConfig(), RetryConfig(max_backoff=30.0))
+    event = Leased(1, b"{}", "t", 0.0, 0, 0)
+    for hint, low, high in ((math.inf, 0, 30), (86400.0, 30, 30), (5.0, 5, 30), (None, 0, 0.2)):
+        delay = loop._delay(event, Outcome(Verdict.RETRY, "http_503", retry_after=hint))
+        assert low <= delay <= high, (hint, delay)

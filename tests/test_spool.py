@@ -202,3 +202,88 @@ async def test_wait_for_events_wakes_on_append(tmp_path: Path) -> None:
     await spool.append([ev(1)])
     await asyncio.wait_for(waiter, 1)
     await spool.close()
+
+
+async def test_a_spool_from_another_version_is_refused_not_quarantined(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s")
+    await spool.append([ev(1)])
+    await spool.close()
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "s" / "spool.db")
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(UserError, match="schema version 99"):
+        await open_spool(tmp_path / "s")
+    assert not (tmp_path / "s" / "quarantine").exists()
+    # the lock was released: after a fix the relay can open it again
+    conn = sqlite3.connect(tmp_path / "s" / "spool.db")
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    spool = await open_spool(tmp_path / "s")
+    assert spool.stats().events == 1
+    await spool.close()
+
+
+async def test_acks_survive_an_append_that_does_not_fit(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s", max_page_count=40)
+    with pytest.raises(SpoolUnavailable):
+        for i in range(10_000):
+            await spool.append([ev(i, pad=500)])
+    leased = await spool.lease(20)
+    before = spool.stats().events
+    results = await asyncio.gather(
+        spool.append([ev(10**6 + i, pad=500) for i in range(50)]),
+        spool.ack([e.id for e in leased]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], SpoolUnavailable)
+    assert results[1] is None  # the ack was committed on its own
+    assert spool.stats().events == before - 20
+    await spool.close()
+
+
+async def test_writer_thread_outlives_an_unexpected_error(tmp_path: Path) -> None:
+    calls = []
+
+    def flaky(seconds: float) -> None:
+        calls.append(seconds)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    spool = await open_spool(tmp_path / "s", on_commit=flaky)
+    with pytest.raises(SpoolUnavailable):
+        await spool.append([ev(1)])
+    assert spool.alive()
+    assert (await spool.append([ev(2)])).accepted == 1
+    await spool.close()
+
+
+async def test_release_never_hides_an_event_forever(tmp_path: Path) -> None:
+    import math
+    import sqlite3
+
+    spool = await open_spool(tmp_path / "s")
+    await spool.append([ev(1)])
+    [item] = await spool.lease(1)
+    await spool.release([Release(item.id, math.inf, "Retry-After: 1e999")])
+    await spool.close()
+    conn = sqlite3.connect(tmp_path / "s" / "spool.db")
+    (not_before,) = conn.execute("SELECT not_before FROM events").fetchone()
+    conn.close()
+    assert math.isfinite(not_before)
+
+
+async def test_counters_follow_changes_made_by_another_process(tmp_path: Path) -> None:
+    from relay.spool import purge_dead_letters
+
+    spool = await open_spool(tmp_path / "s")
+    await spool.append([], [Reject(raw="x", error="bad", source="t")])
+    assert spool.stats().dead_letters == 1
+    assert await asyncio.to_thread(purge_dead_letters, tmp_path / "s", -1.0) == 1
+    for _ in range(30):
+        if spool.stats().dead_letters == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert spool.stats().dead_letters == 0
+    await spool.close()

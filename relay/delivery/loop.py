@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -29,6 +30,10 @@ _MAX_LEASE = 2000
 # A rejection counts toward max_rejections only while the upstream accepts other events: when it
 # refuses everything, the upstream is in trouble and the events are not to blame.
 _OTHERS_OK_WINDOW = 60.0
+# When most recent answers are refusals (of any kind), none of them counts against an event.
+_BREAKER_WINDOW = 100
+_BREAKER_MIN = 20
+_BREAKER_SHARE = 0.5
 
 
 @dataclass
@@ -71,6 +76,7 @@ class Delivery:
         self._to_ack: list[int] = []
         self._ack_due = asyncio.Event()
         self._lost_in_flight: set[int] = set()
+        self._recent: deque[bool] = deque(maxlen=_BREAKER_WINDOW)  # True: a refusal
         self._logged: str | None = None
         self._runner: asyncio.Task | None = None
         self._acker: asyncio.Task | None = None
@@ -101,7 +107,10 @@ class Delivery:
             self._acker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._acker
-        await self._flush_acks()
+        try:
+            await self._flush_acks()
+        except SpoolRefused as exc:
+            log.error("last acks not recorded (%s): those events will be sent again", exc)
 
     # -- taking events --------------------------------------------------------------------
 
@@ -133,19 +142,29 @@ class Delivery:
 
     async def _deliver(self, chunk: list[Leased]) -> None:
         try:
-            try:
-                outcome = await self._sink.send([e.body for e in chunk])
-            except Exception as exc:
-                # a bug, not an upstream answer: the events must still go back to the spool
-                log.exception("unexpected error while sending; the events will be retried")
-                outcome = Outcome(Verdict.RETRY, "internal", f"{type(exc).__name__}: {exc}")
-            await self._settle(chunk, outcome)
+            outcome = await self._send(chunk)
+            if len(chunk) > 1 and outcome.verdict in (Verdict.REJECTED, Verdict.INVALID):
+                # a verdict on a batch says nothing about each event in it: ask one by one
+                for event in chunk:
+                    await self._settle([event], await self._send([event]))
+            else:
+                await self._settle(chunk, outcome)
         except SpoolRefused as exc:
             # the spool forgets the lease on a failed write, so the events are offered again
             log.error("cannot record a delivery result in the spool: %s", exc)
         finally:
             self.stats.in_flight -= 1
             self._slot_freed.set()
+
+    async def _send(self, chunk: list[Leased]) -> Outcome:
+        try:
+            outcome = await self._sink.send([e.body for e in chunk])
+        except Exception as exc:
+            # a bug, not an upstream answer: the events must still go back to the spool
+            log.exception("unexpected error while sending; the events will be retried")
+            outcome = Outcome(Verdict.RETRY, "internal", f"{type(exc).__name__}: {exc}")
+        self._recent.append(outcome.verdict in (Verdict.REJECTED, Verdict.INVALID))
+        return outcome
 
     # -- settling results ------------------------------------------------------------------
 
@@ -156,6 +175,10 @@ class Delivery:
             self._delivered(chunk, now)
             return
         self.stats.last_error = f"{outcome.reason}: {outcome.error}" if outcome.error else None
+        if verdict in (Verdict.REJECTED, Verdict.INVALID) and self._refusing_everything():
+            # the upstream refuses (nearly) everything: its trouble, not these events'
+            outcome = Outcome(Verdict.RETRY, "upstream_refusing", outcome.error)
+            verdict = Verdict.RETRY
         self._log_once(outcome)
         if verdict is Verdict.INVALID:
             await self._dead_letter(chunk, outcome.reason, outcome.error)
@@ -201,9 +224,16 @@ class Delivery:
     def _delay(self, event: Leased, outcome: Outcome) -> float:
         if outcome.connection_lost:
             return 0.0  # not the event's fault: send it on the next connection
-        if outcome.retry_after is not None:
-            return outcome.retry_after
-        return backoff_delay(event.attempts, self._retry.initial_backoff, self._retry.max_backoff)
+        delay = backoff_delay(event.attempts, self._retry.initial_backoff, self._retry.max_backoff)
+        hint = outcome.retry_after
+        if hint is not None and math.isfinite(hint):
+            # honour the upstream's hint, within the bound an operator configured
+            delay = min(self._retry.max_backoff, max(delay, hint))
+        return delay
+
+    def _refusing_everything(self) -> bool:
+        recent = self._recent
+        return len(recent) >= _BREAKER_MIN and sum(recent) > _BREAKER_SHARE * len(recent)
 
     def _others_ok(self, now: float) -> bool:
         last = self.stats.last_delivery_at
@@ -211,6 +241,7 @@ class Delivery:
 
     async def _dead_letter(self, chunk: list[Leased], reason: str, error: str) -> None:
         await self._spool.dead_letter([DeadLetter(e.id, reason, error) for e in chunk])
+        self._lost_in_flight.difference_update(e.id for e in chunk)
         self.stats.dead_lettered[reason] += len(chunk)
         log.warning(
             "dead-lettered %d event(s) (%s): %s; see `relay dlq list`", len(chunk), reason, error

@@ -101,7 +101,7 @@ class RSocketSink:
                     keepalive_max_lifetime=self._cfg.keepalive_max_lifetime,
                     connect_timeout=_CONNECT_TIMEOUT,
                 )
-            except (OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the supervisor must never die
                 failure = one_line(str(exc) or type(exc).__name__)
                 delay = backoff_delay(attempt, self._retry.initial_backoff, self._retry.max_backoff)
                 if failure != last_failure:

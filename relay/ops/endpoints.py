@@ -22,7 +22,9 @@ def add_routes(
     """`checks` are further reasons not to be ready (e.g. the upstream refusing our scope)."""
 
     async def healthz(_: web.Request) -> web.Response:
-        # answering at all is the proof of liveness: the event loop is turning
+        # answering proves the event loop turns; the spool's writer must be running too
+        if not spool.alive():
+            return web.Response(status=503, text="the spool's writer has stopped\n")
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:

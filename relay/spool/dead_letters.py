@@ -30,6 +30,8 @@ class DeadLetterRecord:
     body: bytes
 
 
+_CHUNK = 1000  # rows per transaction: the relay waits at most a few milliseconds for the lock
+
 _COLUMNS = (
     "id, event_id, reason, source, attempts, first_error, last_error, received_at,"
     " first_attempt_at, dead_at, body"
@@ -66,54 +68,86 @@ def replay_dead_letters(
 
     `prepare` turns a stored body into the body to queue, or raises ValueError when it cannot be
     sent (e.g. raw input that never was a valid event); those stay dead letters. Returns the
-    replayed ids and, per id left in place, why."""
+    replayed ids and, per id left in place, why. Works in short transactions, so a running
+    relay is never kept waiting for the write lock."""
     conn = _connect(directory)
     replayed: list[int] = []
     skipped: dict[int, str] = {}
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        if ids is None:
-            rows = conn.execute("SELECT id, body, source FROM dead_letters ORDER BY id").fetchall()
-        else:
-            rows = []
-            for i in ids:
-                row = conn.execute(
-                    "SELECT id, body, source FROM dead_letters WHERE id = ?", (i,)
-                ).fetchone()
-                if row is None:
-                    skipped[i] = "no such dead letter"
-                else:
-                    rows.append(row)
-        now = time.time()
-        for dl_id, body, source in rows:
-            try:
-                ready = prepare(body)
-            except ValueError as exc:
-                skipped[dl_id] = str(exc)
-                continue
-            conn.execute(
-                "INSERT INTO events (body, source, received_at) VALUES (?, ?, ?)",
-                (ready, source, now),
-            )
-            conn.execute("DELETE FROM dead_letters WHERE id = ?", (dl_id,))
-            replayed.append(dl_id)
+        if ids is not None:
+            wanted = sorted(set(ids))
+            for chunk_start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[chunk_start : chunk_start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT id, body, source FROM dead_letters WHERE id IN ({marks})", chunk
+                ).fetchall()
+                found = {row[0] for row in rows}
+                skipped.update((i, "no such dead letter") for i in chunk if i not in found)
+                _replay_rows(conn, rows, prepare, replayed, skipped)
+            return replayed, skipped
+        after = 0
+        while True:
+            rows = conn.execute(
+                "SELECT id, body, source FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?",
+                (after, _CHUNK),
+            ).fetchall()
+            if not rows:
+                return replayed, skipped
+            after = rows[-1][0]
+            _replay_rows(conn, rows, prepare, replayed, skipped)
+    finally:
+        conn.close()
+
+
+def _replay_rows(
+    conn: sqlite3.Connection,
+    rows: list[tuple[int, bytes, str]],
+    prepare: Callable[[bytes], bytes],
+    replayed: list[int],
+    skipped: dict[int, str],
+) -> None:
+    now = time.time()
+    ready: list[tuple[int, bytes, str]] = []
+    for dl_id, body, source in rows:
+        try:
+            ready.append((dl_id, prepare(body), source))
+        except ValueError as exc:
+            skipped[dl_id] = str(exc)
+    if not ready:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for dl_id, body, source in ready:
+            # only if still there: another replay may have taken it meanwhile
+            cur = conn.execute("DELETE FROM dead_letters WHERE id = ?", (dl_id,))
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO events (body, source, received_at) VALUES (?, ?, ?)",
+                    (body, source, now),
+                )
+                replayed.append(dl_id)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    finally:
-        conn.close()
-    return replayed, skipped
 
 
 def purge_dead_letters(directory: str | Path, older_than: float) -> int:
     """Delete dead letters that died more than `older_than` seconds ago; returns how many."""
     conn = _connect(directory)
+    cutoff = time.time() - older_than
+    purged = 0
     try:
-        cur = conn.execute(
-            "DELETE FROM dead_letters WHERE dead_at < ?", (time.time() - older_than,)
-        )
-        return cur.rowcount
+        while True:
+            cur = conn.execute(
+                "DELETE FROM dead_letters WHERE id IN"
+                " (SELECT id FROM dead_letters WHERE dead_at < ? LIMIT ?)",
+                (cutoff, _CHUNK),
+            )
+            purged += cur.rowcount
+            if cur.rowcount < _CHUNK:
+                return purged
     finally:
         conn.close()

@@ -22,7 +22,7 @@ from typing import Any
 
 from relay.errors import UserError
 from relay.spool.quarantine import list_quarantined, quarantine
-from relay.spool.store import Store
+from relay.spool.store import Store, UnknownSchema
 from relay.spool.types import (
     AppendResult,
     DeadLetter,
@@ -39,6 +39,9 @@ log = logging.getLogger("relay.spool")
 
 _PROBE_EVERY = 2.0  # seconds between write probes while refusing
 _HOUSEKEEP_EVERY = 10.0
+_IDLE_TICK = 1.0
+_PURGE_CHUNK = 5000
+_PURGE_ROUNDS = 200  # at most a million expired keys per housekeeping round
 _PROBE_BYTES = 64 * 1024
 _READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
 
@@ -181,6 +184,8 @@ class SqliteSpool:
     async def _submit(self, kind: str, args: tuple) -> Any:
         if self._closed:
             raise SpoolUnavailable("the spool is closed")
+        if not self._thread.is_alive():
+            raise SpoolUnavailable("the spool's writer has stopped; restart the relay")
         future = self._loop.create_future()
         self._queue.put(_Op(kind, args, future))
         return await future
@@ -188,7 +193,7 @@ class SqliteSpool:
     def _run(self) -> None:
         last_housekeeping = time.monotonic()
         while True:
-            timeout = _PROBE_EVERY if self._refusing else _HOUSEKEEP_EVERY
+            timeout = _PROBE_EVERY if self._refusing else _IDLE_TICK
             try:
                 first = self._queue.get(timeout=timeout)
             except queue.Empty:
@@ -201,23 +206,48 @@ class SqliteSpool:
                     break
             stopping = any(op is None for op in ops)
             ops = [op for op in ops if op is not None]
-            writes = [op for op in ops if op.kind in _WRITES]
-            if writes:
-                self._commit(writes)
-            elif self._refusing and first is not None and first.kind == "idle":
-                self._probe()
-            for op in ops:
-                if op.kind == "lease":
-                    self._lease(op)
-            if time.monotonic() - last_housekeeping > _HOUSEKEEP_EVERY:
-                last_housekeeping = time.monotonic()
-                self._housekeep()
+            try:
+                self._cycle(ops)
+                if time.monotonic() - last_housekeeping > _HOUSEKEEP_EVERY:
+                    last_housekeeping = time.monotonic()
+                    self._housekeep()
+            except BaseException as exc:  # noqa: BLE001 - the thread must outlive any one batch
+                log.exception("spool writer failed on a batch; its callers get an error")
+                for op in ops:
+                    if op.error is None:
+                        op.error = SpoolUnavailable(f"internal error: {type(exc).__name__}")
+                self._cursor = 0
+                self._leased.clear()
             done = [op for op in ops if op.future is not None]
             if done:
-                self._loop.call_soon_threadsafe(self._resolve, done)
+                try:
+                    self._loop.call_soon_threadsafe(self._resolve, done)
+                except RuntimeError:
+                    return  # the event loop is gone: nobody is waiting any more
             if stopping:
-                self._store.close()
+                with contextlib.suppress(Exception):
+                    self._store.close()
                 return
+
+    def _cycle(self, ops: list[_Op]) -> None:
+        writes = [op for op in ops if op.kind in _WRITES]
+        if writes:
+            self._commit(writes)
+        elif ops and ops[0].kind == "idle":
+            if self._refusing:
+                self._probe()
+            else:
+                # another process (`relay dlq`) may have changed the spool meanwhile
+                before = self._counters[0]
+                self._refresh_counters()
+                if self._counters[0] > before:
+                    self._loop.call_soon_threadsafe(self._new_events.set)
+        for op in ops:
+            if op.kind == "lease":
+                self._lease(op)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _resolve(self, ops: list[_Op]) -> None:
         for op in ops:
@@ -260,6 +290,16 @@ class SqliteSpool:
             store.commit()
         except sqlite3.Error as exc:
             store.rollback()
+            others = [op for op in writes if op.kind != "append"]
+            if others and len(others) < len(writes):
+                # acks and releases must not fail with appends that did not fit: alone they
+                # free space, and a failed ack means sending those events twice
+                for op in writes:
+                    if op.kind == "append" and op.error is None:
+                        op.error = SpoolUnavailable(_describe(exc))
+                self._commit(others)
+                self._log_write_failure(exc)
+                return
             self._write_failed(exc, writes)
             return
         self._after_commit(writes)
@@ -270,7 +310,8 @@ class SqliteSpool:
             log.warning("spool commit took %.1f s (%d operations)", elapsed, len(writes))
 
     def _after_commit(self, writes: list[_Op]) -> None:
-        if self._refusing:
+        # only stored events prove that new ones can be stored (acks need no new space)
+        if self._refusing and any(op.kind == "append" and op.error is None for op in writes):
             log.warning("spool accepts writes again")
             self._refusing = None
         if not any(op.kind == "append" and op.error is not None for op in writes):
@@ -289,11 +330,15 @@ class SqliteSpool:
         except sqlite3.Error as exc:
             log.error("cannot read spool counters: %s", exc)
 
-    def _write_failed(self, exc: sqlite3.Error, writes: list[_Op]) -> None:
+    def _log_write_failure(self, exc: sqlite3.Error) -> None:
         reason = _describe(exc)
         if self._refusing != reason:
             log.error("spool write failed, refusing new events until it recovers: %s", reason)
         self._refusing = reason
+
+    def _write_failed(self, exc: sqlite3.Error, writes: list[_Op]) -> None:
+        reason = _describe(exc)
+        self._log_write_failure(exc)
         for op in writes:
             if op.error is None:
                 op.error = SpoolUnavailable(reason)
@@ -305,8 +350,8 @@ class SqliteSpool:
         self._cursor = 0
         try:
             self._store.reopen()
-        except sqlite3.Error as reopen_exc:
-            log.error("cannot reopen the spool: %s", _describe(reopen_exc))
+        except (sqlite3.Error, OSError) as reopen_exc:
+            log.error("cannot reopen the spool: %s", reopen_exc)
 
     _refusal_logged: str | None = None
 
@@ -320,7 +365,7 @@ class SqliteSpool:
             self._store.probe(_PROBE_BYTES)
         except sqlite3.Error as exc:
             self._refusing = _describe(exc)
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, OSError):
                 self._store.reopen()
             return
         log.warning("spool accepts writes again")
@@ -341,13 +386,19 @@ class SqliteSpool:
     def _housekeep(self) -> None:
         if self._dedup_window <= 0 or self._refusing:
             return
-        try:
-            self._store.begin()
-            self._store.purge_dedup(self._clock() - self._dedup_window)
-            self._store.commit()
-        except sqlite3.Error as exc:
-            self._store.rollback()
-            log.warning("spool housekeeping failed: %s", _describe(exc))
+        cutoff = self._clock() - self._dedup_window
+        for _ in range(_PURGE_ROUNDS):
+            # short transactions, so producers waiting on a commit are not held up
+            try:
+                self._store.begin()
+                deleted = self._store.purge_dedup(cutoff, _PURGE_CHUNK)
+                self._store.commit()
+            except sqlite3.Error as exc:
+                self._store.rollback()
+                log.warning("spool housekeeping failed: %s", _describe(exc))
+                return
+            if deleted < _PURGE_CHUNK or not self._queue.empty():
+                return
 
 
 def _describe(exc: sqlite3.Error) -> str:
@@ -373,8 +424,28 @@ def _open_store(directory: Path, max_page_count: int | None) -> tuple[Store, int
             f"spool {directory} is in use by another relay; give each relay its own spool.path"
         ) from None
     try:
-        store = Store(directory, max_page_count=max_page_count)
+        return _store_or_quarantine(directory, max_page_count), lock_fd
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+# SQLITE_CORRUPT and SQLITE_NOTADB: the file is unreadable, not merely unreachable right now
+_CORRUPT = {11, 26}
+
+
+def _store_or_quarantine(directory: Path, max_page_count: int | None) -> Store:
+    try:
+        return Store(directory, max_page_count=max_page_count)
+    except UnknownSchema as exc:
+        raise UserError(f"spool {directory}: {exc}; use the relay version that wrote it") from None
     except sqlite3.Error as exc:
+        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in _CORRUPT:
+            # a full disk, an I/O error, a permission: the spool may be fine; do not touch it
+            raise UserError(
+                f"cannot open the spool in {directory}: {_describe(exc)}; fix the cause "
+                "(disk space, permissions) and start again - nothing was changed"
+            ) from None
         moved = quarantine(directory / "spool.db")
         log.error(
             "SPOOL QUARANTINED: %s could not be read (%s); moved to %s and started a fresh "
@@ -383,5 +454,4 @@ def _open_store(directory: Path, max_page_count: int | None) -> tuple[Store, int
             _describe(exc),
             moved,
         )
-        store = Store(directory, max_page_count=max_page_count)
-    return store, lock_fd
+        return Store(directory, max_page_count=max_page_count)

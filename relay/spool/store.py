@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -16,8 +17,22 @@ DB_NAME = "spool.db"
 _IN_CHUNK = 500  # stays far below SQLite's limit on bound parameters
 
 
+class UnknownSchema(Exception):
+    """The spool was written by another version of the relay."""
+
+
 def digest(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()[:16]
+
+
+_MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
+
+
+def _bounded(delay: float) -> float:
+    # not_before = inf (or NaN) would hide an event from both lease queries forever
+    if not math.isfinite(delay):
+        return _MAX_DELAY
+    return min(max(delay, 1e-6), _MAX_DELAY)
 
 
 class Store:
@@ -42,7 +57,7 @@ class Store:
                 conn.execute(f"PRAGMA max_page_count={int(self._max_page_count)}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"unknown spool schema version {version}")
+                raise UnknownSchema(f"unknown spool schema version {version}")
             if version == 0:
                 conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
             self._sanity_check(conn)
@@ -203,7 +218,7 @@ class Store:
             " not_before = ?, first_error = coalesce(first_error, ?), last_error = ?,"
             " first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ? WHERE id = ?",
             [
-                (int(r.rejected), max(now + r.delay, now + 1e-6), r.error, r.error, now, now, r.id)
+                (int(r.rejected), now + _bounded(r.delay), r.error, r.error, now, now, r.id)
                 for r in items
             ],
         )

@@ -126,4 +126,7 @@ class Spool(Protocol):
     def refusing(self) -> str | None:
         """Why the spool refuses writes right now (not-ready), or None."""
 
+    def alive(self) -> bool:
+        """False when the spool can no longer work at all (the relay should be restarted)."""
+
     async def close(self) -> None: ...
