@@ -19,6 +19,14 @@ class Intake:
         self.max_event_bytes = max_event_bytes
         self.metrics = metrics or Metrics()
         self.dead_lettered: Counter[str] = Counter()  # input kept as dead letters, by reason
+        self._received_by_source: dict = {}
+
+    def _received(self, source: str):
+        # labels() costs a lookup under a lock: once per source, not once per request
+        child = self._received_by_source.get(source)
+        if child is None:
+            child = self._received_by_source[source] = self.metrics.received.labels(source)
+        return child
 
     def declare(self, source: str) -> None:
         """Show this source's counters at zero from the start, so dashboards see it exists."""
@@ -63,7 +71,7 @@ class Intake:
         m = self.metrics
         received = len(events) + len(rejects)
         if not retry:
-            m.received.labels(source).inc(received)
+            self._received(source).inc(received)
         try:
             result = await self.spool.append(events, rejects)
         except SpoolRefused as exc:

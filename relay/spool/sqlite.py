@@ -47,7 +47,7 @@ _READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
 
 
 class _Op:
-    __slots__ = ("kind", "args", "future", "result", "error")
+    __slots__ = ("kind", "args", "future", "result", "error", "added")
 
     def __init__(self, kind: str, args: tuple, future: asyncio.Future | None) -> None:
         self.kind = kind
@@ -55,6 +55,7 @@ class _Op:
         self.future = future
         self.result: Any = None
         self.error: BaseException | None = None
+        self.added: tuple[int, int, int, int] = (0, 0, 0, 0)  # what an append stored
 
 
 _WRITES = frozenset({"append", "ack", "release", "dead_letter"})
@@ -272,15 +273,16 @@ class SqliteSpool:
             for op in writes:
                 if op.kind == "append":
                     try:
-                        accepted, dups, dl, added = store.append(
+                        accepted, dups, dl, added, dead_added = store.append(
                             *op.args, now, cutoff, self._max_bytes - used
                         )
                     except SpoolFull as exc:
                         op.error = exc
                         self._log_refusal_once("full", str(exc))
                         continue
-                    used += added
+                    used += added + dead_added
                     op.result = AppendResult(accepted, dups, dl)
+                    op.added = (accepted, added, dl, dead_added)
                 elif op.kind == "ack":
                     store.delete(op.args[0])
                 elif op.kind == "release":
@@ -321,7 +323,17 @@ class SqliteSpool:
                 self._leased.difference_update(op.args[0])
             elif op.kind in ("release", "dead_letter"):
                 self._leased.difference_update(item.id for item in op.args[0])
-        self._refresh_counters()
+        if all(op.kind == "append" for op in writes):
+            # the hot path: what was added is known, so no need to read the counters back
+            events, nbytes, dead, dead_bytes = self._counters
+            for op in writes:
+                n, b, d, db = op.added
+                events, nbytes, dead, dead_bytes = events + n, nbytes + b, dead + d, dead_bytes + db
+            self._counters = (events, nbytes, dead, dead_bytes)
+            if self._oldest is None and events:
+                self._oldest = self._clock()
+        else:
+            self._refresh_counters()
 
     def _refresh_counters(self) -> None:
         try:

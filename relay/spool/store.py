@@ -153,7 +153,7 @@ class Store:
     ) -> tuple[int, int, int, int]:
         """Store one producer's batch: all of it or, with SpoolFull, nothing.
 
-        Returns (accepted, duplicates, dead_lettered, bytes added)."""
+        Returns (accepted, duplicates, dead_lettered, event bytes, dead-letter bytes)."""
         fresh: list[Incoming] = []
         digests: list[bytes] = []
         duplicates = 0
@@ -175,7 +175,9 @@ class Store:
                     fresh.append(ev)
                     digests.append(d)
         raws = [(r.raw.encode("utf-8", "replace"), r) for r in rejects]
-        added = sum(len(ev.body) for ev in fresh) + sum(len(b) for b, _ in raws)
+        event_bytes = sum(len(ev.body) for ev in fresh)
+        dead_bytes = sum(len(b) for b, _ in raws)
+        added = event_bytes + dead_bytes
         if added > room:
             raise SpoolFull(f"storing {added} bytes would exceed spool.max_bytes")
         if digests:
@@ -193,7 +195,7 @@ class Store:
                 " received_at, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(b, r.source, r.reason, r.error, r.error, now, now) for b, r in raws],
             )
-        return len(fresh), duplicates, len(raws), added
+        return len(fresh), duplicates, len(raws), event_bytes, dead_bytes
 
     def _recent_digests(self, digests: list[bytes], cutoff: float) -> set[bytes]:
         found: set[bytes] = set()
