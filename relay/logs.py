@@ -36,3 +36,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # one line per request is noise at the rates a relay sees
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # rsocket-py warns about answers to requests that timed out and about its own task clean-up
+    # when a connection drops; the relay logs those events itself, once, in its own words
+    logging.getLogger("pyrsocket").setLevel(logging.ERROR)

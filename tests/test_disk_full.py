@@ -60,7 +60,8 @@ def test_full_disk_refuses_then_recovers(tiny_fs: Path) -> None:
         event = make_event()
         assert post(relay.url, event)[0] == 200
         acked.append(event["message_id"])
-        assert "spool write failed" in relay.output()
+        # refused by the free-space reserve, or by a write that failed: either way, no ack
+        assert "filesystem" in relay.output() or "spool write failed" in relay.output()
     finally:
         relay.kill()
     conn = sqlite3.connect(tiny_fs / "spool" / "spool.db")

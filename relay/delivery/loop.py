@@ -25,6 +25,7 @@ log = logging.getLogger("relay.delivery")
 
 _ACK_EVERY = 0.05  # seconds between ack commits
 _ACK_BATCH = 2000
+_ACK_BACKLOG = 4 * _ACK_BATCH  # delivered but not yet acked: above this, stop taking events
 _RETRY_POLL = 0.25  # how often events waiting for a retry time are looked for
 _MAX_LEASE = 2000
 # A rejection counts toward max_rejections only while the upstream accepts other events: when it
@@ -117,6 +118,10 @@ class Delivery:
     async def _lease_loop(self) -> None:
         while True:
             await self._sink.wait_ready()
+            if len(self._to_ack) > _ACK_BACKLOG:
+                # acks cannot be written (a full disk): take no more until they can
+                await asyncio.sleep(0.2)
+                continue
             free = self._max_in_flight - self.stats.in_flight
             if free <= 0:
                 self._slot_freed.clear()
@@ -151,7 +156,9 @@ class Delivery:
                 await self._settle(chunk, outcome)
         except SpoolRefused as exc:
             # the spool forgets the lease on a failed write, so the events are offered again
-            log.error("cannot record a delivery result in the spool: %s", exc)
+            if self._logged != "spool":
+                log.error("cannot record a delivery result in the spool: %s", exc)
+                self._logged = "spool"
         finally:
             self.stats.in_flight -= 1
             self._slot_freed.set()
@@ -263,10 +270,17 @@ class Delivery:
             try:
                 await self._flush_acks()
             except SpoolRefused as exc:
-                log.error("cannot acknowledge delivered events in the spool: %s", exc)
+                if self._logged != "acks":
+                    log.error("cannot acknowledge delivered events in the spool: %s", exc)
+                    self._logged = "acks"
                 await asyncio.sleep(1.0)
 
     async def _flush_acks(self) -> None:
         if self._to_ack:
             ids, self._to_ack = self._to_ack, []
-            await self._spool.ack(ids)
+            try:
+                await self._spool.ack(ids)
+            except SpoolRefused:
+                # keep them: the spool keeps their leases, so they are acked later, not resent
+                self._to_ack = ids + self._to_ack
+                raise

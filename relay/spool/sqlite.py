@@ -44,6 +44,7 @@ _PURGE_CHUNK = 5000
 _PURGE_ROUNDS = 200  # at most a million expired keys per housekeeping round
 _PROBE_BYTES = 64 * 1024
 _READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
+_DISK_RESERVE_SHARE = 0.02  # of the filesystem, between 1 MiB and 64 MiB, kept free for deletes
 
 
 class _Op:
@@ -86,6 +87,7 @@ class SqliteSpool:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._new_events = asyncio.Event()
         self._refusing: str | None = None
+        self._disk_refusing = False
         # delivery state, owned by the writer thread
         self._leased: set[int] = set()
         self._cursor = 0
@@ -164,6 +166,8 @@ class SqliteSpool:
     def refusing(self) -> str | None:
         if self._refusing:
             return self._refusing
+        if self._disk_refusing:
+            return "the spool's filesystem is (almost) full"
         _, nbytes, _, dead_bytes = self._counters
         if nbytes + dead_bytes >= _READY_FILL * self._max_bytes:
             return (
@@ -238,7 +242,9 @@ class SqliteSpool:
             if self._refusing:
                 self._probe()
             else:
-                # another process (`relay dlq`) may have changed the spool meanwhile
+                # another process (`relay dlq`) may have changed the spool meanwhile, and
+                # disk space may have come back
+                self._disk_short()
                 before = self._counters[0]
                 self._refresh_counters()
                 if self._counters[0] > before:
@@ -268,6 +274,15 @@ class SqliteSpool:
         events, nbytes, dead, dead_bytes = self._counters
         used = nbytes + dead_bytes
         store = self._store
+        short = self._disk_short()
+        if short:
+            for op in writes:
+                if op.kind == "append":
+                    op.error = SpoolFull(short)
+            self._log_refusal_once("disk", short)
+            writes = [op for op in writes if op.kind != "append"]
+            if not writes:
+                return
         try:
             store.begin()
             for op in writes:
@@ -342,6 +357,24 @@ class SqliteSpool:
         except sqlite3.Error as exc:
             log.error("cannot read spool counters: %s", exc)
 
+    def _disk_short(self) -> str | None:
+        """Why the filesystem is too full for new events, or None. A reserve is kept free so
+        that acks and deletes, which free space, can always be written."""
+        try:
+            fs = os.statvfs(self.directory)
+        except OSError:
+            return None
+        free = fs.f_bavail * fs.f_frsize
+        reserve = min(max(fs.f_blocks * fs.f_frsize * _DISK_RESERVE_SHARE, 1 << 20), 64 << 20)
+        if free >= reserve:
+            self._disk_refusing = False
+            return None
+        self._disk_refusing = True
+        return (
+            f"the spool's filesystem has {free >> 10} KiB free, less than the "
+            f"{int(reserve) >> 10} KiB kept for acknowledgements; free disk space"
+        )
+
     def _log_write_failure(self, exc: sqlite3.Error) -> None:
         reason = _describe(exc)
         if self._refusing != reason:
@@ -354,10 +387,11 @@ class SqliteSpool:
         for op in writes:
             if op.error is None:
                 op.error = SpoolUnavailable(reason)
-            if op.kind != "append":
+            if op.kind in ("release", "dead_letter"):
                 # the events stay in the spool; forget the lease so they are offered again
-                ids = op.args[0] if op.kind == "ack" else [i.id for i in op.args[0]]
-                self._leased.difference_update(ids)
+                self._leased.difference_update(i.id for i in op.args[0])
+            # a failed ack keeps its leases: delivery retries the ack instead of the events
+            # being sent again
         # rescan from the start: events whose release failed lie behind the cursor
         self._cursor = 0
         try:

@@ -1,0 +1,250 @@
+"""`make chaos`: a bounded chaos campaign against a real relay and real upstream stand-ins.
+
+    python -m benchmarks.chaos [--seconds N] [--seed S] [--quick]
+
+Producers keep sending (HTTP: several at once, single events and NDJSON batches, each retried
+until acknowledged; syslog TCP when the relay listens for it) while faults are injected in a
+seeded random order (see benchmarks.chaos_faults). Then everything is healed, the backlog drains,
+and the oracle (benchmarks.chaos_oracle) prints one table. Exit status 1 when an acknowledged
+event was lost, something not of the deliberately rejected kind was dead-lettered, or the
+backlog did not drain; 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from benchmarks.chaos_faults import KINDS, LANES, Injector, Timeline, plan
+from benchmarks.chaos_oracle import dead_letter_ids, judge, read_received, read_spooled, render
+from benchmarks.chaos_procs import Relay, Rig, Upstream, free_port, mount_tmpfs, unmount
+from benchmarks.chaos_producers import (
+    EventMaker,
+    Ledger,
+    http_producer,
+    syslog_listening,
+    syslog_producer,
+)
+
+RELAY_ENV = {
+    "RELAY_UPSTREAM__REQUEST_TIMEOUT": "2s",
+    "RELAY_UPSTREAM__KEEPALIVE_INTERVAL": "1s",
+    "RELAY_UPSTREAM__KEEPALIVE_MAX_LIFETIME": "5s",
+    "RELAY_RETRY__INITIAL_BACKOFF": "100ms",
+    "RELAY_RETRY__MAX_BACKOFF": "2s",
+    "RELAY_RETRY__MAX_REJECTIONS": "3",
+}
+TOKEN_LIFETIME = 5.0
+# The spool's own limit stays well below its filesystem (indexes, duplicate keys and the WAL
+# come on top), as in any sane deployment: the filler, not the spool, fills the disk.
+TMPFS_SIZE = "128m"
+SPOOL_MAX_BYTES = "32MiB"
+PROGRESS_EVERY = 15.0
+BURST_PADDING = 16_384  # bytes of description in the events of a disk-full burst
+
+
+@dataclass(frozen=True)
+class Options:
+    seconds: float
+    seed: int
+    rate: float
+    producers: int
+    syslog_rate: float
+    marked_share: float
+    drain_timeout: float
+    workdir: Path | None
+    keep: bool
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.chaos", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--seconds", type=float, help="length of the fault phase (CHAOS_SECONDS, 300)")
+    p.add_argument("--quick", action="store_true", help="a 60 s campaign")
+    p.add_argument("--seed", type=int, help="seed of the fault order and the events (random)")
+    p.add_argument("--rate", type=float, default=300.0, help="HTTP events/s, all producers (300)")
+    p.add_argument("--producers", type=int, default=4, help="concurrent HTTP producers (4)")
+    p.add_argument("--syslog-rate", type=float, default=50.0, help="syslog events/s (50)")
+    p.add_argument("--marked-share", type=float, default=0.03, help="share of the rejected kind")
+    p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds (120)")
+    p.add_argument("--workdir", type=Path, help="where logs and data go (a fresh temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir after a passing run")
+    args = vars(p.parse_args(argv))
+    quick = args.pop("quick")
+    if not args["seconds"]:
+        args["seconds"] = 60.0 if quick else float(os.environ.get("CHAOS_SECONDS") or 300)
+    if args["seed"] is None:
+        args["seed"] = random.SystemRandom().randrange(1, 1_000_000)
+    return Options(**args)
+
+
+async def campaign(opts: Options) -> bool:
+    work = opts.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
+    work.mkdir(parents=True, exist_ok=True)
+    timeline = Timeline()
+    timeline.say(f"chaos campaign: seed {opts.seed}, {opts.seconds:.0f} s of faults, in {work}")
+    fs = work / "spoolfs"
+    why = mount_tmpfs(fs, TMPFS_SIZE)
+    if why is not None:
+        timeline.say(f"filesystem-full faults are OFF: cannot mount a tmpfs ({why})")
+    spool = (fs if why is None else work) / "spool"
+    upstream = Upstream(work / "upstream", work / "upstream.log", TOKEN_LIFETIME)
+    syslog_port = free_port()
+    env = {
+        **RELAY_ENV,
+        "RELAY_SPOOL__PATH": str(spool),
+        "RELAY_SPOOL__MAX_BYTES": SPOOL_MAX_BYTES,
+        "RELAY_INGEST__SYSLOG__TCP_LISTEN": f"127.0.0.1:{syslog_port}",
+    }
+    relay = Relay(upstream.config, env, work / "relay.log")
+    rig = Rig(relay, upstream, spool, fs / "filler" if why is None else None, syslog_port)
+    passed = False
+    try:
+        passed = await _run(opts, timeline, rig)
+    finally:
+        await relay.stop()
+        await upstream.stop()
+        if why is None:
+            unmount(fs)
+        if passed and not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs and data kept in {work} (relay.log, upstream.log)", flush=True)
+    return passed
+
+
+async def _run(opts: Options, timeline: Timeline, rig: Rig) -> bool:
+    say = timeline.say
+    await rig.upstream.start()
+    await rig.relay.start()
+    syslog_on = await syslog_listening("127.0.0.1", rig.syslog_port)
+    if not syslog_on:
+        say(f"syslog producer is off: the relay does not listen on 127.0.0.1:{rig.syslog_port}")
+    ledger = Ledger()
+    stop = asyncio.Event()
+    producing = _start_producers(opts, rig, ledger, stop, syslog_on)
+    progress = asyncio.create_task(_progress(rig.relay, ledger, timeline))
+    burst = _maker(opts, ledger, "disk-full-burst", padding=BURST_PADDING)
+    injector = Injector(rig, ledger, timeline, burst)
+    await _inject(opts, injector, timeline)
+
+    say("last fault over: healing everything, producers finish their last batch")
+    healed_at = time.monotonic()
+    stop.set()
+    await injector.heal_all()
+    await asyncio.gather(*producing)
+    progress.cancel()
+    drain = await _drained(rig.relay, healed_at, opts.drain_timeout)
+    say("backlog NOT drained" if drain is None else f"backlog drained in {drain:.1f} s")
+
+    dead = await _dead_letters(rig.relay, timeline)
+    await rig.relay.stop()
+    await rig.upstream.stop()
+    received = read_received(rig.upstream.received_db)
+    result = judge(ledger, received, dead, read_spooled(rig.spool), timeline, drain)
+    print(f"\nchaos campaign, seed {opts.seed}, {opts.seconds:.0f} s")
+    print(render(result, syslog_on, rig.filler is not None), flush=True)
+    return result.passed
+
+
+def _start_producers(
+    opts: Options, rig: Rig, ledger: Ledger, stop: asyncio.Event, syslog_on: bool
+) -> list[asyncio.Task]:
+    each = opts.rate / opts.producers
+    producers = [
+        http_producer(rig.relay.url, ledger, _maker(opts, ledger, f"http-{i}"), stop, each)
+        for i in range(opts.producers)
+    ]
+    if syslog_on:
+        maker = _maker(opts, ledger, "syslog")
+        producers.append(
+            syslog_producer("127.0.0.1", rig.syslog_port, ledger, maker, stop, opts.syslog_rate)
+        )
+    return [asyncio.create_task(p) for p in producers]
+
+
+async def _inject(opts: Options, injector: Injector, timeline: Timeline) -> None:
+    """Both lanes at once, each its seeded plan; a failing lane stops the other."""
+    lanes = {
+        "relay": ["relay_kill"] + (["disk_full"] if injector.rig.filler is not None else []),
+        "upstream": [k for k, kind in KINDS.items() if kind.lane == "upstream"],
+    }
+    plans = {
+        lane: plan(lanes[lane], opts.seconds, random.Random(f"{opts.seed}-plan-{lane}"))
+        for lane in LANES
+    }
+    planned = {k: sum(p.count(k) for p in plans.values()) for k in KINDS}
+    timeline.say("plan: " + ", ".join(f"{k} x{n}" for k, n in planned.items() if n))
+    end_at = time.monotonic() + opts.seconds
+    injecting = [
+        asyncio.create_task(
+            injector.run_lane(plans[lane], random.Random(f"{opts.seed}-{lane}"), end_at)
+        )
+        for lane in LANES
+    ]
+    try:
+        await asyncio.gather(*injecting)
+    except Exception as exc:
+        timeline.errors.append(f"fault injection failed: {type(exc).__name__}: {exc}")
+        timeline.say(timeline.errors[-1])
+        for task in injecting:
+            task.cancel()
+        await asyncio.gather(*injecting, return_exceptions=True)
+
+
+async def _dead_letters(relay: Relay, timeline: Timeline) -> dict[str, str]:
+    listing = await relay.cli("dlq", "list", "--json", "--limit", "100000000")
+    if listing.returncode != 0:
+        timeline.errors.append(f"relay dlq list failed: {listing.stderr.decode().strip()}")
+        return {}
+    return dead_letter_ids(orjson.loads(listing.stdout))
+
+
+def _maker(opts: Options, ledger: Ledger, name: str, padding: int = 0) -> EventMaker:
+    rng = random.Random(f"{opts.seed}-{name}")
+    return EventMaker(rng, ledger, opts.marked_share, padding)
+
+
+async def _drained(relay: Relay, since: float, timeout: float) -> float | None:
+    """Seconds from `since` until the relay's spool is empty, or None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, status = await relay.get("/status")
+        if status is not None and status["spool"]["events"] == 0:
+            return time.monotonic() - since
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def _progress(relay: Relay, ledger: Ledger, timeline: Timeline) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        _, status = await relay.get("/status")
+        depth = status["spool"]["events"] if status else "?"
+        timeline.say(
+            f"progress: {len(ledger.acked)} acknowledged, {len(ledger.syslog_sent)} via syslog, "
+            f"relay backlog {depth}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        return 0 if asyncio.run(campaign(opts)) else 1
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
