@@ -65,7 +65,9 @@ _HASHED = re.compile(r"[0-9a-f]{64}")
 _DATETIME = re.compile(
     r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?(?:Z|[+-]\d\d:\d\d)?", re.ASCII
 )
-_PERSONAL_NUMBER = re.compile(r"(?<!\d)\d{11}(?!\d)", re.ASCII)
+# Eleven digits standing alone: not a part of a longer number, nor of a hex string such as a
+# UUID (whose groups can hold eleven digits in a row by chance).
+_PERSONAL_NUMBER = re.compile(r"(?<![0-9A-Za-z])[0-9]{11}(?![0-9A-Za-z])")
 
 # Everything str.splitlines() would split on, so an echoed value can never break a log line.
 _ONE_LINE = str.maketrans(dict.fromkeys("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029", " "))

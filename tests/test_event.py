@@ -365,7 +365,11 @@ def test_encode_rejects_only_with_event_error() -> None:
         (PERSON, PERSON_HASH),
         (f"to {PERSON}.", f"to {PERSON_HASH}."),
         (f"{PERSON},{PERSON}", f"{PERSON_HASH},{PERSON_HASH}"),
-        (f"a{PERSON}b", f"a{PERSON_HASH}b"),
+        (f'"receiver":"{PERSON}"', f'"receiver":"{PERSON_HASH}"'),
+        (f"fnr={PERSON};", f"fnr={PERSON_HASH};"),
+        # glued to letters it is part of a hex string such as a UUID, not a number on its own
+        (f"a{PERSON}b", f"a{PERSON}b"),
+        ("3233d263-30d0-4cd4-9e38-f12345678901", "3233d263-30d0-4cd4-9e38-f12345678901"),
         ("971203420", "971203420"),
         ("0192:971203420", "0192:971203420"),
         ("123456789012", "123456789012"),
