@@ -44,16 +44,6 @@ def received_ids(up: UpstreamProcess) -> Counter[str]:
     return Counter(s["message_id"] for s in up.statuses())
 
 
-def spool_depth(relay: RelayProcess) -> int:
-    out = subprocess.run(
-        [sys.executable, "-m", "relay", "spool", "stats", "--json"],
-        env=relay.env,
-        capture_output=True,
-        timeout=30,
-    )
-    return orjson.loads(out.stdout)["depth"]
-
-
 @pytest.mark.parametrize("transport", ["rsocket", "http"])
 def test_events_arrive_once_as_sent(
     transport: str, upstream_factory, relay_factory, tmp_path: Path
@@ -73,7 +63,7 @@ def test_events_arrive_once_as_sent(
         assert stored["logger_name"] == "STATUS"
         assert received["transport"] == transport
         assert received["client_id"] == "MOVE_IP_991825827"
-    wait_until(lambda: spool_depth(relay) == 0, 10, "the spool to drain")
+    wait_until(lambda: spool_stats(relay)["depth"] == 0, 10, "the spool to drain")
 
 
 def test_short_lived_tokens_never_fail_a_delivery(upstream_factory, relay_factory) -> None:

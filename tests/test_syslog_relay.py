@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,18 +12,13 @@ import orjson
 import pytest
 
 from tests.conftest import RelayProcess, free_port, make_event
+from tests.test_delivery_e2e import spool_stats
 
 LOGGER = shutil.which("logger")
 
 
 def depth(relay: RelayProcess) -> int:
-    out = subprocess.run(
-        [sys.executable, "-m", "relay", "spool", "stats", "--json"],
-        env=relay.env,
-        capture_output=True,
-        timeout=30,
-    )
-    return orjson.loads(out.stdout)["depth"]
+    return spool_stats(relay)["depth"]
 
 
 def wait_depth(relay: RelayProcess, n: int) -> None:
