@@ -29,6 +29,10 @@ test: $(STAMP) $(NODE_STAMP) lint
 chaos: $(STAMP)
 	$(BIN)/python -m benchmarks.chaos $(if $(QUICK),--quick) $(CHAOS_ARGS)
 
+# speed against baselines measured side by side; QUICK=1 for a run under two minutes
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick)
+
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests benchmarks
 	$(BIN)/ruff format --check relay tests benchmarks

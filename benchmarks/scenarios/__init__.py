@@ -1,0 +1,1 @@
+"""One module per family of scenarios; each function returns report rows."""

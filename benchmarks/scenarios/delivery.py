@@ -1,0 +1,195 @@
+"""Scenarios 3-5: draining a backlog upstream, the relay against a bare rsocket-py client.
+
+Each relay round starts a relay with delivery on over a copy of a prepared spool (the backlog,
+made with the spool API); each baseline round runs benchmarks.baselines.rsocket_client with the
+same bodies, in-flight bound and metadata. Rounds alternate. See benchmarks/upstreams.py for how
+the time is taken.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import orjson
+
+from benchmarks.context import CpuShare, Ctx, Lines, log
+from benchmarks.events import new_run_tag
+from benchmarks.procs import Procs
+from benchmarks.report import Row, Target, median
+from benchmarks.spoolgen import build_spool, copy_spool
+from benchmarks.upstreams import Lean, StandIn
+
+
+def _timeout(n: int) -> float:
+    return 120 + n / 500
+
+
+def relay_round(procs: Procs, up, backlog: Path, n: int, env: dict[str, str]) -> dict:
+    up.reset()
+    spool = copy_spool(backlog, backlog.parent / f"spool-{new_run_tag()}")
+    relay = procs.relay(spool, config=up.config, env={**up.env, **env})
+    try:
+        relay.start()
+        cpu = CpuShare(sender=relay.pid, upstream=up.pid)
+        result = up.wait(n, _timeout(n), relay)
+        result.update(cpu.done())
+    finally:
+        relay.stop()
+        shutil.rmtree(spool, ignore_errors=True)
+    return result
+
+
+def bare_round(procs: Procs, up, folder: Path, n: int) -> dict:
+    up.reset()
+    token = folder / "token"
+    token.write_text(up.token())
+    args = ["--port", str(up.port), "--token-file", str(token), "--count", str(n)]
+    client = procs.python(
+        "benchmarks.baselines.rsocket_client", *args, "--run", new_run_tag(), log="bare.log"
+    )
+    lines = Lines(client.spawn(stdout=subprocess.PIPE).stdout)
+    lines.next(60)  # SENDING
+    cpu = CpuShare(sender=client.pid, upstream=up.pid)
+    result = up.wait(n, _timeout(n), client)
+    result.update(cpu.done())
+    own = orjson.loads(lines.next(60))
+    if own["errors"]:
+        raise RuntimeError(f"the bare client had {own['errors']} failed requests")
+    result["client"] = own
+    return result
+
+
+def compare(procs: Procs, up, folder: Path, backlog: Path, n: int, rounds: int) -> dict:
+    got: dict[str, list[dict]] = {"relay": [], "bare": []}
+    for i in range(rounds):
+        for name in ("relay", "bare") if i % 2 == 0 else ("bare", "relay"):
+            if name == "relay":
+                r = relay_round(procs, up, backlog, n, {})
+            else:
+                r = bare_round(procs, up, folder, n)
+            got[name].append(r)
+            log(f"rsocket → {up.name} {name}: {r['events_per_s']:,.0f} events/s")
+    return got
+
+
+def bottleneck(rounds: list[dict], upstream: str, sender: str = "relay") -> str:
+    """Who was busy: CPU shares of one core (medians over the rounds); "X-bound" when X used
+    nearly a whole core, or most of one and at least 1.5 times the other's share."""
+    cpu = {upstream: median([r["upstream_cpu"] for r in rounds])}
+    cpu[sender] = median([r["sender_cpu"] for r in rounds])
+    busiest, other = sorted(cpu, key=cpu.get, reverse=True)
+    shares = f"CPU {upstream} {cpu[upstream]:.0%}, {sender} {cpu[sender]:.0%}"
+    if cpu[busiest] >= 0.85 or (cpu[busiest] >= 0.6 and cpu[busiest] >= 1.5 * cpu[other]):
+        return f"{busiest}-bound ({shares})"
+    return shares
+
+
+def _comparison_row(rid: str, what: str, got: dict, upstream: str, n: int) -> Row:
+    return Row(
+        rid,
+        what,
+        median([r["events_per_s"] for r in got["relay"]]),
+        "events/s",
+        baseline=median([r["events_per_s"] for r in got["bare"]]),
+        baseline_what="bare rsocket-py client",
+        targets=[Target("ratio>=", 0.8)],
+        details={"backlog": n, "max_in_flight": 128, "rounds": got},
+        note=f"relay runs: {bottleneck(got['relay'], upstream)}; "
+        f"bare runs: {bottleneck(got['bare'], upstream, 'bare client')}",
+    )
+
+
+def rsocket_single(ctx: Ctx) -> list[Row]:
+    """3: one event per request-response; 3b: the same against the lean upstream."""
+    n_stand_in, rounds_stand_in = ctx.pick((20_000, 1), (200_000, 1))
+    n_lean, rounds_lean = ctx.pick((20_000, 2), (200_000, 3))
+    folder = ctx.workdir("delivery-rsocket")
+    rows = []
+    with Procs(folder) as procs:
+        stand_in = StandIn(procs)
+        backlog = build_spool(folder / "backlog", n_stand_in, new_run_tag())
+        got = compare(procs, stand_in, folder, backlog, n_stand_in, rounds_stand_in)
+        rows.append(
+            _comparison_row(
+                "3", "delivery, RSocket, 1 event/request → stand-in", got, "stand-in", n_stand_in
+            )
+        )
+        ctx.rows["3"] = rows[-1]  # the latency scenario derives its rate from this
+        if n_lean != n_stand_in:
+            shutil.rmtree(backlog)
+            backlog = build_spool(folder / "backlog", n_lean, new_run_tag())
+        lean = Lean(procs, stand_in, n_lean).start()
+        got = compare(procs, lean, folder, backlog, n_lean, rounds_lean)
+        rows.append(
+            _comparison_row(
+                "3b",
+                "delivery, RSocket, 1 event/request → lean upstream",
+                got,
+                "lean upstream",
+                n_lean,
+            )
+        )
+    return rows
+
+
+def _relay_only(procs: Procs, up, backlog: Path, n: int, rounds: int, env: dict) -> list[dict]:
+    got = []
+    for _ in range(rounds):
+        r = relay_round(procs, up, backlog, n, env)
+        got.append(r)
+        settings = " ".join(
+            f"{k.removeprefix('RELAY_UPSTREAM__').lower()}={v}" for k, v in env.items()
+        )
+        log(f"{settings} → {up.name}: {r['events_per_s']:,.0f} events/s")
+    return got
+
+
+def rsocket_batch(ctx: Ctx) -> list[Row]:
+    """4: batch_size 100 (a JSON array of 100 events per request); 4b: to the lean upstream."""
+    n, rounds = ctx.pick((50_000, 1), (400_000, 2))
+    n_lean, rounds_lean = ctx.pick((100_000, 2), (500_000, 3))
+    env = {"RELAY_UPSTREAM__BATCH_SIZE": "100"}
+    folder = ctx.workdir("delivery-batch")
+    rows = []
+    with Procs(folder) as procs:
+        stand_in = StandIn(procs)
+        lean = Lean(procs, stand_in, n_lean).start()
+        for rid, up, count, k in (("4", stand_in, n, rounds), ("4b", lean, n_lean, rounds_lean)):
+            backlog = build_spool(folder / f"backlog-{rid}", count, new_run_tag())
+            got = _relay_only(procs, up, backlog, count, k, env)
+            shutil.rmtree(backlog)
+            rows.append(
+                Row(
+                    rid,
+                    f"delivery, RSocket, batch_size 100 → {up.name}",
+                    median([r["events_per_s"] for r in got]),
+                    "events/s",
+                    targets=[Target(">=", 100_000, "events/s")],
+                    details={"backlog": count, "rounds": got},
+                    note=bottleneck(got, up.name),
+                )
+            )
+    return rows
+
+
+def http_single(ctx: Ctx) -> list[Row]:
+    """5: transport http, one event per POST, to the stand-in's POST /api/status."""
+    n, rounds = ctx.pick((5_000, 1), (30_000, 2))
+    env = {"RELAY_UPSTREAM__TRANSPORT": "http"}
+    folder = ctx.workdir("delivery-http")
+    with Procs(folder) as procs:
+        stand_in = StandIn(procs)
+        backlog = build_spool(folder / "backlog", n, new_run_tag())
+        got = _relay_only(procs, stand_in, backlog, n, rounds, env)
+    return [
+        Row(
+            "5",
+            "delivery, HTTP, 1 event/request → stand-in",
+            median([r["events_per_s"] for r in got]),
+            "events/s",
+            details={"backlog": n, "max_in_flight": 128, "rounds": got},
+            note=bottleneck(got, "stand-in"),
+        )
+    ]
