@@ -252,6 +252,12 @@ class TokenProvider:
         self._token = None
         self._announce()
 
+    def current(self) -> str | None:
+        """The valid token at hand, without waiting; None when a fetch must be awaited."""
+        if self._closed:
+            return None
+        return self._usable_token()
+
     def _usable_token(self) -> str | None:
         if self._token is None:
             return None

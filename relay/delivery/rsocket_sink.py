@@ -25,6 +25,8 @@ _CONNECT_TIMEOUT = 10.0
 class TokenSource(Protocol):
     async def token(self) -> str: ...
 
+    def current(self) -> str | None: ...
+
     def invalidate(self, token: str) -> None: ...
 
 
@@ -64,11 +66,15 @@ class RSocketSink:
         conn = self._conn
         if conn is None or not conn.is_open:
             return Outcome(Verdict.RETRY, "connection", "not connected", connection_lost=True)
-        try:
-            async with asyncio.timeout(self._cfg.request_timeout):
-                token = await self._tokens.token()
-        except TimeoutError:
-            return Outcome(Verdict.RETRY, "token", "no valid access token (see relay.auth logs)")
+        token = self._tokens.current()  # the common case: no await, no timer
+        if token is None:
+            try:
+                async with asyncio.timeout(self._cfg.request_timeout):
+                    token = await self._tokens.token()
+            except TimeoutError:
+                return Outcome(
+                    Verdict.RETRY, "token", "no valid access token (see relay.auth logs)"
+                )
         data = request_data(bodies, self._cfg.batch_size)
         try:
             await conn.request(data, self._metadata_for(token), self._cfg.request_timeout)
