@@ -10,10 +10,10 @@ import aiohttp
 
 from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
+from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
 from relay.delivery.classify import classify_http_status, one_line
 from relay.delivery.outcome import Outcome, Verdict
 from relay.delivery.payload import request_data
-from relay.delivery.rsocket_sink import TokenSource
 
 log = logging.getLogger("relay.delivery.http")
 
@@ -63,15 +63,9 @@ class HttpSink:
         await self._tokens.token()
 
     async def send(self, bodies: list[bytes]) -> Outcome:
-        token = self._tokens.current()  # the common case: no await, no timer
+        token = await bearer(self._tokens, self._cfg.request_timeout)
         if token is None:
-            try:
-                async with asyncio.timeout(self._cfg.request_timeout):
-                    token = await self._tokens.token()
-            except TimeoutError:
-                return Outcome(
-                    Verdict.RETRY, "token", "no valid access token (see relay.auth logs)"
-                )
+            return Outcome(Verdict.RETRY, "token", NO_TOKEN)
         data = request_data(bodies, self._cfg.batch_size)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
 
 from rsocket.extensions.helpers import authenticate_bearer, composite, route
 
 from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
+from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
 from relay.delivery.classify import classify_rsocket_error, one_line
 from relay.delivery.outcome import DELIVERED, Outcome, Verdict
 from relay.delivery.payload import request_data
@@ -20,14 +20,6 @@ from relay.delivery.rsocket_connection import RSocketConnection
 log = logging.getLogger("relay.delivery.rsocket")
 
 _CONNECT_TIMEOUT = 10.0
-
-
-class TokenSource(Protocol):
-    async def token(self) -> str: ...
-
-    def current(self) -> str | None: ...
-
-    def invalidate(self, token: str) -> None: ...
 
 
 class RSocketSink:
@@ -66,15 +58,9 @@ class RSocketSink:
         conn = self._conn
         if conn is None or not conn.is_open:
             return Outcome(Verdict.RETRY, "connection", "not connected", connection_lost=True)
-        token = self._tokens.current()  # the common case: no await, no timer
+        token = await bearer(self._tokens, self._cfg.request_timeout)
         if token is None:
-            try:
-                async with asyncio.timeout(self._cfg.request_timeout):
-                    token = await self._tokens.token()
-            except TimeoutError:
-                return Outcome(
-                    Verdict.RETRY, "token", "no valid access token (see relay.auth logs)"
-                )
+            return Outcome(Verdict.RETRY, "token", NO_TOKEN)
         data = request_data(bodies, self._cfg.batch_size)
         try:
             await conn.request(data, self._metadata_for(token), self._cfg.request_timeout)
