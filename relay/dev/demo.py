@@ -15,19 +15,11 @@ from pathlib import Path
 import orjson
 
 from relay.config import load_config
+from relay.dev.example import SEED_EVENT
 from relay.dev.upstream import DevUpstream
 from relay.server import serve
 
-EXAMPLE = {
-    "conversation_id": "3233d263-30d0-4cd4-9e38-ff62a978d58e",
-    "message_id": "65f237bc-7d64-45cb-8f4d-3d81345b4668",
-    "status": "LEVERT",
-    "orgnr": "971203420",
-    "sender": "0192:971203420",
-    "receiver": "0192:991825827",
-    "service_identifier": "DPE",
-    "process_identifier": "urn:no:difi:profile:einnsyn:journalpost:ver1.0",
-}
+EXAMPLE = SEED_EVENT
 
 
 def _say(text: str = "") -> None:

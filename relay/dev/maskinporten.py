@@ -46,6 +46,16 @@ MAX_CLOCK_SKEW = 10
 _ORGANIZATION_IDENTIFIER = x509.ObjectIdentifier("2.5.4.97")
 
 
+# the signature is checked by pyjwt; every claim is then checked here, with Maskinporten's errors
+_SIGNATURE_ONLY = {
+    "verify_exp": False,
+    "verify_iat": False,
+    "verify_nbf": False,
+    "verify_aud": False,
+    "verify_iss": False,
+}
+
+
 @dataclass(frozen=True)
 class ClientRegistration:
     """A client as registered in Maskinporten: its scopes, organisation and any kid keys."""
@@ -144,13 +154,7 @@ class MaskinportenStandIn:
                 token,
                 self._key.public_key(),
                 algorithms=["RS256"],
-                options={
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
-                },
+                options=_SIGNATURE_ONLY,
             )
         except jwt.InvalidSignatureError:
             raise InvalidToken("bad signature") from None
@@ -246,13 +250,7 @@ class MaskinportenStandIn:
                 assertion,
                 key,
                 algorithms=[alg],
-                options={
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
-                },
+                options=_SIGNATURE_ONLY,
             )
         except jwt.InvalidSignatureError:
             raise _Refusal("invalid_grant", "Invalid assertion: bad signature") from None
