@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
+import relay.spool.dedup as dedup_module
+import relay.spool.sqlite as sqlite_module
 from relay.errors import UserError
 from relay.spool import (
     DeadLetter,
@@ -18,6 +23,8 @@ from relay.spool import (
     SpoolFull,
     SpoolUnavailable,
     SqliteSpool,
+    check_spool,
+    list_dead_letters,
     read_stats,
 )
 
@@ -109,6 +116,145 @@ async def test_dedup_window_expires(tmp_path: Path) -> None:
     await asyncio.sleep(0.3)
     assert (await spool.append([ev(1)])).accepted == 1
     await spool.close()
+
+
+async def test_digests_survive_a_restart(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s")
+    await spool.append([ev(i) for i in range(100)])
+    await spool.close()
+    spool = await open_spool(tmp_path / "s")
+    result = await spool.append([ev(i) for i in range(95, 105)])
+    assert (result.accepted, result.duplicates) == (5, 5)
+    assert spool.stats().events == 105  # the dedup log is not counted as events
+    await spool.close()
+    assert check_spool(tmp_path / "s") == []
+
+
+async def test_remembered_digests_are_capped(tmp_path: Path, monkeypatch) -> None:
+    # the cap forgets the oldest digests early: their duplicates get through, new events never
+    # become duplicates, and the same holds after a restart (the log is read back under the cap)
+    monkeypatch.setattr(dedup_module, "MAX_DIGESTS", 640)
+    spool = await open_spool(tmp_path / "s")
+    for b in range(20):
+        await spool.append([ev(b * 100 + i) for i in range(100)])
+    for reopen in (False, True):
+        if reopen:
+            await spool.close()
+            spool = await open_spool(tmp_path / "s")
+        recent = await spool.append([ev(1900 + i) for i in range(100)])
+        assert recent.duplicates == 100
+        fresh = await spool.append([ev(10_000 * (2 + reopen) + i) for i in range(100)])
+        assert fresh.accepted == 100
+    oldest = await spool.append([ev(i) for i in range(100)])
+    assert oldest.accepted == 100
+    await spool.close()
+
+
+async def test_dedup_log_is_cut_once_the_window_has_passed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sqlite_module, "_HOUSEKEEP_EVERY", 0.05)
+    window = 0.3
+    spool = await open_spool(tmp_path / "s", dedup_window=window)
+    for b in range(5):
+        await spool.append([ev(b * 100 + i) for i in range(100)])
+
+    def log_rows() -> int:
+        conn = sqlite3.connect(tmp_path / "s" / "spool.db")
+        try:
+            return conn.execute("SELECT count(*) FROM dedup_log").fetchone()[0]
+        finally:
+            conn.close()
+
+    assert log_rows() > 0
+    await asyncio.sleep(window)
+    for _ in range(100):  # housekeeping runs in the writer's idle ticks
+        if log_rows() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert log_rows() == 0
+    assert spool.stats().events == 500
+    await spool.close()
+
+
+# the schema of version 1, as released: digests in a B-tree keyed by 16 bytes of the SHA-256
+V1_SCHEMA = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL, source TEXT NOT NULL,
+    received_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    rejections INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0,
+    first_error TEXT, last_error TEXT, first_attempt_at REAL, last_attempt_at REAL
+);
+CREATE INDEX events_retry ON events (not_before) WHERE not_before > 0;
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, event_id INTEGER, body BLOB NOT NULL,
+    source TEXT NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    first_error TEXT, last_error TEXT, received_at REAL NOT NULL, first_attempt_at REAL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE dedup (digest BLOB PRIMARY KEY, seen_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX dedup_seen ON dedup (seen_at);
+CREATE TABLE stats (
+    id INTEGER PRIMARY KEY CHECK (id = 0), events INTEGER NOT NULL, event_bytes INTEGER NOT NULL,
+    dead_letters INTEGER NOT NULL, dead_letter_bytes INTEGER NOT NULL
+);
+INSERT INTO stats VALUES (0, 0, 0, 0, 0);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE probe (data BLOB);
+CREATE TRIGGER events_ins AFTER INSERT ON events BEGIN
+    UPDATE stats SET events = events + 1, event_bytes = event_bytes + length(NEW.body);
+END;
+CREATE TRIGGER events_del AFTER DELETE ON events BEGIN
+    UPDATE stats SET events = events - 1, event_bytes = event_bytes - length(OLD.body);
+END;
+CREATE TRIGGER dead_ins AFTER INSERT ON dead_letters BEGIN
+    UPDATE stats SET dead_letters = dead_letters + 1,
+        dead_letter_bytes = dead_letter_bytes + length(NEW.body);
+END;
+CREATE TRIGGER dead_del AFTER DELETE ON dead_letters BEGIN
+    UPDATE stats SET dead_letters = dead_letters - 1,
+        dead_letter_bytes = dead_letter_bytes - length(OLD.body);
+END;
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_version_1_spool_is_migrated_with_its_events(tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    directory.mkdir()
+    conn = sqlite3.connect(directory / "spool.db")
+    conn.executescript(V1_SCHEMA)
+    now = time.time()
+    for i in range(3):
+        conn.execute(
+            "INSERT INTO events (body, source, received_at) VALUES (?, 'test', ?)",
+            (ev(i).body, now),
+        )
+        conn.execute(
+            "INSERT INTO dedup VALUES (?, ?)", (hashlib.sha256(ev(i).body).digest()[:16], now)
+        )
+    conn.execute(
+        "INSERT INTO dead_letters (body, source, reason, received_at, dead_at)"
+        " VALUES (x'7b626164', 'test', 'invalid', ?, ?)",
+        (now, now),
+    )
+    conn.commit()
+    conn.close()
+
+    spool = await open_spool(directory)
+    stats = spool.stats()
+    assert (stats.events, stats.dead_letters) == (3, 1)
+    # the version 1 digests were carried over: a producer's retry is still a duplicate
+    result = await spool.append([ev(2), ev(3)])
+    assert (result.accepted, result.duplicates) == (1, 1)
+    items = await spool.lease(10)
+    assert [i.body for i in items] == [ev(i).body for i in range(4)]
+    await spool.close()
+    assert check_spool(directory) == []
+    assert [d.body for d in list_dead_letters(directory)] == [b"{bad"]
+    conn = sqlite3.connect(directory / "spool.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "dedup_log" in tables and "dedup" not in tables and "dedup_seen" not in tables
+    conn.close()
 
 
 async def test_concurrent_producers_share_commits(tmp_path: Path) -> None:
@@ -218,7 +364,7 @@ async def test_a_spool_from_another_version_is_refused_not_quarantined(tmp_path:
     assert not (tmp_path / "s" / "quarantine").exists()
     # the lock was released: after a fix the relay can open it again
     conn = sqlite3.connect(tmp_path / "s" / "spool.db")
-    conn.execute("PRAGMA user_version=1")
+    conn.execute("PRAGMA user_version=2")
     conn.close()
     spool = await open_spool(tmp_path / "s")
     assert spool.stats().events == 1

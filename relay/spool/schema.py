@@ -1,9 +1,16 @@
 """SQLite schema of the spool. Counters are kept by triggers, so every writer (the relay, the
 `relay dlq` commands) keeps them exact and reading them costs one row, whatever the backlog."""
 
-SCHEMA_VERSION = 1
+import itertools
+import sqlite3
 
-SCHEMA = """
+SCHEMA_VERSION = 2
+
+# digests of the events stored by each commit (see dedup.py), packed 8 bytes each; appended in
+# rowid order and cut at the front by rowid range
+_DEDUP_LOG = "CREATE TABLE IF NOT EXISTS dedup_log (seen_at REAL NOT NULL, digests BLOB NOT NULL)"
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     -- AUTOINCREMENT: ids are never reused, so delivery's in-memory cursor never skips an event
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -34,12 +41,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL
 );
 
--- digests of recently stored events, for acknowledging exact duplicates without storing them
-CREATE TABLE IF NOT EXISTS dedup (
-    digest BLOB PRIMARY KEY,
-    seen_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedup_seen ON dedup (seen_at);
+{_DEDUP_LOG};
 
 CREATE TABLE IF NOT EXISTS stats (
     id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -70,3 +72,21 @@ CREATE TRIGGER IF NOT EXISTS dead_del AFTER DELETE ON dead_letters BEGIN
         dead_letter_bytes = dead_letter_bytes - length(OLD.body);
 END;
 """
+
+
+def migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Version 1 kept digests in a B-tree keyed by a 16-byte digest. Its rows are carried over
+    (their first 8 bytes are the new digest), so duplicates of events stored before the upgrade
+    are still recognised. Runs in the caller's transaction, with the version bump."""
+    from relay.spool.dedup import pack
+
+    conn.execute(_DEDUP_LOG)
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'dedup'").fetchone():
+        rows = conn.execute("SELECT seen_at, digest FROM dedup ORDER BY seen_at").fetchall()
+        for seen_at, group in itertools.groupby(rows, key=lambda row: row[0]):
+            digests = [int.from_bytes(d[:8], "big", signed=True) for _, d in group]
+            conn.execute(
+                "INSERT INTO dedup_log (seen_at, digests) VALUES (?, ?)", (seen_at, pack(digests))
+            )
+        conn.execute("DROP TABLE dedup")  # and its index
+    conn.execute("PRAGMA user_version=2")

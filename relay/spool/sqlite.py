@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import UserError
+from relay.spool.dedup import RecentDigests
 from relay.spool.quarantine import list_quarantined, quarantine
 from relay.spool.store import Store, UnknownSchema
 from relay.spool.types import (
@@ -40,8 +41,8 @@ log = logging.getLogger("relay.spool")
 _PROBE_EVERY = 2.0  # seconds between write probes while refusing
 _HOUSEKEEP_EVERY = 10.0
 _IDLE_TICK = 1.0
-_PURGE_CHUNK = 5000
-_PURGE_ROUNDS = 200  # at most a million expired keys per housekeeping round
+_PURGE_CHUNK = 50_000  # dedup log rows per transaction: a range at the front of the table
+_PURGE_ROUNDS = 40
 _PROBE_BYTES = 64 * 1024
 _READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
 _DISK_RESERVE_SHARE = 0.02  # of the filesystem, between 1 MiB and 64 MiB, kept free for deletes
@@ -80,6 +81,8 @@ class SqliteSpool:
         self._store = store
         self._max_bytes = max_bytes
         self._dedup_window = dedup_window
+        self._dedup = RecentDigests(dedup_window) if dedup_window > 0 else None
+        self._log_purge_upto = 0  # dedup log rows up to this rowid are no longer needed
         self._lock_fd = lock_fd
         self._clock = clock
         self._on_commit = on_commit  # called from the spool's thread with each commit's seconds
@@ -196,6 +199,9 @@ class SqliteSpool:
         return await future
 
     def _run(self) -> None:
+        # before the first append is served, so that no digest committed before a restart is
+        # missed; the event loop (and /readyz) does not wait for it
+        self._load_dedup()
         last_housekeeping = time.monotonic()
         while True:
             timeout = _PROBE_EVERY if self._refusing else _IDLE_TICK
@@ -270,7 +276,10 @@ class SqliteSpool:
     def _commit(self, writes: list[_Op]) -> None:
         started = time.monotonic()
         now = self._clock()
-        cutoff = now - self._dedup_window if self._dedup_window > 0 else None
+        dedup = self._dedup
+        if dedup is not None:
+            dedup.expire(now)
+            dedup.discard_staged()
         events, nbytes, dead, dead_bytes = self._counters
         used = nbytes + dead_bytes
         store = self._store
@@ -283,13 +292,14 @@ class SqliteSpool:
             writes = [op for op in writes if op.kind != "append"]
             if not writes:
                 return
+        store.discard_pending()
         try:
             store.begin()
             for op in writes:
                 if op.kind == "append":
                     try:
                         accepted, dups, dl, added, dead_added = store.append(
-                            *op.args, now, cutoff, self._max_bytes - used
+                            *op.args, now, dedup, self._max_bytes - used
                         )
                     except SpoolFull as exc:
                         op.error = exc
@@ -304,9 +314,15 @@ class SqliteSpool:
                     store.release(op.args[0], now)
                 elif op.kind == "dead_letter":
                     store.dead_letter(op.args[0], now)
+            store.flush(now, dedup)
             store.commit()
+            if dedup is not None:
+                dedup.commit_staged(now)
         except sqlite3.Error as exc:
             store.rollback()
+            store.discard_pending()
+            if dedup is not None:
+                dedup.discard_staged()
             others = [op for op in writes if op.kind != "append"]
             if others and len(others) < len(writes):
                 # acks and releases must not fail with appends that did not fit: alone they
@@ -429,15 +445,36 @@ class SqliteSpool:
         self._leased.update(item.id for item in leased)
         op.result = leased
 
+    def _load_dedup(self) -> None:
+        store, dedup = self._store, self._dedup
+        try:
+            last = store.last_dedup_rowid()
+            self._log_purge_upto = last
+            if dedup is None:
+                return
+            first = True
+            for rowid, seen_at, digests in store.read_dedup_log(self._clock() - dedup.window):
+                if first:
+                    self._log_purge_upto = rowid - 1
+                    first = False
+                # a digest logged twice (stored again once forgotten) is then forgotten with
+                # its older bucket: early, which only lets a duplicate through
+                dedup.add(digests, seen_at, rowid)
+        except sqlite3.Error as exc:
+            # without them a producer's retry may be stored twice, but nothing is lost
+            log.error("cannot read the spool's dedup log: %s", _describe(exc))
+
     def _housekeep(self) -> None:
-        if self._dedup_window <= 0 or self._refusing:
+        if self._refusing:
             return
-        cutoff = self._clock() - self._dedup_window
+        if self._dedup is not None:
+            self._dedup.expire(self._clock())
+            self._log_purge_upto = max(self._log_purge_upto, self._dedup.forgotten_rowid)
         for _ in range(_PURGE_ROUNDS):
             # short transactions, so producers waiting on a commit are not held up
             try:
                 self._store.begin()
-                deleted = self._store.purge_dedup(cutoff, _PURGE_CHUNK)
+                deleted = self._store.purge_dedup_log(self._log_purge_upto, _PURGE_CHUNK)
                 self._store.commit()
             except sqlite3.Error as exc:
                 self._store.rollback()

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from relay.spool.schema import SCHEMA, SCHEMA_VERSION
+from relay.spool.dedup import RecentDigests, digest, pack, unpack
+from relay.spool.schema import SCHEMA, SCHEMA_VERSION, migrate_from_1
 from relay.spool.types import DeadLetter, Incoming, Leased, Reject, Release, SpoolFull
 
 DB_NAME = "spool.db"
-_IN_CHUNK = 500  # stays far below SQLite's limit on bound parameters
 
 
 class UnknownSchema(Exception):
     """The spool was written by another version of the relay."""
-
-
-def digest(body: bytes) -> bytes:
-    return hashlib.sha256(body).digest()[:16]
 
 
 _MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
@@ -41,6 +37,7 @@ class Store:
     def __init__(self, directory: Path, *, max_page_count: int | None = None) -> None:
         self.path = directory / DB_NAME
         self._max_page_count = max_page_count
+        self._pending: list = []  # body, source, body, source, ... of events not yet written
         self.conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -56,10 +53,18 @@ class Store:
             if self._max_page_count:
                 conn.execute(f"PRAGMA max_page_count={int(self._max_page_count)}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise UnknownSchema(f"unknown spool schema version {version}")
             if version == 0:
                 conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            elif version == 1:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    migrate_from_1(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
             self._sanity_check(conn)
         except BaseException:
             conn.close()
@@ -148,47 +153,40 @@ class Store:
         events: Sequence[Incoming],
         rejects: Sequence[Reject],
         now: float,
-        dedup_cutoff: float | None,
+        dedup: RecentDigests | None,
         room: int,
-    ) -> tuple[int, int, int, int]:
-        """Store one producer's batch: all of it or, with SpoolFull, nothing.
+    ) -> tuple[int, int, int, int, int]:
+        """Take one producer's batch into the open transaction: all of it or, with SpoolFull,
+        nothing. Its events are written by `flush`, together with the other batches of the
+        same commit.
 
         Returns (accepted, duplicates, dead_lettered, event bytes, dead-letter bytes)."""
-        fresh: list[Incoming] = []
-        digests: list[bytes] = []
         duplicates = 0
-        if dedup_cutoff is None:
+        digests: dict[int, Incoming] = {}
+        if dedup is None:
             fresh = list(events)
         else:
-            by_digest: dict[bytes, Incoming] = {}
             for ev in events:
                 d = digest(ev.body)
-                if d in by_digest:
+                if d in digests or d in dedup:
                     duplicates += 1
                 else:
-                    by_digest[d] = ev
-            recent = self._recent_digests(list(by_digest), dedup_cutoff)
-            for d, ev in by_digest.items():
-                if d in recent:
-                    duplicates += 1
-                else:
-                    fresh.append(ev)
-                    digests.append(d)
+                    digests[d] = ev
+            fresh = list(digests.values())
+        event_bytes = 0
+        for ev in fresh:
+            event_bytes += len(ev.body)
         raws = [(r.raw.encode("utf-8", "replace"), r) for r in rejects]
-        event_bytes = sum(len(ev.body) for ev in fresh)
         dead_bytes = sum(len(b) for b, _ in raws)
         added = event_bytes + dead_bytes
         if added > room:
             raise SpoolFull(f"storing {added} bytes would exceed spool.max_bytes")
-        if digests:
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO dedup (digest, seen_at) VALUES (?, ?)",
-                [(d, now) for d in digests],
-            )
-        self.conn.executemany(
-            "INSERT INTO events (body, source, received_at) VALUES (?, ?, ?)",
-            [(ev.body, ev.source, now) for ev in fresh],
-        )
+        if dedup is not None:
+            dedup.stage(digests)
+        rows = self._pending
+        for ev in fresh:
+            rows.append(ev.body)
+            rows.append(ev.source)
         if raws:
             self.conn.executemany(
                 "INSERT INTO dead_letters (body, source, reason, first_error, last_error,"
@@ -197,19 +195,21 @@ class Store:
             )
         return len(fresh), duplicates, len(raws), event_bytes, dead_bytes
 
-    def _recent_digests(self, digests: list[bytes], cutoff: float) -> set[bytes]:
-        found: set[bytes] = set()
-        for i in range(0, len(digests), _IN_CHUNK):
-            chunk = digests[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            found.update(
-                row[0]
-                for row in self.conn.execute(
-                    f"SELECT digest FROM dedup WHERE digest IN ({marks}) AND seen_at >= ?",
-                    (*chunk, cutoff),
-                )
+    def flush(self, now: float, dedup: RecentDigests | None) -> None:
+        """Write the events taken by `append` (and their digests) in few statements."""
+        rows, self._pending = self._pending, []
+        if rows:
+            self.conn.executemany(
+                "INSERT INTO events (body, source, received_at) VALUES (?, ?, ?)",
+                [(rows[i], rows[i + 1], now) for i in range(0, len(rows), 2)],
             )
-        return found
+        if dedup is not None and dedup.staged:
+            dedup.staged_rowid = self.conn.execute(
+                "INSERT INTO dedup_log (seen_at, digests) VALUES (?, ?)", (now, pack(dedup.staged))
+            ).lastrowid
+
+    def discard_pending(self) -> None:
+        self._pending = []
 
     def delete(self, ids: Iterable[int]) -> None:
         self.conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
@@ -236,13 +236,27 @@ class Store:
             )
             self.conn.execute("DELETE FROM events WHERE id = ?", (item.id,))
 
-    def purge_dedup(self, cutoff: float, limit: int = 20_000) -> int:
-        cur = self.conn.execute(
-            "DELETE FROM dedup WHERE digest IN"
-            " (SELECT digest FROM dedup WHERE seen_at < ? LIMIT ?)",
-            (cutoff, limit),
-        )
-        return cur.rowcount
+    def read_dedup_log(self, cutoff: float) -> Iterator[tuple[int, float, array]]:
+        """The digests logged since `cutoff`, one row per commit in log order:
+        (rowid, seen_at, digests)."""
+        for rowid, seen_at, blob in self.conn.execute(
+            "SELECT rowid, seen_at, digests FROM dedup_log WHERE seen_at >= ? ORDER BY rowid",
+            (cutoff,),
+        ):
+            yield rowid, seen_at, unpack(blob)
+
+    def last_dedup_rowid(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(rowid), 0) FROM dedup_log").fetchone()[0]
+
+    def purge_dedup_log(self, upto: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest log rows with rowid <= `upto`: a range at the
+        front of the table. Returns how many."""
+        first = self.conn.execute("SELECT min(rowid) FROM dedup_log").fetchone()[0]
+        if first is None or first > upto:
+            return 0
+        return self.conn.execute(
+            "DELETE FROM dedup_log WHERE rowid <= ?", (min(upto, first + limit - 1),)
+        ).rowcount
 
     def probe(self, size: int) -> None:
         """Write and fsync `size` bytes of scratch data: succeeds only when there is room again."""

@@ -1,0 +1,128 @@
+"""Digests of recently stored events, held in memory by the spool's writer thread.
+
+Each digest is also appended to the `dedup_log` table in the transaction that stores its event,
+so a digest that was committed is known again after a crash (the log is read back at start-up).
+The log has no index and is only ever appended to and cut at the front by rowid range: no random
+B-tree pages are written per event.
+
+Digests are the first 64 bits of the event's SHA-256. Two different events share them with odds
+of about n / 2**64 per new event against n remembered digests: with the cap below (10**6) about
+one in 18 trillion per event, so ~5e-8 for a day of a million events. Such a collision would
+acknowledge a new event as a duplicate without storing it; at these odds that is accepted.
+
+Memory is bounded whatever the rate: digests are kept in buckets of a slice of the window (or of
+the cap), a whole bucket is forgotten once its oldest digest is past the window, and when more
+than MAX_DIGESTS are held the oldest buckets are forgotten early. Forgetting early only ever lets
+a duplicate through; it never turns a new event away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from array import array
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+# ~90 MB at most (a 64-bit int object, its slot in the set and in its bucket: ~90 bytes each)
+MAX_DIGESTS = 1_000_000
+_SLICES = 64  # a bucket spans at most window / 64 seconds and MAX_DIGESTS / 64 digests
+
+
+def digest(body: bytes) -> int:
+    """The dedup identity of an event's canonical bytes: a signed 64-bit int."""
+    return int.from_bytes(hashlib.sha256(body).digest()[:8], "big", signed=True)
+
+
+def pack(digests: list[int]) -> bytes:
+    """Digests as stored in one `dedup_log` row: 8 bytes each, little-endian."""
+    packed = array("q", digests)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack(blob: bytes) -> array:
+    digests = array("q")
+    digests.frombytes(blob)
+    if sys.byteorder == "big":
+        digests.byteswap()
+    return digests
+
+
+class _Bucket:
+    __slots__ = ("started", "digests", "last_rowid")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.digests = array("q")
+        self.last_rowid = 0  # the last `dedup_log` row holding one of these digests
+
+
+class RecentDigests:
+    """The digests seen within `window` seconds, plus those of the transaction in progress."""
+
+    def __init__(self, window: float, max_digests: int | None = None) -> None:
+        self.window = window
+        self._max = max_digests or MAX_DIGESTS
+        self._width = window / _SLICES
+        self._per_bucket = max(1, self._max // _SLICES)
+        self._known: set[int] = set()
+        self._buckets: deque[_Bucket] = deque()
+        # written to the log in the open transaction: known for good only once it commits
+        self._staged: set[int] = set()
+        self.staged: list[int] = []
+        self.staged_rowid = 0  # the log row of the last staged digest, once written
+        self.forgotten_rowid = 0  # `dedup_log` rows up to this one may be deleted
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __contains__(self, d: int) -> bool:
+        return d in self._known or d in self._staged
+
+    def stage(self, digests: Iterable[int]) -> None:
+        before = len(self.staged)
+        self.staged.extend(digests)
+        self._staged.update(self.staged[before:])
+
+    def discard_staged(self) -> None:
+        self._staged.clear()
+        self.staged = []
+
+    def commit_staged(self, seen_at: float) -> None:
+        if self.staged:
+            self.add(self.staged, seen_at, self.staged_rowid)
+        self.discard_staged()
+
+    def add(self, digests: Sequence[int], seen_at: float, last_rowid: int) -> None:
+        """Remember committed digests (in log order: `last_rowid` never goes back)."""
+        bucket = self._buckets[-1] if self._buckets else None
+        while digests:
+            if (
+                bucket is None
+                or seen_at >= bucket.started + self._width
+                or seen_at < bucket.started  # the clock went back: start afresh from here
+                or len(bucket.digests) >= self._per_bucket
+            ):
+                bucket = _Bucket(seen_at)
+                self._buckets.append(bucket)
+            room = self._per_bucket - len(bucket.digests)
+            taken, digests = digests[:room], digests[room:]
+            bucket.digests.extend(taken)
+            self._known.update(taken)
+            # a log row split over buckets may be deleted only with the last of them
+            bucket.last_rowid = last_rowid if not digests else last_rowid - 1
+        while len(self._known) > self._max and len(self._buckets) > 1:
+            self._forget_oldest()
+
+    def expire(self, now: float) -> None:
+        """Forget every bucket whose oldest digest is older than the window."""
+        cutoff = now - self.window
+        while self._buckets and self._buckets[0].started < cutoff:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        bucket = self._buckets.popleft()
+        self._known.difference_update(bucket.digests)
+        self.forgotten_rowid = max(self.forgotten_rowid, bucket.last_rowid)
