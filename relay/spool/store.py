@@ -15,6 +15,7 @@ from relay.spool.schema import SCHEMA, SCHEMA_VERSION, migrate_from_1
 from relay.spool.types import DeadLetter, Incoming, Leased, Reject, Release, SpoolFull
 
 DB_NAME = "spool.db"
+_MAX_ROWS = 256  # per INSERT statement: 768 parameters, far below SQLite's limit (32 766)
 
 
 class UnknownSchema(Exception):
@@ -38,6 +39,7 @@ class Store:
         self.path = directory / DB_NAME
         self._max_page_count = max_page_count
         self._pending: list = []  # body, source, body, source, ... of events not yet written
+        self._inserts: dict[int, str] = {}  # multi-row INSERT statements by number of rows
         self.conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -198,11 +200,21 @@ class Store:
     def flush(self, now: float, dedup: RecentDigests | None) -> None:
         """Write the events taken by `append` (and their digests) in few statements."""
         rows, self._pending = self._pending, []
-        if rows:
-            self.conn.executemany(
-                "INSERT INTO events (body, source, received_at) VALUES (?, ?, ?)",
-                [(rows[i], rows[i + 1], now) for i in range(0, len(rows), 2)],
-            )
+        total, done = len(rows) // 2, 0
+        while done < total:
+            # powers of two, so that few distinct statements are prepared (and cached)
+            n = min(_MAX_ROWS, 1 << ((total - done).bit_length() - 1))
+            sql = self._inserts.get(n)
+            if sql is None:
+                sql = "INSERT INTO events (body, source, received_at) VALUES " + ",".join(
+                    ["(?, ?, ?)"] * n
+                )
+                self._inserts[n] = sql
+            params = []
+            for i in range(2 * done, 2 * (done + n), 2):
+                params += (rows[i], rows[i + 1], now)
+            self.conn.execute(sql, params)
+            done += n
         if dedup is not None and dedup.staged:
             dedup.staged_rowid = self.conn.execute(
                 "INSERT INTO dedup_log (seen_at, digests) VALUES (?, ?)", (now, pack(dedup.staged))
