@@ -433,3 +433,17 @@ async def test_counters_follow_changes_made_by_another_process(tmp_path: Path) -
         await asyncio.sleep(0.1)
     assert spool.stats().dead_letters == 0
     await spool.close()
+
+
+async def test_acks_of_scattered_ids_delete_exactly_those(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s")
+    await spool.append([ev(i) for i in range(20)])
+    items = await spool.lease(20)
+    acked = [items[i].id for i in (0, 1, 2, 5, 7, 8, 19)]
+    await spool.ack(list(reversed(acked)) + acked[:2])  # any order, repeats harmless
+    await spool.release([Release(i.id, 0.0, "x") for i in items if i.id not in acked])
+    left = await spool.lease(100)
+    assert sorted(i.id for i in left) == sorted(i.id for i in items if i.id not in acked)
+    assert spool.stats().events == 13
+    await spool.close()
+    assert check_spool(tmp_path / "s") == []

@@ -94,6 +94,7 @@ class SqliteSpool:
         # delivery state, owned by the writer thread
         self._leased: set[int] = set()
         self._cursor = 0
+        self._checked_upto = 0  # the furthest the cursor ever went: ids handed out lie below
         self._quarantined = list_quarantined(directory)
         self._counters = store.counters()
         self._oldest = store.oldest_received_at()
@@ -227,7 +228,7 @@ class SqliteSpool:
                 for op in ops:
                     if op.error is None:
                         op.error = SpoolUnavailable(f"internal error: {type(exc).__name__}")
-                self._cursor = 0
+                self._rewind()
                 self._leased.clear()
             done = [op for op in ops if op.future is not None]
             if done:
@@ -409,7 +410,7 @@ class SqliteSpool:
             # a failed ack keeps its leases: delivery retries the ack instead of the events
             # being sent again
         # rescan from the start: events whose release failed lie behind the cursor
-        self._cursor = 0
+        self._rewind()
         try:
             self._store.reopen()
         except (sqlite3.Error, OSError) as reopen_exc:
@@ -437,7 +438,7 @@ class SqliteSpool:
     def _lease(self, op: _Op) -> None:
         try:
             leased, self._cursor = self._store.lease(
-                op.args[0], self._cursor, self._leased, self._clock()
+                op.args[0], self._cursor, self._leased, self._clock(), self._checked_upto
             )
         except sqlite3.Error as exc:
             op.error = SpoolUnavailable(_describe(exc))
@@ -463,6 +464,10 @@ class SqliteSpool:
         except sqlite3.Error as exc:
             # without them a producer's retry may be stored twice, but nothing is lost
             log.error("cannot read the spool's dedup log: %s", _describe(exc))
+
+    def _rewind(self) -> None:
+        self._checked_upto = max(self._checked_upto, self._cursor)
+        self._cursor = 0
 
     def _housekeep(self) -> None:
         if self._refusing:

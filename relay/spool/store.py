@@ -120,32 +120,43 @@ class Store:
         return row[0] if row else None
 
     def lease(
-        self, limit: int, cursor: int, leased: set[int], now: float
+        self, limit: int, cursor: int, leased: set[int], now: float, checked_upto: int = 0
     ) -> tuple[list[Leased], int]:
-        """Events due for a retry first, then fresh ones past `cursor`. Returns the new cursor."""
+        """Events due for a retry first, then fresh ones past `cursor`. Returns the new cursor.
+
+        Ids past `checked_upto` need no check against `leased`: the cursor has never passed
+        them, so they were never handed out (the caller raises it when it moves the cursor
+        back)."""
         out: list[Leased] = []
-        seen: set[int] = set()
+        make = Leased._make
         over = limit + len(leased)  # leased rows are filtered here, so fetch past them
-        cols = "id, body, source, received_at, attempts, rejections, not_before"
+        cols = "id, body, source, received_at, attempts, rejections"
         for row in self.conn.execute(
             f"SELECT {cols} FROM events WHERE not_before > 0 AND not_before <= ? "
             "ORDER BY not_before LIMIT ?",
             (now, over),
         ):
             if row[0] not in leased and len(out) < limit:
-                out.append(Leased(*row[:6]))
-                seen.add(row[0])
-        if len(out) < limit:
-            for row in self.conn.execute(
-                f"SELECT {cols} FROM events WHERE id > ? ORDER BY id LIMIT ?", (cursor, over)
-            ):
-                if len(out) >= limit:
-                    break
-                cursor = row[0]
-                # a row whose retry time lies ahead is left to the retry query above
-                if row[0] in leased or row[0] in seen or row[6] > now:
-                    continue
-                out.append(Leased(*row[:6]))
+                out.append(make(row))
+        want = limit - len(out)
+        if want <= 0:
+            return out, cursor
+        # rows given back for a retry are the retry query's alone (due or not); the cursor
+        # moves past them all the same
+        fresh = f"SELECT {cols} FROM events WHERE id > ? AND not_before = 0 ORDER BY id LIMIT ?"
+        if cursor >= checked_upto:
+            rows = self.conn.execute(fresh, (cursor, want)).fetchall()
+            if rows:
+                out.extend(map(make, rows))
+                cursor = rows[-1][0]
+            return out, cursor
+        for row in self.conn.execute(fresh, (cursor, want + len(leased))):
+            if len(out) >= limit:
+                break
+            cursor = row[0]
+            if cursor in leased:
+                continue
+            out.append(make(row))
         return out, cursor
 
     # -- writes (inside a transaction) ------------------------------------------------------------
@@ -224,7 +235,14 @@ class Store:
         self._pending = []
 
     def delete(self, ids: Iterable[int]) -> None:
-        self.conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
+        """One DELETE per run of consecutive ids: delivery acks what it leased, mostly in order."""
+        ranges: list[tuple[int, int]] = []
+        for i in sorted(ids):
+            if ranges and ranges[-1][1] >= i - 1:
+                ranges[-1] = (ranges[-1][0], i)
+            else:
+                ranges.append((i, i))
+        self.conn.executemany("DELETE FROM events WHERE id BETWEEN ? AND ?", ranges)
 
     def release(self, items: Sequence[Release], now: float) -> None:
         self.conn.executemany(
