@@ -1,7 +1,8 @@
 """The dead-letter table seen from outside the relay: list, replay into the queue, purge.
 
 These run in the `relay dlq` commands, also while the relay runs: SQLite serialises the writers,
-and the triggers keep the relay's counters exact.
+triggers keep the dead-letter counters exact, and a replay counts the events it adds in its own
+transaction (the schema has no trigger for events).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay.spool.schema import SCHEMA_VERSION
 from relay.spool.store import DB_NAME
 
 
@@ -74,6 +76,13 @@ def replay_dead_letters(
     replayed: list[int] = []
     skipped: dict[int, str] = {}
     try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            # another version counts events differently: its counters would go wrong
+            raise sqlite3.DatabaseError(
+                f"it has schema version {version}, this relay writes version "
+                f"{SCHEMA_VERSION}; run this relay on it once (it upgrades the spool), then replay"
+            )
         if ids is not None:
             wanted = sorted(set(ids))
             for chunk_start in range(0, len(wanted), _CHUNK):
@@ -118,15 +127,22 @@ def _replay_rows(
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        n = nbytes = 0
         for dl_id, body, source in ready:
             # only if still there: another replay may have taken it meanwhile
             cur = conn.execute("DELETE FROM dead_letters WHERE id = ?", (dl_id,))
             if cur.rowcount:
-                conn.execute(
-                    "INSERT INTO events (body, source, received_at) VALUES (?, ?, ?)",
+                (size,) = conn.execute(
+                    "INSERT INTO events (body, source, received_at) VALUES (?, ?, ?)"
+                    " RETURNING length(body)",
                     (body, source, now),
-                )
+                ).fetchone()
+                n += 1
+                nbytes += size
                 replayed.append(dl_id)
+        conn.execute(
+            "UPDATE stats SET events = events + ?, event_bytes = event_bytes + ?", (n, nbytes)
+        )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

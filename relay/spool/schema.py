@@ -1,5 +1,7 @@
-"""SQLite schema of the spool. Counters are kept by triggers, so every writer (the relay, the
-`relay dlq` commands) keeps them exact and reading them costs one row, whatever the backlog."""
+"""SQLite schema of the spool. Counters are kept in one row, so reading them costs the same
+whatever the backlog. Those of dead letters are kept by triggers; those of events by every
+writer of `events` in the transaction that changes it (Store, and `relay dlq replay`), once per
+statement instead of once per row: a trigger per row cost ~3 us per event stored or deleted."""
 
 import itertools
 import sqlite3
@@ -57,12 +59,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 -- scratch space for the write probe that tells when a full disk has room again
 CREATE TABLE IF NOT EXISTS probe (data BLOB);
 
-CREATE TRIGGER IF NOT EXISTS events_ins AFTER INSERT ON events BEGIN
-    UPDATE stats SET events = events + 1, event_bytes = event_bytes + length(NEW.body);
-END;
-CREATE TRIGGER IF NOT EXISTS events_del AFTER DELETE ON events BEGIN
-    UPDATE stats SET events = events - 1, event_bytes = event_bytes - length(OLD.body);
-END;
 CREATE TRIGGER IF NOT EXISTS dead_ins AFTER INSERT ON dead_letters BEGIN
     UPDATE stats SET dead_letters = dead_letters + 1,
         dead_letter_bytes = dead_letter_bytes + length(NEW.body);
@@ -77,7 +73,8 @@ END;
 def migrate_from_1(conn: sqlite3.Connection) -> None:
     """Version 1 kept digests in a B-tree keyed by a 16-byte digest. Its rows are carried over
     (their first 8 bytes are the new digest), so duplicates of events stored before the upgrade
-    are still recognised. Runs in the caller's transaction, with the version bump."""
+    are still recognised. Version 1 counted events by triggers. Runs in the caller's
+    transaction, with the version bump."""
     from relay.spool.dedup import pack
 
     conn.execute(_DEDUP_LOG)
@@ -89,4 +86,7 @@ def migrate_from_1(conn: sqlite3.Connection) -> None:
                 "INSERT INTO dedup_log (seen_at, digests) VALUES (?, ?)", (seen_at, pack(digests))
             )
         conn.execute("DROP TABLE dedup")  # and its index
+    # version 1's counters are exact; from now on the writers of `events` keep them
+    conn.execute("DROP TRIGGER IF EXISTS events_ins")
+    conn.execute("DROP TRIGGER IF EXISTS events_del")
     conn.execute("PRAGMA user_version=2")

@@ -39,6 +39,7 @@ class Store:
         self.path = directory / DB_NAME
         self._max_page_count = max_page_count
         self._pending: list = []  # body, source, body, source, ... of events not yet written
+        self._pending_bytes = 0
         self._inserts: dict[int, str] = {}  # multi-row INSERT statements by number of rows
         self.conn = self._connect()
 
@@ -196,6 +197,7 @@ class Store:
             raise SpoolFull(f"storing {added} bytes would exceed spool.max_bytes")
         if dedup is not None:
             dedup.stage(digests)
+        self._pending_bytes += event_bytes
         rows = self._pending
         for ev in fresh:
             rows.append(ev.body)
@@ -211,6 +213,7 @@ class Store:
     def flush(self, now: float, dedup: RecentDigests | None) -> None:
         """Write the events taken by `append` (and their digests) in few statements."""
         rows, self._pending = self._pending, []
+        nbytes, self._pending_bytes = self._pending_bytes, 0
         total, done = len(rows) // 2, 0
         while done < total:
             # powers of two, so that few distinct statements are prepared (and cached)
@@ -226,6 +229,8 @@ class Store:
                 params += (rows[i], rows[i + 1], now)
             self.conn.execute(sql, params)
             done += n
+        if total:
+            self.count_events(total, nbytes)
         if dedup is not None and dedup.staged:
             dedup.staged_rowid = self.conn.execute(
                 "INSERT INTO dedup_log (seen_at, digests) VALUES (?, ?)", (now, pack(dedup.staged))
@@ -233,6 +238,13 @@ class Store:
 
     def discard_pending(self) -> None:
         self._pending = []
+        self._pending_bytes = 0
+
+    def count_events(self, n: int, nbytes: int) -> None:
+        """Every change to `events` is counted here, in its transaction (no triggers)."""
+        self.conn.execute(
+            "UPDATE stats SET events = events + ?, event_bytes = event_bytes + ?", (n, nbytes)
+        )
 
     def delete(self, ids: Iterable[int]) -> None:
         """One DELETE per run of consecutive ids: delivery acks what it leased, mostly in order."""
@@ -242,7 +254,15 @@ class Store:
                 ranges[-1] = (ranges[-1][0], i)
             else:
                 ranges.append((i, i))
-        self.conn.executemany("DELETE FROM events WHERE id BETWEEN ? AND ?", ranges)
+        n = nbytes = 0
+        for r in ranges:
+            sizes = self.conn.execute(
+                "DELETE FROM events WHERE id BETWEEN ? AND ? RETURNING length(body)", r
+            ).fetchall()
+            n += len(sizes)
+            nbytes += sum(size for (size,) in sizes)
+        if n:
+            self.count_events(-n, -nbytes)
 
     def release(self, items: Sequence[Release], now: float) -> None:
         self.conn.executemany(
@@ -256,6 +276,7 @@ class Store:
         )
 
     def dead_letter(self, items: Sequence[DeadLetter], now: float) -> None:
+        n = nbytes = 0
         for item in items:
             self.conn.execute(
                 "INSERT INTO dead_letters (event_id, body, source, reason, attempts, first_error,"
@@ -264,7 +285,13 @@ class Store:
                 " received_at, coalesce(first_attempt_at, ?), ? FROM events WHERE id = ?",
                 (item.reason, item.error, item.error, now, now, item.id),
             )
-            self.conn.execute("DELETE FROM events WHERE id = ?", (item.id,))
+            for (size,) in self.conn.execute(
+                "DELETE FROM events WHERE id = ? RETURNING length(body)", (item.id,)
+            ).fetchall():
+                n += 1
+                nbytes += size
+        if n:
+            self.count_events(-n, -nbytes)
 
     def read_dedup_log(self, cutoff: float) -> Iterator[tuple[int, float, array]]:
         """The digests logged since `cutoff`, one row per commit in log order:
