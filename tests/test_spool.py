@@ -177,6 +177,25 @@ async def test_dedup_log_is_cut_once_the_window_has_passed(tmp_path: Path, monke
     await spool.close()
 
 
+async def test_dedup_log_is_emptied_when_dedup_is_turned_off(tmp_path: Path, monkeypatch) -> None:
+    spool = await open_spool(tmp_path / "s")
+    await spool.append([ev(i) for i in range(50)])
+    await spool.close()
+    monkeypatch.setattr(sqlite_module, "_HOUSEKEEP_EVERY", 0.05)
+    spool = await open_spool(tmp_path / "s", dedup_window=0)
+    assert (await spool.append([ev(1)])).accepted == 1  # no dedup at all now
+    conn = sqlite3.connect(tmp_path / "s" / "spool.db")
+    try:
+        for _ in range(100):
+            if conn.execute("SELECT count(*) FROM dedup_log").fetchone()[0] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert conn.execute("SELECT count(*) FROM dedup_log").fetchone()[0] == 0
+    finally:
+        conn.close()
+    await spool.close()
+
+
 # the schema of version 1, as released: digests in a B-tree keyed by 16 bytes of the SHA-256
 V1_SCHEMA = """
 CREATE TABLE events (
