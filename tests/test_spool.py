@@ -154,7 +154,7 @@ async def test_remembered_digests_are_capped(tmp_path: Path, monkeypatch) -> Non
 
 async def test_dedup_log_is_cut_once_the_window_has_passed(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(sqlite_module, "_HOUSEKEEP_EVERY", 0.05)
-    window = 0.3
+    window = 1.0
     spool = await open_spool(tmp_path / "s", dedup_window=window)
     for b in range(5):
         await spool.append([ev(b * 100 + i) for i in range(100)])
@@ -174,6 +174,11 @@ async def test_dedup_log_is_cut_once_the_window_has_passed(tmp_path: Path, monke
         await asyncio.sleep(0.1)
     assert log_rows() == 0
     assert spool.stats().events == 500
+    # written after the log was emptied (a reused rowid would fall under the purge bound of
+    # the rows before): must outlive the housekeeping rounds that follow within the window
+    await spool.append([ev(1000)])
+    await asyncio.sleep(window / 4)
+    assert log_rows() == 1
     await spool.close()
 
 

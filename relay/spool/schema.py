@@ -10,7 +10,12 @@ SCHEMA_VERSION = 2
 
 # digests of the events stored by each commit (see dedup.py), packed 8 bytes each; appended in
 # rowid order and cut at the front by rowid range
-_DEDUP_LOG = "CREATE TABLE IF NOT EXISTS dedup_log (seen_at REAL NOT NULL, digests BLOB NOT NULL)"
+# AUTOINCREMENT: a rowid is never reused once the log was emptied, so a purge bound computed
+# from older rows never reaches rows written later
+_DEDUP_LOG = (
+    "CREATE TABLE IF NOT EXISTS dedup_log"
+    " (id INTEGER PRIMARY KEY AUTOINCREMENT, seen_at REAL NOT NULL, digests BLOB NOT NULL)"
+)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
