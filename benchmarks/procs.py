@@ -131,8 +131,9 @@ class Relay(Proc):
 class Upstream(Proc):
     """`relay dev-upstream`: Maskinporten and status-service stand-ins."""
 
-    def __init__(self, data: Path, log: Path) -> None:
+    def __init__(self, data: Path, log: Path, ack_only: bool = False) -> None:
         self.data = data
+        self.ack_only = ack_only
         self.ports = {"rsocket": 0, "http": 0, "maskinporten": 0}
         self.config = data / "relay.toml"
         self.db = data / "received.db"
@@ -140,8 +141,10 @@ class Upstream(Proc):
         super().__init__([], log)
 
     def start(self, timeout: float = 60.0) -> Upstream:
+        """Start, or start again on the same ports with the same PKI (a relay's configuration
+        stays valid)."""
         self.args = [PY, "-m", "relay", "dev-upstream", "--data", str(self.data)]
-        self.args += ["--token-lifetime", "3600"]
+        self.args += ["--token-lifetime", "3600"] + (["--ack-only"] if self.ack_only else [])
         for name, port in self.ports.items():
             self.args += [f"--{name}-port", str(port)]
         proc = self.spawn(stdout=subprocess.PIPE)
@@ -255,8 +258,9 @@ class Procs:
     ) -> Relay:
         return self._track(Relay(spool, self.workdir / f"relay-{spool.name}.log", env, config))
 
-    def upstream(self, name: str = "upstream") -> Upstream:
-        return self._track(Upstream(self.workdir / name, self.workdir / f"{name}.log"))
+    def upstream(self, name: str = "upstream", ack_only: bool = False) -> Upstream:
+        log = self.workdir / f"{name}.log"
+        return self._track(Upstream(self.workdir / name, log, ack_only))
 
     def python(self, module: str, *args: str, log: str) -> Proc:
         return self._track(Proc([PY, "-m", module, *args], self.workdir / log))

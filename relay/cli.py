@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--http-port", type=int, default=8090)
     dev.add_argument("--maskinporten-port", type=int, default=8091)
     dev.add_argument("--token-lifetime", type=float, default=120.0, help="seconds (120)")
+    dev.add_argument(
+        "--ack-only",
+        action="store_true",
+        help="check and answer requests but only count them (for benchmarks): nothing stored",
+    )
     dev.set_defaults(func=_dev_upstream)
 
     spool = sub.add_parser("spool", help="inspect the spool", description="inspect the spool")
@@ -329,7 +334,12 @@ def _dev_upstream(args: argparse.Namespace) -> int:
     setup_logging("info", "text")
 
     async def run() -> None:
-        upstream = DevUpstream(Path(args.data), host=args.host, token_lifetime=args.token_lifetime)
+        upstream = DevUpstream(
+            Path(args.data),
+            host=args.host,
+            token_lifetime=args.token_lifetime,
+            ack_only=args.ack_only,
+        )
         try:
             a = await upstream.start(
                 rsocket_port=args.rsocket_port,

@@ -244,6 +244,64 @@ async def test_bad_tokens_are_denied(standin: StandIn, make_bad_token, reason: s
     assert standin.service.store.stats()["total"] == 1
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_token_is_verified_once_and_refused_once_it_expires(tmp_path: Path) -> None:
+    clock = Clock()
+    verified: list[str] = []
+
+    def verify_on_clock(token: str) -> dict:
+        verified.append(token)
+        claims = jwt.decode(
+            token,
+            _KEY.public_key(),
+            algorithms=["RS256"],
+            issuer=ISSUER,
+            options={"verify_exp": False},
+        )
+        if claims["exp"] <= clock():
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        return claims
+
+    service = StatusServiceStandIn(
+        store_path=tmp_path / "status.db", verify_token=verify_on_clock, scope=SCOPE, clock=clock
+    )
+    port = await service.start_rsocket("127.0.0.1", 0)
+    try:
+        token = make_token(exp=int(clock()) + 100)
+        async with rsocket_client(port) as client:
+            for _ in range(3):
+                await send(client, status_event(), token=token)
+            assert verified == [token]
+
+            # other tokens are never taken for the cached one
+            header, payload, signature = token.split(".")
+            claims = jwt.decode(token, options={"verify_signature": False})
+            for bad, reason in (
+                (make_token(_OTHER_KEY, **claims), "Signature verification failed"),
+                (f"{header}.{payload[:-2]}xx.{signature}", ""),
+                (make_token(**dict(claims, scope="eformidling:dpv")), "token lacks scope"),
+            ):
+                text = await refused(client, status_event(), meta=metadata(bad))
+                assert text.startswith("Access Denied: ") and reason in text
+
+            clock.now = claims["exp"]
+            text = await refused(client, status_event(), meta=metadata(token))
+            assert text == "Access Denied: Signature has expired"
+            text = await refused(client, status_event(), meta=metadata(token))
+            assert text == "Access Denied: Signature has expired"
+            assert verified.count(token) == 3
+        assert service.store.stats()["total"] == 3
+    finally:
+        await service.close()
+
+
 async def test_wrong_route_is_an_error(standin: StandIn) -> None:
     async with rsocket_client(standin.port) as client:
         text = await refused(client, status_event(), meta=metadata(make_token(), tag="log"))
@@ -415,3 +473,39 @@ def test_fault_update_is_all_or_nothing() -> None:
     assert faults.delay == 0.0
     with pytest.raises(ValueError, match="reject_fraction"):
         StatusFaults(reject_fraction=2)
+
+
+async def test_ack_only_checks_and_counts_but_stores_nothing(standin: StandIn) -> None:
+    url = standin.url
+    async with standin.session.post(url + "/admin/faults", json={"ack_only": True}) as r:
+        assert r.status == 200
+        assert (await r.json())["ack_only"] is True
+    token = make_token()
+    async with rsocket_client(standin.port) as client:
+        await send(client, status_event(), token=token)
+        await send(client, [status_event(), status_event()], token=token)
+        assert await refused(client, make_event()) == "logger_name missing"
+        text = await refused(client, status_event(), meta=metadata(make_token(_OTHER_KEY)))
+        assert text.startswith("Access Denied: ")
+        await client.fire_and_forget(Payload(orjson.dumps(status_event()), metadata(token)))
+        await until(lambda: standin.service.acked.requests == 3)
+    assert (await standin.post(status_event(), token))[0] == 200
+    assert (await standin.post(status_event(message_id="42"), token))[0] == 400
+
+    stats = await standin.get("/api/stats")
+    assert "total" not in stats
+    acked = stats["acked"]
+    assert (acked["requests"], acked["events"]) == (4, 5)
+    assert acked["first_at"] <= acked["last_at"]
+    assert standin.service.store.statuses() == []
+
+    async with standin.session.post(url + "/admin/stats/reset") as r:
+        assert r.status == 200
+        assert (await r.json())["acked"]["events"] == 5
+    stats = await standin.get("/api/stats")
+    assert stats["acked"] == {"requests": 0, "events": 0, "first_at": None, "last_at": None}
+
+    standin.service.faults.update({"ack_only": False})
+    assert (await standin.post(status_event(), token))[0] == 200
+    stats = await standin.get("/api/stats")
+    assert (stats["total"], stats["acked"]["events"]) == (1, 1)

@@ -103,7 +103,9 @@ def latency(ctx: Ctx) -> list[Row]:
     probe, seconds, rounds = ctx.pick((2.0, 4.0, 1), (5.0, 5.0, 3))
     folder = ctx.workdir("latency")
     with Procs(folder) as procs:
-        stand_in = StandIn(procs)
+        stand_in = StandIn(
+            procs, ack_only=False
+        )  # the events' arrival times are read from its store
         sustainable = sustainable_rate(procs, stand_in, folder / "probe-spool", probe)
         rate = sustainable / 2
         log(f"sustainable {sustainable:,.0f} events/s; measuring latency at {rate:,.0f}/s")

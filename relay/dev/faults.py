@@ -2,6 +2,9 @@
 
 Handlers read the one shared StatusFaults object on every request, so a test or the admin
 endpoint can turn a fault on between two requests without restarting anything.
+
+``ack_only`` is not a fault but a benchmark mode kept with them for the same reason: requests
+are checked and answered as usual but counted instead of stored.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class StatusFaults:
     http_fraction: float = 1.0
     retry_after: int = 1
     accept_arrays: bool = True
+    ack_only: bool = False
 
     def __post_init__(self) -> None:
         # Validate constructor arguments the same way as admin changes.
@@ -123,4 +127,5 @@ _CHECKS = {
     "http_fraction": _fraction,
     "retry_after": _count,
     "accept_arrays": _flag,
+    "ack_only": _flag,
 }

@@ -35,6 +35,7 @@ def add_routes(app: web.Application, service: StatusServiceStandIn) -> None:
     app.router.add_get("/api/stats", routes.get_stats)
     app.router.add_get("/admin/faults", routes.get_faults)
     app.router.add_post("/admin/faults", routes.post_faults)
+    app.router.add_post("/admin/stats/reset", routes.reset_stats)
 
 
 class _Routes:
@@ -86,6 +87,13 @@ class _Routes:
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return _json(self.service.stats())
+
+    async def reset_stats(self, request: web.Request) -> web.Response:
+        """Start the "acked" counters afresh; answers what they held until now."""
+        acked = self.service.acked
+        before = acked.as_dict()
+        acked.reset()
+        return _json({"acked": before})
 
     async def get_faults(self, request: web.Request) -> web.Response:
         return _json(self.service.faults.as_dict())

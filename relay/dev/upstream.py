@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from relay.dev.certs import TEST_KID, TestPki, make_test_pki
+from relay.dev.faults import StatusFaults
 from relay.dev.maskinporten import ClientRegistration, MaskinportenFaults, MaskinportenStandIn
 from relay.dev.status_service import StatusServiceStandIn
 
@@ -49,6 +50,7 @@ class DevUpstream:
         orgnr: str = DEFAULT_ORGNR,
         scope: str = DEFAULT_SCOPE,
         token_lifetime: float = 120.0,
+        ack_only: bool = False,
     ) -> None:
         self.data = Path(data)
         self.host = host
@@ -61,6 +63,7 @@ class DevUpstream:
         self.status: StatusServiceStandIn | None = None
         self.addresses: UpstreamAddresses | None = None
         self._token_lifetime = token_lifetime
+        self._ack_only = ack_only
         self._runner: web.AppRunner | None = None
 
     async def start(
@@ -94,6 +97,7 @@ class DevUpstream:
         self.status = StatusServiceStandIn(
             store_path=self.data / "received.db",
             verify_token=lambda token: mp.verify_access_token(token),
+            faults=StatusFaults(ack_only=self._ack_only),
             scope=self.scope,
         )
         rs_port = await self.status.start_rsocket(self.host, rsocket_port)
