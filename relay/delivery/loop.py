@@ -258,11 +258,11 @@ class Delivery:
                 if e.id in self._lost_in_flight:
                     self._lost_in_flight.discard(e.id)
                     stats.redelivered += 1
-        self._to_ack.extend(e.id for e in chunk)
+        self._to_ack += [e.id for e in chunk]  # a list is built faster than a generator runs
         if len(self._to_ack) >= _ACK_BATCH:
             self._ack_due.set()
         if self._on_delivered is not None:
-            self._on_delivered((e.received_at for e in chunk), now)
+            self._on_delivered([e.received_at for e in chunk], now)
 
     def _delay(self, event: Leased, outcome: Outcome) -> float:
         if outcome.connection_lost:
