@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -301,6 +302,34 @@ def test_frozen_upstream_times_out_then_keepalive_reconnects(
     wait_until(lambda: up.stats()["total"] >= 51, 30, "the events after the freeze")
     assert set(received_ids(up)) >= {e["message_id"] for e in events}
     assert "timeout" in relay.output()
+
+
+def test_slow_answers_time_out_are_cancelled_and_retried(upstream_factory, relay_factory) -> None:
+    timeout = 1.0
+    env = {**FAST_RETRY, "RELAY_UPSTREAM__REQUEST_TIMEOUT": f"{timeout}s"}
+    up = upstream_factory()
+    relay = relay_factory(config=up.config, env=env).start()
+    send(relay, [make_event()])
+    wait_until(lambda: up.stats()["total"] == 1, 20, "the first event")
+    # answers come well after the timeout: each request must fail as a timeout and be
+    # cancelled, so the stand-in drops its work and stores nothing
+    up.faults(delay=4 * timeout)
+    events = [make_event() for _ in range(5)]
+    send(relay, events)
+    wait_until(lambda: timeout_retries(relay) >= 2 * len(events), 30, "repeated timeouts")
+    assert up.stats()["total"] == 1
+    up.faults(delay=0.0)
+    wait_until(lambda: up.stats()["total"] == 1 + len(events), 30, "the events once it is fast")
+    assert set(received_ids(up)) >= {e["message_id"] for e in events}
+    assert up.stats()["duplicates"] == 0
+
+
+def timeout_retries(relay: RelayProcess) -> float:
+    with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    match = re.search(r'^relay_delivery_retries_total{reason="timeout"} (\S+)$', text, re.M)
+    assert match, "no timeout retries in /metrics"
+    return float(match.group(1))
 
 
 def test_an_upstream_refusing_everything_dead_letters_nothing(

@@ -3,6 +3,10 @@
 rsocket-py leaves a request hanging forever when the connection dies under it, and reports a
 keepalive timeout without closing anything. Here every request fails at once when the connection
 is lost, and the connection closes itself on a keepalive timeout or an error on stream 0.
+
+Request timeouts are not a timer per request (an `asyncio.timeout` costs a timer handle and a
+reschedule each time, a sixth of the relay's time at full speed): each outstanding request keeps
+its deadline, and one sweeper task fails the overdue ones a fraction of the timeout late at most.
 """
 
 from __future__ import annotations
@@ -51,9 +55,13 @@ class _Handler(BaseRequestHandler):
 
 class RSocketConnection:
     def __init__(self) -> None:
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending: set[asyncio.Future] = set()
+        loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[str] = loop.create_future()
+        self._time = loop.time
+        self._pending: dict[asyncio.Future, float] = {}  # request → its deadline (loop time)
+        self._timed_out: set[asyncio.Future] = set()  # cancelled by the sweeper
         self._client: RSocketClient | None = None
+        self._sweeper: asyncio.Task | None = None
         self._closing: asyncio.Task | None = None
 
     @classmethod
@@ -66,8 +74,10 @@ class RSocketConnection:
         keepalive_interval: float,
         keepalive_max_lifetime: float,
         connect_timeout: float,
+        sweep_every: float = 0.5,
     ) -> RSocketConnection:
-        """Connect and send SETUP; raises OSError or TimeoutError when the TCP connect fails."""
+        """Connect and send SETUP; raises OSError or TimeoutError when the TCP connect fails.
+        A request fails with TimeoutError up to `sweep_every` seconds after its timeout."""
         self = cls()
         context = ssl.create_default_context() if tls else None
         async with asyncio.timeout(connect_timeout):
@@ -87,6 +97,7 @@ class RSocketConnection:
             max_lifetime_period=_whole_seconds(keepalive_max_lifetime),
         )
         await self._client.connect()
+        self._sweeper = asyncio.create_task(self._sweep(sweep_every), name="rsocket-timeouts")
         return self
 
     @property
@@ -99,21 +110,35 @@ class RSocketConnection:
         if self.closed.done():
             raise ConnectionLost(self.closed.result())
         future = self._client.request_response(Payload(data, metadata))
-        self._pending.add(future)
+        self._pending[future] = self._time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                await future
-        except TimeoutError:
-            future.cancel()  # sends CANCEL, so the upstream may drop the work
+            await future
+        except asyncio.CancelledError:
+            timed_out = future in self._timed_out
+            self._timed_out.discard(future)
+            # a cancellation of this task itself (shutdown) stays a cancellation
+            if timed_out and not asyncio.current_task().cancelling():
+                raise TimeoutError from None
             raise
         finally:
-            self._pending.discard(future)
+            self._pending.pop(future, None)
+
+    async def _sweep(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            now = self._time()
+            overdue = [f for f, due in self._pending.items() if due <= now and not f.done()]
+            for future in overdue:
+                self._timed_out.add(future)
+                future.cancel()  # rsocket-py sends CANCEL, so the upstream may drop the work
 
     def lost(self, reason: str) -> None:
         """Fail every outstanding request and close; the first reason given is kept."""
         if self.closed.done():
             return
         self.closed.set_result(reason)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._client is not None:
             # through the library, so its own clean-up later finds the streams already ended
             with contextlib.suppress(Exception):

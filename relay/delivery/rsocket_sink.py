@@ -20,6 +20,7 @@ from relay.delivery.rsocket_connection import RSocketConnection
 log = logging.getLogger("relay.delivery.rsocket")
 
 _CONNECT_TIMEOUT = 10.0
+_SWEEP_EVERY = 0.5  # seconds between looks for requests past upstream.request_timeout
 
 
 class RSocketSink:
@@ -92,6 +93,8 @@ class RSocketSink:
                     keepalive_interval=self._cfg.keepalive_interval,
                     keepalive_max_lifetime=self._cfg.keepalive_max_lifetime,
                     connect_timeout=_CONNECT_TIMEOUT,
+                    # a timed-out request fails at most a quarter of its timeout late
+                    sweep_every=min(_SWEEP_EVERY, self._cfg.request_timeout / 4),
                 )
             except Exception as exc:  # noqa: BLE001 - the supervisor must never die
                 failure = one_line(str(exc) or type(exc).__name__)

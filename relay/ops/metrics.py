@@ -64,11 +64,14 @@ class Metrics:
 
     def observe_delivered(self, received_at: Iterable[float], now: float) -> None:
         """From the event loop only, so the plain counters need no lock."""
-        counts, total = self._latency_counts, 0.0
+        counts, total, bucket = self._latency_counts, 0.0, bisect.bisect_left
         for t in received_at:
-            latency = max(0.0, now - t)
-            total += latency
-            counts[bisect.bisect_left(_LATENCY_BUCKETS, latency)] += 1
+            latency = now - t
+            if latency > 0.0:
+                total += latency
+                counts[bucket(_LATENCY_BUCKETS, latency)] += 1
+            else:  # a clock step back: counted as no latency
+                counts[0] += 1
         self._latency_sum += total
 
     def _latency_metric(self) -> Iterable[Metric]:
