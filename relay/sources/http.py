@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from relay import event
@@ -71,10 +71,10 @@ class HttpSource:
             return _text(413, f"body is larger than ingest.http.max_body_bytes ({self._max_body})")
         try:
             data = await request.read()
-            data = body.decompress(
-                data, request.headers.get("Content-Encoding", ""), self._max_body
-            )
-            single, items = body.split(data, request.headers.get("Content-Type", ""))
+            # aiohttp's istr constants: no case-folded key made per lookup
+            headers = request.headers
+            data = body.decompress(data, headers.get(hdrs.CONTENT_ENCODING, ""), self._max_body)
+            single, items = body.split(data, headers.get(hdrs.CONTENT_TYPE, ""))
         except web.HTTPRequestEntityTooLarge:
             return _text(413, f"body is larger than ingest.http.max_body_bytes ({self._max_body})")
         except body.BodyError as exc:
@@ -84,7 +84,7 @@ class HttpSource:
         return await self._many(items)
 
     def _authorised(self, request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "").encode()
+        given = request.headers.get(hdrs.AUTHORIZATION, "").encode()
         return hmac.compare_digest(given, self._expected_auth or b"")
 
     def _validate(self, item: body.Item) -> bytes:
