@@ -172,6 +172,43 @@ def _check_datetime(out: dict, field: str) -> None:
     raise EventError(f"{field} ({_show(value)}) is not an ISO 8601 date-time")
 
 
+# Values that repeat from event to event (a producer's sender, its receivers, its organisation
+# number) are checked once and then remembered. Bounded, and emptied when full, since a producer
+# can send any number of distinct values. Personal numbers are never kept: an 11-digit receiver
+# is hashed on every use.
+_KNOWN_MAX = 1024
+_known_senders: dict[str, str] = {}  # sender -> sender_org_number
+_known_receivers: dict[str, str] = {}  # receiver, not a personal number -> receiver_org_number
+_known_orgnrs: set[str] = set()
+
+
+def _remember(cache: dict | set) -> None:
+    if len(cache) >= _KNOWN_MAX:
+        cache.clear()
+
+
+def _sender_org_number(sender: str) -> str:
+    m = _ISO6523.fullmatch(sender)
+    if m is None:
+        raise EventError(f"Sender field ({_show(sender)}) is not valid ISO6523 format.")
+    _remember(_known_senders)
+    org = _known_senders[sender] = m.group(2)
+    return org
+
+
+def _receiver_org_number(receiver: str) -> str:
+    """receiver_org_number for a receiver that is not a personal number."""
+    if (m := _ISO6523.fullmatch(receiver)) is not None:
+        org = m.group(2)
+    elif _is_digits(receiver, 9) or _HASHED.fullmatch(receiver) is not None:
+        org = receiver
+    else:
+        raise EventError(f"Receiver field ({_show(receiver)}) is not valid ISO6523 format.")
+    _remember(_known_receivers)
+    _known_receivers[receiver] = org
+    return org
+
+
 def normalise(obj: object) -> dict:
     """Validate and normalise one decoded JSON value; return a NEW dict. Raise only EventError."""
     if not isinstance(obj, dict):
@@ -197,29 +234,29 @@ def normalise(obj: object) -> dict:
         raise EventError("message_id and conversation_id must be of type UUID")
 
     orgnr = out["orgnr"]
-    if not _is_digits(orgnr, 9):
-        raise EventError(f"orgnr ({_show(orgnr)}) must be 9 digits")
+    if orgnr not in _known_orgnrs:
+        if not _is_digits(orgnr, 9):
+            raise EventError(f"orgnr ({_show(orgnr)}) must be 9 digits")
+        _remember(_known_orgnrs)
+        _known_orgnrs.add(orgnr)
 
     sender = out["sender"]
-    m = _ISO6523.fullmatch(sender)
-    if m is None:
-        raise EventError(f"Sender field ({_show(sender)}) is not valid ISO6523 format.")
-    out["sender_org_number"] = m.group(2)
+    org = _known_senders.get(sender)
+    out["sender_org_number"] = org if org is not None else _sender_org_number(sender)
 
     receiver = get("receiver")
     if receiver is not None:
         if type(receiver) is not str:
             raise EventError("receiver must be a string")
-        if _is_digits(receiver, 11):
+        org = _known_receivers.get(receiver)
+        if org is not None:
+            out["receiver_org_number"] = org
+        elif _is_digits(receiver, 11):
             receiver = hash_personal_number(receiver)
             out["receiver"] = receiver
             out["receiver_org_number"] = receiver
-        elif (m := _ISO6523.fullmatch(receiver)) is not None:
-            out["receiver_org_number"] = m.group(2)
-        elif _is_digits(receiver, 9) or _HASHED.fullmatch(receiver) is not None:
-            out["receiver_org_number"] = receiver
         else:
-            raise EventError(f"Receiver field ({_show(receiver)}) is not valid ISO6523 format.")
+            out["receiver_org_number"] = _receiver_org_number(receiver)
     else:
         given = get("receiver_org_number")
         if given is not None:
@@ -230,8 +267,10 @@ def normalise(obj: object) -> dict:
             if _is_digits(given, 11):
                 out["receiver_org_number"] = hash_personal_number(given)
 
-    _check_datetime(out, "@timestamp")
-    _check_datetime(out, "timestamp")
+    if "@timestamp" in out:
+        _check_datetime(out, "@timestamp")
+    if "timestamp" in out:
+        _check_datetime(out, "timestamp")
 
     logger_name = get("logger_name")
     if logger_name is None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay import event as event_module
 from relay.dev.example import SEED_EVENT
 from relay.event import (
     STATUSES,
@@ -21,6 +22,7 @@ from relay.event import (
     parse,
     scrub_personal_numbers,
 )
+from tests import event_reference as reference
 
 # The example from the public eFormidling documentation (shared/seeds/000_cc37f8b3c237575b.txt).
 SEED = SEED_EVENT
@@ -486,3 +488,86 @@ def test_valid_events(raw: dict) -> None:
         if isinstance(value, str) and re.fullmatch(r"[0-9]{11}", value):
             assert hash_personal_number(value).encode() in data
             assert value.encode() not in data
+
+
+# normalise remembers values that repeat between calls; it must answer exactly as the plain
+# statement of the rules (tests/event_reference.py) does, whatever it saw before.
+MUTANTS = (
+    st.sampled_from([*SEED.values(), PERSON, "STATUS"])  # what is likely remembered
+    | st.none()
+    | digits9
+    | digits11
+    | senders
+    | receivers
+    | uuids
+    | timestamps
+    | st.sampled_from(STATUSES)
+    | st.text(max_size=40)
+    | json_values
+)
+MUTATED_FIELDS = st.sampled_from([*REQUIRED, *optional, "extra", "ørg"])
+
+
+def outcome(fn, value: object) -> tuple:
+    try:
+        out = fn(value)
+    except EventError as err:
+        return ("refused", str(err))
+    return ("accepted", out, encode(out))
+
+
+@settings(FAST, max_examples=1000)
+@given(valid_events, st.lists(st.tuples(MUTATED_FIELDS, MUTANTS), max_size=3))
+def test_normalise_answers_as_the_reference(raw: dict, mutations: list) -> None:
+    mutated = dict(raw)
+    for field, value in mutations:
+        # a value of the event itself under another field, or a new one
+        mutated[field] = raw[value] if isinstance(value, str) and value in raw else value
+    # the valid event twice (the second time from what the first left remembered), then the
+    # mutated one, whose fields may match or contradict what was remembered
+    for value in (raw, raw, mutated, mutated):
+        assert outcome(normalise, value) == outcome(reference.normalise, value)
+
+
+@settings(FAST, max_examples=300)
+@given(st.lists(st.tuples(MUTATED_FIELDS, MUTANTS), min_size=1, max_size=6))
+def test_normalise_answers_as_the_reference_after_the_seed(mutations: list) -> None:
+    for field, value in mutations:
+        mutated = dict(SEED, **{field: value})
+        assert outcome(normalise, SEED) == outcome(reference.normalise, SEED)
+        assert outcome(normalise, mutated) == outcome(reference.normalise, mutated)
+
+
+class Text(str):
+    """A str subclass: not a JSON string, whatever its value."""
+
+
+@pytest.mark.parametrize("field", ["sender", "orgnr", "receiver", "status", "logger_name"])
+def test_remembered_value_as_a_str_subclass_is_refused(field: str) -> None:
+    normalise(SEED)
+    event = dict(SEED, **{field: Text(SEED.get(field, "STATUS"))})
+    assert outcome(normalise, event) == outcome(reference.normalise, event)
+    assert outcome(normalise, event)[0] == "refused"
+
+
+def test_remembered_values_are_bounded_and_hold_no_personal_number() -> None:
+    for n in range(3 * event_module._KNOWN_MAX):
+        org = f"{n:09d}"
+        normalise(dict(SEED, sender=f"0192:{org}", orgnr=org, receiver=f"9908:{org}"))
+    normalise(dict(SEED, receiver=PERSON))
+    for known in (
+        event_module._known_senders,
+        event_module._known_receivers,
+        event_module._known_orgnrs,
+    ):
+        assert 0 < len(known) <= event_module._KNOWN_MAX
+        assert PERSON not in known
+
+
+@pytest.mark.parametrize("field", [*SEED, "timestamp", "logger_name"])
+def test_remembered_values_under_any_other_field(field: str) -> None:
+    # every value the seed leaves remembered, and a personal number, put under every field
+    for value in [*SEED.values(), PERSON, "STATUS", SEED["sender"] + ":"]:
+        normalise(SEED)
+        mutated = dict(SEED, **{field: value})
+        assert outcome(normalise, mutated) == outcome(reference.normalise, mutated)

