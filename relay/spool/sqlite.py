@@ -243,6 +243,17 @@ class SqliteSpool:
 
     def _cycle(self, ops: list[_Op]) -> None:
         writes = [op for op in ops if op.kind in _WRITES]
+        leases = [op for op in ops if op.kind == "lease"]
+        if writes and leases:
+            # Served before the commit and answered at once, so that delivery does not wait for
+            # an fsync to get work. Events acked or released in this commit are still leased,
+            # so none of them is handed out; events appended in it come with the next lease.
+            for op in leases:
+                self._lease(op)
+            with contextlib.suppress(RuntimeError):  # the event loop is gone
+                self._loop.call_soon_threadsafe(self._resolve, leases)
+            self._commit(writes)
+            return
         if writes:
             self._commit(writes)
         elif ops and ops[0].kind == "idle":
