@@ -175,27 +175,37 @@ class Store:
         same commit.
 
         Returns (accepted, duplicates, dead_lettered, event bytes, dead-letter bytes)."""
+        # One producer's request holds a single event in the common case (one event per POST):
+        # this runs once per request at ingest rates, so it avoids generators and the general
+        # path's containers where it can.
         duplicates = 0
-        digests: dict[int, Incoming] = {}
         if dedup is None:
-            fresh = list(events)
+            fresh = events
+            digests = None
         else:
+            digests = {}
+            known = dedup.known
+            staged = dedup.staged_set
             for ev in events:
                 d = digest(ev.body)
-                if d in digests or d in dedup:
+                if d in digests or d in known or d in staged:
                     duplicates += 1
                 else:
                     digests[d] = ev
-            fresh = list(digests.values())
+            fresh = digests.values()
         event_bytes = 0
         for ev in fresh:
             event_bytes += len(ev.body)
-        raws = [(r.raw.encode("utf-8", "replace"), r) for r in rejects]
-        dead_bytes = sum(len(b) for b, _ in raws)
+        if rejects:
+            raws = [(r.raw.encode("utf-8", "replace"), r) for r in rejects]
+            dead_bytes = sum(len(b) for b, _ in raws)
+        else:
+            raws = ()
+            dead_bytes = 0
         added = event_bytes + dead_bytes
         if added > room:
             raise SpoolFull(f"storing {added} bytes would exceed spool.max_bytes")
-        if dedup is not None:
+        if digests:
             dedup.stage(digests)
         self._pending_bytes += event_bytes
         rows = self._pending
