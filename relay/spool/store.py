@@ -16,6 +16,7 @@ from relay.spool.types import DeadLetter, Incoming, Leased, Reject, Release, Spo
 
 DB_NAME = "spool.db"
 _MAX_ROWS = 256  # per INSERT statement: 768 parameters, far below SQLite's limit (32 766)
+_EXACT_ROWS = 64  # up to this many rows, one statement of that exact size (64 + 2 kept prepared)
 
 
 class UnknownSchema(Exception):
@@ -226,8 +227,10 @@ class Store:
         nbytes, self._pending_bytes = self._pending_bytes, 0
         total, done = len(rows) // 2, 0
         while done < total:
-            # powers of two, so that few distinct statements are prepared (and cached)
-            n = min(_MAX_ROWS, 1 << ((total - done).bit_length() - 1))
+            # one statement for a commit's usual size (each costs a step and a GIL round trip);
+            # past _EXACT_ROWS powers of two, so that few distinct statements are prepared
+            left = total - done
+            n = left if left <= _EXACT_ROWS else min(_MAX_ROWS, 1 << (left.bit_length() - 1))
             sql = self._inserts.get(n)
             if sql is None:
                 sql = "INSERT INTO events (body, source, received_at) VALUES " + ",".join(
