@@ -14,6 +14,7 @@ import time
 
 from aiohttp import web
 
+from relay import gc_tuning
 from relay.config import Config, parse_listen
 from relay.delivery.setup import DeliveryParts, build_delivery, load_delivery_credentials
 from relay.errors import UserError
@@ -100,7 +101,11 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
             await delivery.start()
             log.info("delivering to %s over %s", _upstream_address(cfg), cfg.upstream.transport)
         started = True
-        await (stop.wait() if stop is not None else _until_signalled())
+        thresholds = gc_tuning.tune()
+        try:
+            await (stop.wait() if stop is not None else _until_signalled())
+        finally:
+            gc_tuning.restore(thresholds)
         log.info("shutting down: no longer accepting events")
     finally:
         deadline = time.monotonic() + cfg.lifecycle.shutdown_timeout

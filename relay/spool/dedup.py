@@ -19,19 +19,24 @@ a duplicate through; it never turns a new event away.
 from __future__ import annotations
 
 import hashlib
+import struct
 import sys
 from array import array
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 # ~90 MB at most (a 64-bit int object, its slot in the set and in its bucket: ~90 bytes each)
 MAX_DIGESTS = 1_000_000
 _SLICES = 64  # a bucket spans at most window / 64 seconds and MAX_DIGESTS / 64 digests
 
 
+_sha256 = hashlib.sha256
+_first_int64 = struct.Struct(">q").unpack_from  # the first 8 bytes, big-endian, signed
+
+
 def digest(body: bytes) -> int:
     """The dedup identity of an event's canonical bytes: a signed 64-bit int."""
-    return int.from_bytes(hashlib.sha256(body).digest()[:8], "big", signed=True)
+    return _first_int64(_sha256(body).digest())[0]
 
 
 def pack(digests: list[int]) -> bytes:
@@ -67,27 +72,26 @@ class RecentDigests:
         self._max = max_digests or MAX_DIGESTS
         self._width = window / _SLICES
         self._per_bucket = max(1, self._max // _SLICES)
-        self._known: set[int] = set()
+        self.known: set[int] = set()  # read directly by the writer's hot path (Store.append)
         self._buckets: deque[_Bucket] = deque()
         # written to the log in the open transaction: known for good only once it commits
-        self._staged: set[int] = set()
+        self.staged_set: set[int] = set()
         self.staged: list[int] = []
         self.staged_rowid = 0  # the log row of the last staged digest, once written
         self.forgotten_rowid = 0  # `dedup_log` rows up to this one may be deleted
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self.known)
 
     def __contains__(self, d: int) -> bool:
-        return d in self._known or d in self._staged
+        return d in self.known or d in self.staged_set
 
-    def stage(self, digests: Iterable[int]) -> None:
-        before = len(self.staged)
+    def stage(self, digests: Collection[int]) -> None:
         self.staged.extend(digests)
-        self._staged.update(self.staged[before:])
+        self.staged_set.update(digests)
 
     def discard_staged(self) -> None:
-        self._staged.clear()
+        self.staged_set.clear()
         self.staged = []
 
     def commit_staged(self, seen_at: float) -> None:
@@ -110,10 +114,10 @@ class RecentDigests:
             room = self._per_bucket - len(bucket.digests)
             taken, digests = digests[:room], digests[room:]
             bucket.digests.extend(taken)
-            self._known.update(taken)
+            self.known.update(taken)
             # a log row split over buckets may be deleted only with the last of them
             bucket.last_rowid = last_rowid if not digests else last_rowid - 1
-        while len(self._known) > self._max and len(self._buckets) > 1:
+        while len(self.known) > self._max and len(self._buckets) > 1:
             self._forget_oldest()
 
     def expire(self, now: float) -> None:
@@ -124,5 +128,5 @@ class RecentDigests:
 
     def _forget_oldest(self) -> None:
         bucket = self._buckets.popleft()
-        self._known.difference_update(bucket.digests)
+        self.known.difference_update(bucket.digests)
         self.forgotten_rowid = max(self.forgotten_rowid, bucket.last_rowid)

@@ -318,7 +318,7 @@ class SqliteSpool:
                         self._log_refusal_once("full", str(exc))
                         continue
                     used += added + dead_added
-                    op.result = AppendResult(accepted, dups, dl)
+                    op.result = _result(accepted, dups, dl)
                     op.added = (accepted, added, dl, dead_added)
                 elif op.kind == "ack":
                     store.delete(op.args[0])
@@ -498,6 +498,21 @@ class SqliteSpool:
                 return
             if deleted < _PURGE_CHUNK or not self._queue.empty():
                 return
+
+
+# Results are frozen, so the common ones (one event per request: accepted, or a duplicate)
+# are built once and shared instead of once per request.
+_RESULTS: dict[tuple[int, int, int], AppendResult] = {}
+
+
+def _result(accepted: int, duplicates: int, dead_lettered: int) -> AppendResult:
+    key = (accepted, duplicates, dead_lettered)
+    result = _RESULTS.get(key)
+    if result is None:
+        result = AppendResult(accepted, duplicates, dead_lettered)
+        if accepted + duplicates + dead_lettered <= 1:
+            _RESULTS[key] = result
+    return result
 
 
 def _describe(exc: sqlite3.Error) -> str:

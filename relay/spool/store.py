@@ -16,6 +16,7 @@ from relay.spool.types import DeadLetter, Incoming, Leased, Reject, Release, Spo
 
 DB_NAME = "spool.db"
 _MAX_ROWS = 256  # per INSERT statement: 768 parameters, far below SQLite's limit (32 766)
+_EXACT_ROWS = 64  # up to this many rows, one statement of that exact size (64 + 2 kept prepared)
 
 
 class UnknownSchema(Exception):
@@ -175,27 +176,37 @@ class Store:
         same commit.
 
         Returns (accepted, duplicates, dead_lettered, event bytes, dead-letter bytes)."""
+        # One producer's request holds a single event in the common case (one event per POST):
+        # this runs once per request at ingest rates, so it avoids generators and the general
+        # path's containers where it can.
         duplicates = 0
-        digests: dict[int, Incoming] = {}
         if dedup is None:
-            fresh = list(events)
+            fresh = events
+            digests = None
         else:
+            digests = {}
+            known = dedup.known
+            staged = dedup.staged_set
             for ev in events:
                 d = digest(ev.body)
-                if d in digests or d in dedup:
+                if d in digests or d in known or d in staged:
                     duplicates += 1
                 else:
                     digests[d] = ev
-            fresh = list(digests.values())
+            fresh = digests.values()
         event_bytes = 0
         for ev in fresh:
             event_bytes += len(ev.body)
-        raws = [(r.raw.encode("utf-8", "replace"), r) for r in rejects]
-        dead_bytes = sum(len(b) for b, _ in raws)
+        if rejects:
+            raws = [(r.raw.encode("utf-8", "replace"), r) for r in rejects]
+            dead_bytes = sum(len(b) for b, _ in raws)
+        else:
+            raws = ()
+            dead_bytes = 0
         added = event_bytes + dead_bytes
         if added > room:
             raise SpoolFull(f"storing {added} bytes would exceed spool.max_bytes")
-        if dedup is not None:
+        if digests:
             dedup.stage(digests)
         self._pending_bytes += event_bytes
         rows = self._pending
@@ -216,8 +227,10 @@ class Store:
         nbytes, self._pending_bytes = self._pending_bytes, 0
         total, done = len(rows) // 2, 0
         while done < total:
-            # powers of two, so that few distinct statements are prepared (and cached)
-            n = min(_MAX_ROWS, 1 << ((total - done).bit_length() - 1))
+            # one statement for a commit's usual size (each costs a step and a GIL round trip);
+            # past _EXACT_ROWS powers of two, so that few distinct statements are prepared
+            left = total - done
+            n = left if left <= _EXACT_ROWS else min(_MAX_ROWS, 1 << (left.bit_length() - 1))
             sql = self._inserts.get(n)
             if sql is None:
                 sql = "INSERT INTO events (body, source, received_at) VALUES " + ",".join(
