@@ -126,44 +126,47 @@ def _relay_only(procs: Procs, up, backlog: Path, n: int, rounds: int, env: dict)
     return got
 
 
-def rsocket_batch(ctx: Ctx) -> list[Row]:
-    """4: batch_size 100 (a JSON array of 100 events per request)."""
-    n, rounds = ctx.pick((100_000, 2), (500_000, 3))
-    env = {"RELAY_UPSTREAM__BATCH_SIZE": "100"}
-    folder = ctx.workdir("delivery-batch")
+def _relay_only_row(
+    ctx: Ctx, row: str, scenario: str, sizes: tuple, env: dict, **row_args
+) -> list[Row]:
+    """A delivery row measured for the relay alone (no baseline) against the stand-in."""
+    n, rounds = ctx.pick(*sizes)
+    folder = ctx.workdir(f"delivery-{row}")
     with Procs(folder) as procs:
         stand_in = StandIn(procs)
         backlog = build_spool(folder / "backlog", n, new_run_tag())
         got = _relay_only(procs, stand_in, backlog, n, rounds, env)
     return [
         Row(
-            "4",
-            "delivery, RSocket, batch_size 100 → stand-in",
+            row,
+            scenario,
             median([r["events_per_s"] for r in got]),
             "events/s",
-            targets=[Target(">=", 100_000, "events/s")],
             details={"backlog": n, "rounds": got},
             note=bottleneck(got, stand_in.name),
+            **row_args,
         )
     ]
+
+
+def rsocket_batch(ctx: Ctx) -> list[Row]:
+    """4: batch_size 100 (a JSON array of 100 events per request)."""
+    return _relay_only_row(
+        ctx,
+        "4",
+        "delivery, RSocket, batch_size 100 → stand-in",
+        ((100_000, 2), (500_000, 3)),
+        {"RELAY_UPSTREAM__BATCH_SIZE": "100"},
+        targets=[Target(">=", 100_000, "events/s")],
+    )
 
 
 def http_single(ctx: Ctx) -> list[Row]:
     """5: transport http, one event per POST, to the stand-in's POST /api/status."""
-    n, rounds = ctx.pick((5_000, 1), (30_000, 2))
-    env = {"RELAY_UPSTREAM__TRANSPORT": "http"}
-    folder = ctx.workdir("delivery-http")
-    with Procs(folder) as procs:
-        stand_in = StandIn(procs)
-        backlog = build_spool(folder / "backlog", n, new_run_tag())
-        got = _relay_only(procs, stand_in, backlog, n, rounds, env)
-    return [
-        Row(
-            "5",
-            "delivery, HTTP, 1 event/request → stand-in",
-            median([r["events_per_s"] for r in got]),
-            "events/s",
-            details={"backlog": n, "max_in_flight": 128, "rounds": got},
-            note=bottleneck(got, "stand-in"),
-        )
-    ]
+    return _relay_only_row(
+        ctx,
+        "5",
+        "delivery, HTTP, 1 event/request → stand-in",
+        ((5_000, 1), (30_000, 2)),
+        {"RELAY_UPSTREAM__TRANSPORT": "http"},
+    )
