@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sqlite3
 import sys
@@ -142,8 +143,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from relay.config.advice import config_advice
+
     cfg = _config(args)
     sys.stdout.write(render_config(cfg))
+    for advice in config_advice(cfg):
+        prefix = "warning" if advice.level >= logging.WARNING else "note"
+        print(f"# {prefix}: {advice.text}", file=sys.stderr)
     print(
         f"# configuration is valid{' (' + args.config + ')' if args.config else ''}",
         file=sys.stderr,

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from relay import gc_tuning
 from relay.config import Config, parse_listen
+from relay.config.advice import config_advice
 from relay.delivery.setup import DeliveryParts, build_delivery, load_delivery_credentials
 from relay.errors import UserError
 from relay.ops import collectors, endpoints
@@ -97,6 +98,8 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         json_lines = await start_json_lines(cfg.ingest.json_lines, intake, max_event)
         metrics.add_collector(lambda: collectors.udp_drops(syslog))
         _log_ready(cfg, spool)
+        for advice in config_advice(cfg, delivering=delivery is not None):
+            log.log(advice.level, "%s", advice.text)
         if delivery is not None:
             await delivery.start()
             log.info("delivering to %s over %s", _upstream_address(cfg), cfg.upstream.transport)

@@ -810,6 +810,7 @@ def test_render_shape() -> None:
     text = render_config(Config(), environ={})
     headers = [line for line in text.splitlines() if line.startswith("[")]
     assert headers == [
+        "[ingest]",
         "[ingest.http]",
         "[ingest.syslog]",
         "[ingest.json_lines]",
@@ -900,3 +901,57 @@ def test_render_defaults_to_os_environ() -> None:
     # Only reads os.environ; the result is well-formed either way.
     text = render_config(Config())
     assert "# (set)" in text or "# (not set)" in text
+
+
+# --------------------------------------------------------------------------- issue 10
+
+
+def test_batch_size_above_one_needs_accepts_arrays(tmp_path: Path) -> None:
+    path = write(tmp_path, "[upstream]\nbatch_size = 100\n")
+    with pytest.raises(ConfigError, match=r"drops it unread") as info:
+        load_config(path, environ={})
+    assert "upstream.accepts_arrays = true" in str(info.value)
+    ok = write(tmp_path, "[upstream]\nbatch_size = 100\naccepts_arrays = true\n")
+    assert load_config(ok, environ={}).upstream.batch_size == 100
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (
+            {"RELAY_MASKINPORTEN__TOKEN_URL": "http://mp.example.org/token"},
+            "maskinporten.token_url",
+        ),
+        (
+            {
+                "RELAY_UPSTREAM__TRANSPORT": "http",
+                "RELAY_UPSTREAM__HTTP_URL": "http://status.example.org/api/status",
+            },
+            "upstream.http_url",
+        ),
+    ],
+)
+def test_clear_text_egress_is_loud(settings: dict[str, str], expected: str) -> None:
+    import logging
+
+    from relay.config.advice import config_advice
+
+    cfg = load_config(None, environ=settings)
+    loud = [a.text for a in config_advice(cfg) if a.level >= logging.WARNING]
+    assert len(loud) == 1 and expected in loud[0] and "clear text" in loud[0]
+
+
+def test_loopback_egress_and_tls_are_quiet() -> None:
+    from relay.config.advice import config_advice
+
+    cfg = load_config(
+        None,
+        environ={
+            "RELAY_MASKINPORTEN__TOKEN_URL": "http://127.0.0.1:9/token",
+            "RELAY_UPSTREAM__HOST": "localhost",
+        },
+    )
+    assert config_advice(cfg) == []
+    plain = load_config(None, environ={})  # the real service's host, plain RSocket
+    notes = config_advice(plain)
+    assert [a.level for a in notes] == [20] and "plain RSocket" in notes[0].text

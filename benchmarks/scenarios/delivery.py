@@ -156,7 +156,7 @@ def rsocket_batch(ctx: Ctx) -> list[Row]:
         "4",
         "delivery, RSocket, batch_size 100 → stand-in",
         ((100_000, 2), (500_000, 3)),
-        {"RELAY_UPSTREAM__BATCH_SIZE": "100"},
+        {"RELAY_UPSTREAM__BATCH_SIZE": "100", "RELAY_UPSTREAM__ACCEPTS_ARRAYS": "true"},
         targets=[Target(">=", 100_000, "events/s")],
     )
 

@@ -81,6 +81,12 @@ class HttpIngestConfig:
     max_body_bytes: int = _size("10MiB")
     max_event_bytes: int = _size("64KiB")
     auth_token_file: str = ""
+    # a request whose body has not arrived by then is answered 408 and closed (slow clients)
+    read_timeout: float = _duration("30s")
+    # idle keep-alive connections are closed after this long
+    keepalive_timeout: float = _duration("75s")
+    # open connections at once; more wait in the kernel's accept queue
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ class SyslogIngestConfig:
 
     tcp_listen: str = _listen("")
     udp_listen: str = _listen("")
+    # open TCP connections at once on tcp_listen; more are refused (closed at once)
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True)
@@ -96,12 +104,17 @@ class JsonLinesIngestConfig:
     """``[ingest.json_lines]``: optional Logstash-style JSON lines over TCP; empty means off."""
 
     tcp_listen: str = _listen("")
+    # open TCP connections at once; more are refused (closed at once)
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     """``[ingest]``: how events reach the relay."""
 
+    # events (array elements or lines) in one request; a request with more is refused whole
+    # (413) before anything is stored, so a small compressed body cannot become millions of rows
+    max_items_per_request: int = 10000
     http: HttpIngestConfig = field(default_factory=HttpIngestConfig)
     syslog: SyslogIngestConfig = field(default_factory=SyslogIngestConfig)
     json_lines: JsonLinesIngestConfig = field(default_factory=JsonLinesIngestConfig)
@@ -130,6 +143,9 @@ class UpstreamConfig:
     max_in_flight: int = 128
     request_timeout: float = _duration("10s")
     batch_size: int = 1
+    # The real service acknowledges a JSON array and then drops it: only an upstream that says
+    # it understands arrays (the stand-in behind a switch) may get batch_size > 1.
+    accepts_arrays: bool = False
     keepalive_interval: float = _duration("20s")
     keepalive_max_lifetime: float = _duration("90s")
 

@@ -105,7 +105,19 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
         raise _error(f"{name('upstream.port')} must be from 1 to 65535, got {up.port}")
     at_least("upstream.max_in_flight", up.max_in_flight, 1)
     at_least("upstream.batch_size", up.batch_size, 1)
+    if up.batch_size > 1 and not up.accepts_arrays:
+        raise _error(
+            f"{name('upstream.batch_size')} is {up.batch_size}, but the real status service "
+            "acknowledges a JSON array and then drops it unread; keep batch_size = 1, or set "
+            "upstream.accepts_arrays = true only for an upstream that really takes arrays"
+        )
     positive_duration("upstream.request_timeout", up.request_timeout)
+    positive_duration("ingest.http.read_timeout", http.read_timeout)
+    positive_duration("ingest.http.keepalive_timeout", http.keepalive_timeout)
+    at_least("ingest.http.max_connections", http.max_connections, 1)
+    at_least("ingest.syslog.max_connections", cfg.ingest.syslog.max_connections, 1)
+    at_least("ingest.json_lines.max_connections", cfg.ingest.json_lines.max_connections, 1)
+    at_least("ingest.max_items_per_request", cfg.ingest.max_items_per_request, 1)
     positive_duration("upstream.keepalive_interval", up.keepalive_interval)
     if up.keepalive_max_lifetime < up.keepalive_interval:
         raise _error(
