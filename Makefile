@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean chaos bench
+.PHONY: run test test-fast lint format clean chaos bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(NODE_STAMP): tests/node/package-lock.json
 
 test: $(STAMP) $(NODE_STAMP) lint
 	$(BIN)/pytest -q
+
+# everything but the slow end-to-end and real-peer tests: under a minute
+test-fast: $(STAMP) lint
+	$(BIN)/pytest -q -m "not e2e and not interop"
 
 # bounded fault campaign: CHAOS_SECONDS=N (300); QUICK=1 for about 60 s; CHAOS_ARGS="--seed 7"
 chaos: $(STAMP)
