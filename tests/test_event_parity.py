@@ -193,7 +193,7 @@ ROWS = [
     # --- refused by both, with the service's text ---------------------------------------------
     *(
         Row(
-            f"sender={value!r}",
+            f"sender={value!r}" if value is not DROP else "sender-missing",
             {"sender": value},
             TEXT,
             "MP iso6523Regex, SC",
