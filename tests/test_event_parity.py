@@ -29,10 +29,13 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+import aiohttp
+import orjson
 import pytest
 
 from relay.dev.example import SEED_EVENT
 from relay.event import STATUSES, EventError, NotStatusError, normalise
+from tests.test_http_source import start
 
 PERSON = "01017012345"  # made up
 PERSON_HASH = hashlib.sha256(PERSON.encode()).hexdigest()
@@ -366,3 +369,36 @@ def test_range_text_is_unreachable() -> None:
         groups = [g for g in (m.group(0), *m.groups()) if g and g.strip()]
         assert len(groups) in (3, 4)
         assert normalise(dict(SEED_EVENT, sender=sender))["sender_org_number"] == groups[-1]
+
+
+# Through the HTTP source: the producer gets the service's answer (400 text/plain with the
+# reason) for what the service refuses, 200 for what it accepts.
+THROUGH_HTTP = [
+    "logger-name-other",
+    "null-receiver",
+    "timestamp='2022-08-10T00:11:27+02:00'",
+    "sender-missing",
+    "orgnr-8-digits",
+    "receiver-any-text",
+    "timestamp='2022-08-10T00:11:27.246Z'",
+]
+
+
+async def test_http_source_answers_as_the_table(tmp_path) -> None:
+    rows = {r.id: r for r in ROWS}
+    runner, spool, url = await start(tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for row_id in THROUGH_HTTP:
+                row = rows[row_id]
+                body = orjson.dumps(row.event())
+                headers = {"Content-Type": "application/json"}
+                async with session.post(url + "/api/status", data=body, headers=headers) as r:
+                    text = await r.text()
+                    if isinstance(row.relay, dict):
+                        assert r.status == 200, (row_id, text)
+                    else:
+                        assert (r.status, r.content_type, text) == (400, "text/plain", row.relay)
+    finally:
+        await runner.cleanup()
+        await spool.close()
