@@ -642,11 +642,13 @@ def test_remembered_values_are_bounded_and_hold_no_personal_number() -> None:
         org = f"{n:09d}"
         normalise(dict(SEED, sender=f"0192:{org}", orgnr=org, receiver=f"9908:{org}"))
         normalise(dict(SEED, receiver=f"x{n}"))
+        normalise(dict(SEED, receiver=f"{n}" * 1000))  # free text: a long one is not kept
     normalise(dict(SEED, receiver=PERSON))
     normalise(dict(SEED, receiver=f"to {PERSON}"))
     for known in (event_module._known_senders, event_module._known_receivers):
         assert 0 < len(known) <= event_module._KNOWN_MAX
         assert not any(PERSON in k or PERSON in v for k, v in known.items())
+        assert sum(len(k) + len(v) for k, v in known.items()) <= 2 * 64 * event_module._KNOWN_MAX
 
 
 @pytest.mark.parametrize("field", [*SEED, "timestamp", "logger_name"])

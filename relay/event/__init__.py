@@ -98,6 +98,9 @@ def _check_item(key: object, value: object) -> None:
 # of distinct values. Personal numbers are never kept: a receiver holding one is scrubbed on
 # every use.
 _KNOWN_MAX = 1024
+# A receiver is free text: only short ones are kept, so the caches hold at most ~64 KiB of text
+# whatever producers send (senders are short by their pattern).
+_KNOWN_LEN = 64
 _known_senders: dict[str, str] = {}  # sender -> sender_org_number
 _known_receivers: dict[str, str] = {}  # receiver without a personal number -> its org number
 
@@ -132,8 +135,9 @@ def _receiver(receiver: str) -> tuple[str, str]:
         # The relay's own rule: a personal number never reaches the disk in clear.
         receiver = scrub_personal_numbers(receiver)
         return receiver, receiver
-    _remember(_known_receivers)
-    _known_receivers[receiver] = org
+    if len(receiver) <= _KNOWN_LEN:
+        _remember(_known_receivers)
+        _known_receivers[receiver] = org
     return receiver, org
 
 
