@@ -1,98 +1,102 @@
-"""relay.event.normalise as it was before values were remembered between calls (commit ca27a34):
-the plain statement of the rules, kept as the reference the faster one must match exactly."""
+"""relay.event.normalise without the values it remembers between calls: the plain statement of
+the rules (those of the status service's HTTP path, see tests/test_event_parity.py), kept as the
+reference the faster one must match exactly, error texts included."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from relay import event as ev
-from relay.event import EventError
+from relay.event import EventError, NotStatusError
+from relay.event.local_datetime import binds_as_local_datetime
+from relay.event.text import PERSONAL_NUMBER, scrub, show
 
 
 def _is_digits(value: str, n: int) -> bool:
     return len(value) == n and value.isascii() and value.isdigit()
 
 
-def _check_datetime(out: dict, field: str) -> None:
-    value = out.get(field)
-    if value is None:
-        return
+def _text(out: dict, field: str) -> str:
+    """A defaulted String field of StatusMessage: absent is "", null or another type refused."""
+    value = out.get(field, "")
     if type(value) is not str:
-        raise EventError(f"{field} must be a string")
-    if ev._DATETIME.fullmatch(value) is not None:
-        try:
-            datetime.fromisoformat(value)
-            return
-        except ValueError:
-            pass
-    raise EventError(f"{field} ({ev._show(value)}) is not an ISO 8601 date-time")
+        raise ev._bad_text(field, value)
+    return value
 
 
 def normalise(obj: object) -> dict:
     if not isinstance(obj, dict):
         raise EventError("event must be a JSON object")
     out = dict(obj)
-    get = out.get
 
     for field in ev._REQUIRED:
-        value = get(field)
+        value = out.get(field)
         if type(value) is not str:
             if value is None:
                 raise EventError(f"{field} is required")
             raise EventError(f"{field} must be a string")
-        if not value:
-            raise EventError(f"{field} is required")
 
     status = out["status"]
-    if status not in ev._STATUS_SET:
-        raise EventError(f"status {ev._show(status)!r} is not one of {ev._STATUS_LIST}")
+    if status not in ev.STATUSES:
+        raise EventError(f"status {show(status)!r} is not one of {ev._STATUS_LIST}")
 
-    uuid = ev._UUID.fullmatch
-    if uuid(out["message_id"]) is None or uuid(out["conversation_id"]) is None:
-        raise EventError("message_id and conversation_id must be of type UUID")
-
-    orgnr = out["orgnr"]
-    if not _is_digits(orgnr, 9):
-        raise EventError(f"orgnr ({ev._show(orgnr)}) must be 9 digits")
-
-    sender = out["sender"]
+    sender = _text(out, "sender")
+    _text(out, "sender_org_number")
     m = ev._ISO6523.fullmatch(sender)
     if m is None:
-        raise EventError(f"Sender field ({ev._show(sender)}) is not valid ISO6523 format.")
-    out["sender_org_number"] = m.group(2)
+        raise EventError(f"Sender field ({show(sender)}) is not valid ISO6523 format.")
+    out["sender_org_number"] = m.group(3) or m.group(2)
 
-    receiver = get("receiver")
-    if receiver is not None:
+    message_id = _text(out, "message_id")
+    if ev._UUID.fullmatch(message_id) is None or ev._UUID.fullmatch(out["conversation_id"]) is None:
+        raise EventError("message_id and conversation_id must be of type UUID")
+
+    if "receiver" in out:
+        receiver = out["receiver"]
+        if receiver is None:
+            raise ev._bad_text("receiver", None)
         if type(receiver) is not str:
             raise EventError("receiver must be a string")
-        if _is_digits(receiver, 11):
-            receiver = ev.hash_personal_number(receiver)
-            out["receiver"] = receiver
-            out["receiver_org_number"] = receiver
-        elif (m := ev._ISO6523.fullmatch(receiver)) is not None:
+        _text(out, "receiver_org_number")
+        if (m := ev._ISO6523.fullmatch(receiver)) is not None:
             out["receiver_org_number"] = m.group(2)
-        elif _is_digits(receiver, 9) or ev._HASHED.fullmatch(receiver) is not None:
-            out["receiver_org_number"] = receiver
         else:
-            raise EventError(f"Receiver field ({ev._show(receiver)}) is not valid ISO6523 format.")
+            if PERSONAL_NUMBER.search(receiver) is not None:
+                receiver = out["receiver"] = scrub(receiver)
+            out["receiver_org_number"] = receiver
     else:
-        given = get("receiver_org_number")
+        given = out.get("receiver_org_number")
         if given is not None:
             if type(given) is not str:
                 raise EventError("receiver_org_number must be a string")
             if _is_digits(given, 11):
                 out["receiver_org_number"] = ev.hash_personal_number(given)
 
-    _check_datetime(out, "@timestamp")
-    _check_datetime(out, "timestamp")
+    if "timestamp" in out:
+        value = out["timestamp"]
+        if value is None:
+            raise ev._bad_text("timestamp", None)
+        if type(value) is not str:
+            raise EventError("timestamp must be a string")
+        if not binds_as_local_datetime(value):
+            raise EventError(
+                f"timestamp ({show(value)}) is not a local date-time the status service can"
+                " read, such as 2022-08-10T00:11:27.246 (a trailing Z is allowed, no other offset)"
+            )
 
-    logger_name = get("logger_name")
-    if logger_name is None:
+    if "logger_name" not in out:
         out["logger_name"] = "STATUS"
-    elif type(logger_name) is not str:
+    logger_name = out["logger_name"]
+    if logger_name is None:
+        raise ev._bad_text("logger_name", None)
+    if type(logger_name) is not str:
         raise EventError("logger_name must be a string")
+    if logger_name != "STATUS":
+        raise NotStatusError(
+            f'logger_name must be "STATUS" (got "{show(logger_name)}"): the status service'
+            " acknowledges other loggers and then files them as general logs, not statuses"
+        )
 
     for key, value in out.items():
-        if not (type(key) is str and type(value) is str and key.isascii() and value.isascii()):
-            ev._check_item(key, value)
+        if type(value) is not str and key in ev._TEXT_FIELDS:
+            raise ev._bad_text(key, value)
+        ev.check_item(key, value)
     return out
