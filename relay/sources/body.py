@@ -160,10 +160,11 @@ def fill_raw(data: bytes, items: list[Item]) -> None:
             item.raw = raw
 
 
-def too_many_items(count: int, limit: int) -> BodyError:
+def too_many_items(count: int | None, limit: int) -> BodyError:
+    held = f"{count} items" if count is not None else f"more than {limit} items"
     return BodyError(
         413,
-        f"body holds {count} items, over ingest.max_items_per_request ({limit}); "
+        f"body holds {held}, over ingest.max_items_per_request ({limit}); "
         "nothing was stored: send them in smaller requests",
     )
 
@@ -171,9 +172,8 @@ def too_many_items(count: int, limit: int) -> BodyError:
 def _lines(data: bytes, max_items: int) -> list[Item]:
     # One orjson.loads per line: decoding the lines joined into one array is no faster (0.71
     # against 0.76 µs per 400-byte line), and would need proof that no line spans another.
-    over = json_items.lines_over(data, max_items)
-    if over is not None:
-        raise too_many_items(over, max_items)
+    if json_items.lines_over(data, max_items):
+        raise too_many_items(None, max_items)
     items: list[Item] = []
     append = items.append
     loads = orjson.loads

@@ -11,23 +11,21 @@ from __future__ import annotations
 import re
 
 # what bytes.strip() removes: a line of only these is blank, as _lines() treats it
-_BLANKS = re.compile(rb"[ \t\r\x0b\x0c]+")
-_NEWLINES = re.compile(rb"\n+")
+_BLANKS = b" \t\r\x0b\x0c"
 # the structural bytes of JSON; everything else between them is part of a scalar
 _TOKEN = re.compile(rb'[\[\]{},"]')
 # the rest of a string after its opening quote, escapes included (unrolled: no backtracking)
 _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 
-def lines_over(data: bytes, limit: int) -> int | None:
-    """The number of non-blank lines in `data` when it is over `limit`, else None. Cheap when
-    the newlines alone show that the body is within the limit."""
+def lines_over(data: bytes, limit: int) -> bool:
+    """Whether `data` has more than `limit` non-blank lines. Cheap when the newlines alone show
+    that it has not; otherwise a few copies of `data` in C, never a Python object per line."""
     if data.count(b"\n") < limit:
-        return None  # at most count + 1 lines
-    # many newlines: drop blanks and runs of newlines, then count what is left (all in C)
-    compact = _NEWLINES.sub(b"\n", _BLANKS.sub(b"", data)).strip(b"\n")
-    lines = compact.count(b"\n") + 1 if compact else 0
-    return lines if lines > limit else None
+        return False  # at most count + 1 lines
+    # without the blanks bytes.strip() removes, the only whitespace left is the newlines, so
+    # split() yields exactly the non-blank lines; maxsplit stops it after limit + 1 of them
+    return len(data.translate(None, _BLANKS).split(None, limit)) > limit
 
 
 def array_elements(data: bytes) -> list[bytes]:
