@@ -48,6 +48,9 @@ class Item:
     error: str | None = None
 
 
+_CHUNK = 64 * 1024  # compressed bytes fed to zlib at a time
+
+
 def decompress(data: bytes, encoding: str, limit: int) -> bytes:
     """Undo Content-Encoding, refusing to inflate past `limit` bytes (a zip bomb is a 413).
 
@@ -75,24 +78,32 @@ def decompress(data: bytes, encoding: str, limit: int) -> bytes:
 
 
 def _gunzip(data: bytes, encoding: str, limit: int) -> bytes:
+    # Fed in chunks: zlib copies all the input after a member's end into unused_data, which
+    # for a body of many tiny members would copy the rest of the body once per member.
+    view = memoryview(data)
     parts: list[bytes] = []
-    size = 0
-    rest = data
+    size = pos = 0
     while True:
         inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        try:
-            out = _inflate(inflater, rest, encoding, limit - size, limit)
-        except zlib.error:
-            if not parts:
-                raise BodyError(400, f"body is not valid {encoding} data") from None
-            raise _trailing(encoding, len(rest)) from None
-        parts.append(out)
-        size += len(out)
-        rest = inflater.unused_data
-        if not rest:
+        while not inflater.eof:
+            if pos >= len(data):
+                raise BodyError(400, f"body is truncated {encoding} data")
+            chunk = view[pos : pos + _CHUNK]
+            try:
+                out = inflater.decompress(chunk, limit - size + 1)
+            except zlib.error:
+                if not parts:
+                    raise BodyError(400, f"body is not valid {encoding} data") from None
+                raise _trailing(encoding, len(data) - pos) from None
+            size += len(out)
+            if size > limit or inflater.unconsumed_tail:
+                raise BodyError(413, f"decompressed body is larger than {limit} bytes")
+            parts.append(out)
+            pos += len(chunk) - len(inflater.unused_data)
+        if pos == len(data):
             return parts[0] if len(parts) == 1 else b"".join(parts)
-        if not rest.startswith(b"\x1f\x8b"):
-            raise _trailing(encoding, len(rest))
+        if data[pos : pos + 2] != b"\x1f\x8b":  # not another member
+            raise _trailing(encoding, len(data) - pos)
 
 
 def _inflate(inflater, data: bytes, encoding: str, room: int, limit: int) -> bytes:
