@@ -214,7 +214,6 @@ async def test_tiny_body_inflating_to_millions_of_lines(tmp_path: Path) -> None:
 # --- 5. the event loop stays responsive --------------------------------------------------
 
 
-@pytest.mark.e2e
 async def test_healthz_answers_while_a_10_mib_body_is_parsed(tmp_path: Path) -> None:
     # many small items, most of them invalid: the costliest 10 MiB to decode, check and answer
     http = {"max_body_bytes": 10 << 20}

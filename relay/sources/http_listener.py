@@ -22,7 +22,7 @@ log = logging.getLogger("relay.sources.http")
 class LimitedTCPSite(web.BaseSite):
     """A TCPSite (same runner, same handlers) that keeps at most `max_connections` open."""
 
-    __slots__ = ("_host", "_port", "_slots", "_sock", "_accepting")
+    __slots__ = ("_host", "_port", "_slots", "_socks", "_accepting")
 
     def __init__(
         self,
@@ -36,8 +36,8 @@ class LimitedTCPSite(web.BaseSite):
         super().__init__(runner, backlog=backlog)
         self._host, self._port = host, port
         self._slots = asyncio.Semaphore(max_connections)
-        self._sock: socket.socket | None = None
-        self._accepting: asyncio.Task | None = None
+        self._socks: list[socket.socket] = []
+        self._accepting: list[asyncio.Task] = []
 
     @property
     def name(self) -> str:
@@ -46,30 +46,34 @@ class LimitedTCPSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         infos = await asyncio.get_running_loop().getaddrinfo(
-            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            self._host or None, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # every address the host names, as asyncio's create_server binds them
+        seen: set = set()
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(self._backlog)
-            sock.setblocking(False)
+            for family, _, proto, _, address in infos:
+                if (family, address) in seen:
+                    continue
+                seen.add((family, address))
+                self._socks.append(_listen(family, proto, address, self._backlog))
         except OSError:
-            sock.close()
+            for sock in self._socks:
+                sock.close()
+            self._socks.clear()
             raise
-        self._sock = sock
         self._server = _Listening(self)  # what BaseSite.stop and runner.addresses use
-        self._accepting = asyncio.create_task(self._accept_loop(), name="http accept")
+        self._accepting = [
+            asyncio.create_task(self._accept_loop(sock), name="http accept") for sock in self._socks
+        ]
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         server = self._runner.server
-        assert self._sock is not None and server is not None
+        assert server is not None
         while True:
             await self._slots.acquire()
             try:
-                conn, _ = await loop.sock_accept(self._sock)
+                conn, _ = await loop.sock_accept(sock)
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
@@ -89,11 +93,27 @@ class LimitedTCPSite(web.BaseSite):
         self._slots.release()
 
     def _stop_accepting(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-            self._accepting = None
-        if self._sock is not None:
-            self._sock.close()
+        # each socket is closed once its accept loop has ended, never under a pending accept
+        for task, sock in zip(self._accepting, self._socks, strict=True):
+            task.add_done_callback(lambda _, sock=sock: sock.close())
+            task.cancel()
+        self._accepting = []
+
+
+def _listen(family: int, proto: int, address: tuple, backlog: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # as asyncio does: an IPv6 socket does not also take the IPv4 address
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _Listening:
@@ -101,7 +121,7 @@ class _Listening:
 
     def __init__(self, site: LimitedTCPSite) -> None:
         self._site = site
-        self.sockets = (site._sock,)
+        self.sockets = tuple(site._socks)
 
     def close(self) -> None:
         self._site._stop_accepting()
