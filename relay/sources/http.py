@@ -84,6 +84,7 @@ class HttpSource:
         self._max_body = max_body_bytes
         self._max_items = max_items
         self._read_timeout = read_timeout
+        self._parsing = asyncio.Semaphore(2)
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
 
     def add_routes(self, app: web.Application) -> None:
@@ -110,9 +111,12 @@ class HttpSource:
         encoding = headers.get(hdrs.CONTENT_ENCODING, "")
         try:
             if len(data) > INLINE_BYTES or encoding:
-                checked = await asyncio.to_thread(
-                    self._check_body, data, encoding, headers.get(hdrs.CONTENT_TYPE, "")
-                )
+                # two at a time: the GIL gives no speed to more threads, and each one holds an
+                # inflated body and its decoded items
+                async with self._parsing:
+                    checked = await asyncio.to_thread(
+                        self._check_body, data, encoding, headers.get(hdrs.CONTENT_TYPE, "")
+                    )
                 return await self._store(checked)
             single, items = body.split(data, headers.get(hdrs.CONTENT_TYPE, ""), self._max_items)
         except body.BodyError as exc:
@@ -135,8 +139,11 @@ class HttpSource:
             "nothing was stored: send the whole request at once",
         )
         resp.force_close()
-        await resp.prepare(request)
-        await resp.write_eof()
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client left first: nothing to tell it
         # close now: aiohttp would otherwise linger, reading the rest of the body for seconds
         request.protocol.force_close()
         return resp
