@@ -16,6 +16,8 @@ import socket
 
 from aiohttp import web
 
+from relay import supervision
+
 log = logging.getLogger("relay.sources.http")
 
 
@@ -62,8 +64,10 @@ class LimitedTCPSite(web.BaseSite):
             self._socks.clear()
             raise
         self._server = _Listening(self)  # what BaseSite.stop and runner.addresses use
+        # supervised: a listener that stopped accepting would look alive and take nothing
         self._accepting = [
-            asyncio.create_task(self._accept_loop(sock), name="http accept") for sock in self._socks
+            supervision.watch(asyncio.create_task(self._accept_loop(sock)), "http accept")
+            for sock in self._socks
         ]
 
     async def _accept_loop(self, sock: socket.socket) -> None:
