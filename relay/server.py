@@ -23,6 +23,7 @@ from relay.ops import collectors, endpoints
 from relay.ops.metrics import Metrics
 from relay.ops.status import StatusReport
 from relay.sources.http import HttpSource, read_auth_token
+from relay.sources.http_listener import LimitedTCPSite
 from relay.sources.intake import Intake
 from relay.sources.json_lines import JsonLinesSource, start_json_lines
 from relay.sources.syslog import SyslogSource, start_syslog
@@ -41,11 +42,19 @@ def build_app(
     """The HTTP application: ingest paths and the operator's endpoints."""
     http = cfg.ingest.http
     intake = intake or Intake(spool, http.max_event_bytes)
-    # auto_decompress off: the source inflates bodies itself, bounded by max_body_bytes
+    # auto_decompress off: the source inflates bodies itself, bounded by max_body_bytes.
+    # keepalive_timeout also closes a connection that never completes its request headers.
     app = web.Application(
-        client_max_size=http.max_body_bytes, handler_args={"auto_decompress": False}
+        client_max_size=http.max_body_bytes,
+        handler_args={"auto_decompress": False, "keepalive_timeout": http.keepalive_timeout},
     )
-    HttpSource(intake, max_body_bytes=http.max_body_bytes, auth_token=auth_token).add_routes(app)
+    HttpSource(
+        intake,
+        max_body_bytes=http.max_body_bytes,
+        auth_token=auth_token,
+        max_items=cfg.ingest.max_items_per_request,
+        read_timeout=http.read_timeout,
+    ).add_routes(app)
     collectors.register(intake.metrics, spool, delivery, intake)
     endpoints.add_routes(
         app,
@@ -87,7 +96,9 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await LimitedTCPSite(
+                runner, host, port, max_connections=cfg.ingest.http.max_connections
+            ).start()
         except OSError as exc:
             raise UserError(
                 f"cannot listen on {cfg.ingest.http.listen} (ingest.http.listen): "

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import event
-from relay.sources import body
+from relay.sources import body, json_items
 from relay.spool import SqliteSpool
 from tests.conftest import RelayProcess, make_event
 
@@ -61,6 +61,42 @@ def test_decompress_raises_only_body_errors(data: bytes, encoding: str) -> None:
         assert exc.status in (400, 413, 415)
         return
     assert len(out) <= max(10_000, len(data))
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+SPACE = st.sampled_from(["", " ", "\n", "\t ", "\r\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(elements=st.lists(JSON_VALUES, min_size=1, max_size=8), spaces=st.lists(SPACE, min_size=9))
+def test_array_elements_are_sliced_exactly(elements: list, spaces: list[str]) -> None:
+    encoded = [orjson.dumps(e) for e in elements]
+    gaps = [s.encode() for s in spaces]
+    data = (
+        gaps[0]
+        + b"["
+        + b",".join(g + e + g for g, e in zip(gaps[1:], encoded, strict=False))
+        + b"]"
+    )
+    assert orjson.loads(data) == elements
+    assert json_items.array_elements(data) == encoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.binary(max_size=300), min_size=1, max_size=5))
+def test_every_gzip_member_is_inflated(parts: list[bytes]) -> None:
+    data = b"".join(gzip.compress(p) for p in parts)
+    assert body.decompress(data, "gzip", 10_000) == b"".join(parts)
 
 
 def test_decompression_is_bounded() -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from relay.config import Config, HttpIngestConfig, IngestConfig, SpoolConfig
 from relay.server import build_app
 from relay.sources.http import read_auth_token
+from relay.sources.http_listener import LimitedTCPSite
 from relay.spool import SqliteSpool
 from tests.conftest import make_event
 
@@ -30,16 +31,24 @@ class Relay:
             return r.status, await r.read(), r.headers
 
 
-async def start(tmp_path: Path, *, auth_token_file: str = "", max_bytes: int = 1 << 30, **spool_kw):
+async def start(
+    tmp_path: Path,
+    *,
+    auth_token_file: str = "",
+    max_bytes: int = 1 << 30,
+    http: dict | None = None,
+    max_items: int = 10_000,
+    **spool_kw,
+):
+    http_cfg = dict(
+        listen="127.0.0.1:0",
+        max_body_bytes=1 << 20,
+        max_event_bytes=4096,
+        auth_token_file=auth_token_file,
+    )
+    http_cfg.update(http or {})
     cfg = Config(
-        ingest=IngestConfig(
-            http=HttpIngestConfig(
-                listen="127.0.0.1:0",
-                max_body_bytes=1 << 20,
-                max_event_bytes=4096,
-                auth_token_file=auth_token_file,
-            )
-        ),
+        ingest=IngestConfig(http=HttpIngestConfig(**http_cfg), max_items_per_request=max_items),
         spool=SpoolConfig(path=str(tmp_path / "spool"), max_bytes=max_bytes),
     )
     spool = await SqliteSpool.open(
@@ -47,7 +56,7 @@ async def start(tmp_path: Path, *, auth_token_file: str = "", max_bytes: int = 1
     )
     runner = web.AppRunner(build_app(cfg, spool, read_auth_token(auth_token_file)))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = LimitedTCPSite(runner, "127.0.0.1", 0, max_connections=cfg.ingest.http.max_connections)
     await site.start()
     port = runner.addresses[0][1]
     return runner, spool, f"http://127.0.0.1:{port}"
