@@ -135,10 +135,16 @@ def _config(args: argparse.Namespace) -> Config:
 def _run(args: argparse.Namespace) -> int:
     from relay.logs import setup_logging
     from relay.server import serve
+    from relay.supervision import BackgroundFailure
 
     cfg = _config(args)
     setup_logging(cfg.log.level, cfg.log.format)
-    asyncio.run(serve(cfg))
+    try:
+        asyncio.run(serve(cfg))
+    except BackgroundFailure as exc:
+        # already logged critically; this line is for whoever reads only the exit
+        print(f"relay: stopped after an internal failure: {exc}; restart it", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

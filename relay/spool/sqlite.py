@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from relay import supervision
 from relay.errors import UserError
 from relay.spool.dedup import RecentDigests
 from relay.spool.quarantine import list_quarantined, quarantine
@@ -200,6 +201,32 @@ class SqliteSpool:
         return await future
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            # the callers waiting now would wait forever, and later ones get SpoolUnavailable:
+            # the relay must be restarted, so say so through its supervisor
+            log.critical("the spool's writer thread died", exc_info=True)
+            supervision.report_failure("spool writer", exc)
+            self._fail_waiting(exc)
+            raise
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        # nobody will serve what is queued: answer it, so that no caller waits forever
+        waiting = []
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is not None and op.future is not None:
+                op.error = SpoolUnavailable(f"the spool's writer has stopped: {type(exc).__name__}")
+                waiting.append(op)
+        if waiting:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._resolve, waiting)
+
+    def _serve(self) -> None:
         # before the first append is served, so that no digest committed before a restart is
         # missed; the event loop (and /readyz) does not wait for it
         self._load_dedup()
