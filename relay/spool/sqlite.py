@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import queue
@@ -21,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from relay import supervision
-from relay.errors import UserError
 from relay.spool.dedup import RecentDigests
-from relay.spool.quarantine import list_quarantined, quarantine
-from relay.spool.store import Store, UnknownSchema
+from relay.spool.opening import describe as _describe
+from relay.spool.opening import is_corrupt, mark_corrupt, open_store
+from relay.spool.quarantine import list_quarantined
+from relay.spool.store import CorruptRow, Store
 from relay.spool.types import (
     AppendResult,
     DeadLetter,
@@ -92,6 +92,7 @@ class SqliteSpool:
         self._new_events = asyncio.Event()
         self._refusing: str | None = None
         self._disk_refusing = False
+        self._corrupt: str | None = None  # found corrupt while running: sticky (see opening.py)
         # delivery state, owned by the writer thread
         self._leased: set[int] = set()
         self._cursor = 0
@@ -116,7 +117,7 @@ class SqliteSpool:
         on_commit: Callable[[float], None] | None = None,
     ) -> SqliteSpool:
         directory = Path(path)
-        store, lock_fd = await asyncio.to_thread(_open_store, directory, max_page_count)
+        store, lock_fd = await asyncio.to_thread(open_store, directory, max_page_count)
         return cls(
             directory,
             store,
@@ -166,9 +167,15 @@ class SqliteSpool:
             dead_letter_bytes=dead_bytes,
             quarantined=list(self._quarantined),
             refusing=self.refusing(),
+            corrupt=self._corrupt,
         )
 
     def refusing(self) -> str | None:
+        if self._corrupt:
+            return (
+                f"the spool file is corrupt ({self._corrupt}); new events are refused. "
+                "Run `relay spool check`; a restart quarantines the file (README: a corrupt spool)"
+            )
         if self._refusing:
             return self._refusing
         if self._disk_refusing:
@@ -323,6 +330,15 @@ class SqliteSpool:
         used = nbytes + dead_bytes
         store = self._store
         short = self._disk_short()
+        if self._corrupt:
+            # nothing new goes into a damaged file; acks and releases still may, so that what
+            # can be read is delivered and not sent twice
+            for op in writes:
+                if op.kind == "append":
+                    op.error = SpoolUnavailable(f"the spool file is corrupt: {self._corrupt}")
+            writes = [op for op in writes if op.kind != "append"]
+            if not writes:
+                return
         if short:
             for op in writes:
                 if op.kind == "append":
@@ -358,6 +374,7 @@ class SqliteSpool:
             if dedup is not None:
                 dedup.commit_staged(now)
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "a write")
             store.rollback()
             store.discard_pending()
             if dedup is not None:
@@ -410,6 +427,7 @@ class SqliteSpool:
             self._counters = self._store.counters()
             self._oldest = self._store.oldest_received_at()
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "reading the counters")
             log.error("cannot read spool counters: %s", exc)
 
     def _disk_short(self) -> str | None:
@@ -465,6 +483,7 @@ class SqliteSpool:
         try:
             self._store.probe(_PROBE_BYTES)
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "the write probe")
             self._refusing = _describe(exc)
             with contextlib.suppress(sqlite3.Error, OSError):
                 self._store.reopen()
@@ -479,6 +498,7 @@ class SqliteSpool:
                 op.args[0], self._cursor, self._leased, self._clock(), self._checked_upto
             )
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "a lease")
             op.error = SpoolUnavailable(_describe(exc))
             return
         self._leased.update(item.id for item in leased)
@@ -499,9 +519,29 @@ class SqliteSpool:
                 # a digest logged twice (stored again once forgotten) is then forgotten with
                 # its older bucket: early, which only lets a duplicate through
                 dedup.add(digests, seen_at, rowid)
+        except CorruptRow as exc:
+            self._found_corrupt("the dedup log", str(exc))
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "the dedup log")
             # without them a producer's retry may be stored twice, but nothing is lost
             log.error("cannot read the spool's dedup log: %s", _describe(exc))
+
+    def _check_corrupt(self, exc: sqlite3.Error, where: str) -> None:
+        if is_corrupt(exc):
+            self._found_corrupt(where, _describe(exc))
+
+    def _found_corrupt(self, where: str, detail: str) -> None:
+        """Sticky until a restart: a probe that happens to write elsewhere proves nothing."""
+        if self._corrupt is not None:
+            return
+        self._corrupt = f"{where}: {detail}"
+        log.critical(
+            "SPOOL CORRUPT (%s): new events are refused and the relay is not ready; what can "
+            "still be read is delivered. Run `relay spool check`; the next start moves the file "
+            "to quarantine, and `relay spool salvage` queues what it can read of it.",
+            self._corrupt,
+        )
+        mark_corrupt(self.directory, self._corrupt)
 
     def _rewind(self) -> None:
         self._checked_upto = max(self._checked_upto, self._cursor)
@@ -520,6 +560,7 @@ class SqliteSpool:
                 deleted = self._store.purge_dedup_log(self._log_purge_upto, _PURGE_CHUNK)
                 self._store.commit()
             except sqlite3.Error as exc:
+                self._check_corrupt(exc, "housekeeping")
                 self._store.rollback()
                 log.warning("spool housekeeping failed: %s", _describe(exc))
                 return
@@ -540,59 +581,3 @@ def _result(accepted: int, duplicates: int, dead_lettered: int) -> AppendResult:
         if accepted + duplicates + dead_lettered <= 1:
             _RESULTS[key] = result
     return result
-
-
-def _describe(exc: sqlite3.Error) -> str:
-    name = getattr(exc, "sqlite_errorname", None)
-    return f"{exc} ({name})" if name else str(exc)
-
-
-def _open_store(directory: Path, max_page_count: int | None) -> tuple[Store, int]:
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-    except OSError as exc:
-        raise UserError(
-            f"cannot create spool directory {directory}: {exc.strerror}; "
-            "check spool.path and its permissions"
-        ) from None
-    lock_fd = os.open(directory / "spool.lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise UserError(
-            f"spool {directory} is in use by another relay; give each relay its own spool.path"
-        ) from None
-    try:
-        return _store_or_quarantine(directory, max_page_count), lock_fd
-    except BaseException:
-        os.close(lock_fd)
-        raise
-
-
-# SQLITE_CORRUPT and SQLITE_NOTADB: the file is unreadable, not merely unreachable right now
-_CORRUPT = {11, 26}
-
-
-def _store_or_quarantine(directory: Path, max_page_count: int | None) -> Store:
-    try:
-        return Store(directory, max_page_count=max_page_count)
-    except UnknownSchema as exc:
-        raise UserError(f"spool {directory}: {exc}; use the relay version that wrote it") from None
-    except sqlite3.Error as exc:
-        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in _CORRUPT:
-            # a full disk, an I/O error, a permission: the spool may be fine; do not touch it
-            raise UserError(
-                f"cannot open the spool in {directory}: {_describe(exc)}; fix the cause "
-                "(disk space, permissions) and start again - nothing was changed"
-            ) from None
-        moved = quarantine(directory / "spool.db")
-        log.error(
-            "SPOOL QUARANTINED: %s could not be read (%s); moved to %s and started a fresh "
-            "spool. The events in it were not delivered: inspect it with sqlite3.",
-            directory / "spool.db",
-            _describe(exc),
-            moved,
-        )
-        return Store(directory, max_page_count=max_page_count)

@@ -23,6 +23,10 @@ class UnknownSchema(Exception):
     """The spool was written by another version of the relay."""
 
 
+class CorruptRow(Exception):
+    """A row SQLite reads fine but that no relay can have written (e.g. a truncated blob)."""
+
+
 _MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
 
 
@@ -313,6 +317,8 @@ class Store:
             "SELECT rowid, seen_at, digests FROM dedup_log WHERE seen_at >= ? ORDER BY rowid",
             (cutoff,),
         ):
+            if not isinstance(blob, bytes) or len(blob) % 8:
+                raise CorruptRow(f"dedup log row {rowid} is truncated or not a list of digests")
             yield rowid, seen_at, unpack(blob)
 
     def last_dedup_rowid(self) -> int:

@@ -95,6 +95,7 @@ class SpoolStats:
     dead_letter_bytes: int
     quarantined: list[str] = field(default_factory=list)
     refusing: str | None = None  # why writes are refused right now, or None
+    corrupt: str | None = None  # where corruption was found while running, or None
 
 
 class Spool(Protocol):
