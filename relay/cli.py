@@ -96,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="FILE", help="TOML configuration file")
     check.set_defaults(func=_spool_check)
+    salvage = spool_sub.add_parser(
+        "salvage",
+        help="queue again what can be read of a quarantined spool (also while the relay runs)",
+    )
+    salvage.add_argument(
+        "folder", help="the quarantine folder, as /status shows it (quarantine/<time>) or a path"
+    )
+    salvage.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    salvage.set_defaults(func=_spool_salvage)
     status = sub.add_parser(
         "status", help="show a running relay's /status readably", description="Show /status."
     )
@@ -213,6 +222,29 @@ def _spool_check(args: argparse.Namespace) -> int:
     if not problems:
         print(f"spool {cfg.spool.path} is sound")
     return 1 if problems else 0
+
+
+def _spool_salvage(args: argparse.Namespace) -> int:
+    from relay.spool.salvage import SalvageError, salvage
+
+    cfg = _config(args)
+    spool_dir = Path(cfg.spool.path)
+    folder = Path(args.folder)
+    if not folder.is_absolute() and not folder.exists():
+        folder = spool_dir / folder
+    try:
+        report = salvage(folder, spool_dir)
+    except SalvageError as exc:
+        raise UserError(f"cannot salvage: {exc}") from None
+    except sqlite3.Error as exc:
+        raise UserError(f"cannot salvage into the spool in {spool_dir}: {exc}") from None
+    for table, lo, hi in report.unreadable:
+        print(f"{table}: ids {lo}-{hi} could not be read (or did not exist)", file=sys.stderr)
+    print(
+        f"salvaged {report.events} event(s) and {report.dead_letters} dead letter(s) from "
+        f"{folder} into {spool_dir}"
+    )
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
