@@ -46,6 +46,10 @@ _PURGE_CHUNK = 50_000  # dedup log rows per transaction: a range at the front of
 _PURGE_ROUNDS = 40
 _PROBE_BYTES = 64 * 1024
 _READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
+# Invalid input (dead letters from ingest) may fill this share of max_bytes and no more: past it,
+# further junk is counted and not stored, so that it never makes the spool refuse valid events.
+# A module constant: the configuration has no key for it (spool.invalid_share would be one).
+INVALID_SHARE = 0.10
 _DISK_RESERVE_SHARE = 0.02  # of the filesystem, between 1 MiB and 64 MiB, kept free for deletes
 
 
@@ -93,6 +97,11 @@ class SqliteSpool:
         self._refusing: str | None = None
         self._disk_refusing = False
         self._corrupt: str | None = None  # found corrupt while running: sticky (see opening.py)
+        self._invalid_capacity = int(max_bytes * INVALID_SHARE)
+        self._not_kept = 0  # invalid items not stored because their share was full
+        # why the last append was refused for want of room, until space is freed or one fits:
+        # an event too big for what is left makes the relay not-ready below the fill mark too
+        self._full: str | None = None
         # delivery state, owned by the writer thread
         self._leased: set[int] = set()
         self._cursor = 0
@@ -157,7 +166,7 @@ class SqliteSpool:
         self._new_events.clear()
 
     def stats(self) -> SpoolStats:
-        events, nbytes, dead, dead_bytes = self._counters
+        events, nbytes, dead, dead_bytes, invalid_bytes, log_bytes = self._counters
         return SpoolStats(
             events=events,
             bytes=nbytes,
@@ -168,6 +177,10 @@ class SqliteSpool:
             quarantined=list(self._quarantined),
             refusing=self.refusing(),
             corrupt=self._corrupt,
+            invalid_bytes=invalid_bytes,
+            invalid_capacity_bytes=self._invalid_capacity,
+            invalid_not_kept=self._not_kept,
+            dedup_log_bytes=log_bytes,
         )
 
     def refusing(self) -> str | None:
@@ -180,11 +193,12 @@ class SqliteSpool:
             return self._refusing
         if self._disk_refusing:
             return "the spool's filesystem is (almost) full"
-        _, nbytes, _, dead_bytes = self._counters
-        if nbytes + dead_bytes >= _READY_FILL * self._max_bytes:
+        _, nbytes, _, dead_bytes, _, log_bytes = self._counters
+        used = nbytes + dead_bytes + log_bytes
+        if self._full or used >= _READY_FILL * self._max_bytes:
             return (
-                f"spool is {100 * (nbytes + dead_bytes) / self._max_bytes:.0f}% full "
-                f"({nbytes + dead_bytes} of {self._max_bytes} bytes)"
+                f"spool is {100 * used / self._max_bytes:.0f}% full "
+                f"({used} of {self._max_bytes} bytes)"
             )
         return None
 
@@ -326,8 +340,8 @@ class SqliteSpool:
         if dedup is not None:
             dedup.expire(now)
             dedup.discard_staged()
-        events, nbytes, dead, dead_bytes = self._counters
-        used = nbytes + dead_bytes
+        _, nbytes, _, dead_bytes, invalid_used, log_bytes = self._counters
+        used = nbytes + dead_bytes + log_bytes
         store = self._store
         short = self._disk_short()
         if self._corrupt:
@@ -353,23 +367,31 @@ class SqliteSpool:
             for op in writes:
                 if op.kind == "append":
                     try:
-                        accepted, dups, dl, added, dead_added = store.append(
-                            *op.args, now, dedup, self._max_bytes - used
+                        accepted, dups, dl, added, dead_added, not_kept = store.append(
+                            *op.args,
+                            now,
+                            dedup,
+                            self._max_bytes - used,
+                            self._invalid_capacity - invalid_used,
                         )
                     except SpoolFull as exc:
                         op.error = exc
+                        self._full = str(exc)
                         self._log_refusal_once("full", str(exc))
                         continue
                     used += added + dead_added
-                    op.result = _result(accepted, dups, dl)
+                    invalid_used += dead_added
+                    op.result = _result(accepted, dups, dl, not_kept)
                     op.added = (accepted, added, dl, dead_added)
+                    if not_kept:
+                        self._invalid_full(not_kept)
                 elif op.kind == "ack":
                     store.delete(op.args[0])
                 elif op.kind == "release":
                     store.release(op.args[0], now)
                 elif op.kind == "dead_letter":
                     store.dead_letter(op.args[0], now)
-            store.flush(now, dedup)
+            log_added = store.flush(now, dedup)
             store.commit()
             if dedup is not None:
                 dedup.commit_staged(now)
@@ -391,20 +413,41 @@ class SqliteSpool:
                 return
             self._write_failed(exc, writes)
             return
-        self._after_commit(writes)
+        self._after_commit(writes, log_added)
         elapsed = time.monotonic() - started
         if self._on_commit is not None:
             self._on_commit(elapsed)
         if elapsed > 1.0:
             log.warning("spool commit took %.1f s (%d operations)", elapsed, len(writes))
 
-    def _after_commit(self, writes: list[_Op]) -> None:
+    def _invalid_full(self, not_kept: int) -> None:
+        if not self._not_kept_logging:
+            self._not_kept_logging = True
+            log.warning(
+                "invalid input is no longer kept: dead letters from ingest fill their share "
+                "of the spool (%d of %d bytes, %.0f%% of spool.max_bytes); valid events are "
+                "still stored. See `relay dlq list`, then `relay dlq purge`.",
+                self._counters[4],
+                self._invalid_capacity,
+                100 * INVALID_SHARE,
+            )
+        self._not_kept += not_kept
+
+    _not_kept_logging = False
+
+    def _after_commit(self, writes: list[_Op], log_added: int = 0) -> None:
         # only stored events prove that new ones can be stored (acks need no new space)
         if self._refusing and any(op.kind == "append" and op.error is None for op in writes):
             log.warning("spool accepts writes again")
             self._refusing = None
         if not any(op.kind == "append" and op.error is not None for op in writes):
             self._refusal_logged = None
+        if self._full and any(
+            op.kind == "ack" or (op.kind == "append" and op.error is None) for op in writes
+        ):
+            self._full = None  # room was freed, or an append fitted: worth trying again
+        if any(op.kind == "append" and op.added[2] for op in writes):
+            self._not_kept_logging = False  # invalid input is kept again: log the next refusal
         for op in writes:
             if op.kind == "ack":
                 self._leased.difference_update(op.args[0])
@@ -412,11 +455,13 @@ class SqliteSpool:
                 self._leased.difference_update(item.id for item in op.args[0])
         if all(op.kind == "append" for op in writes):
             # the hot path: what was added is known, so no need to read the counters back
-            events, nbytes, dead, dead_bytes = self._counters
+            events, nbytes, dead, dead_bytes, invalid_bytes, log_bytes = self._counters
             for op in writes:
                 n, b, d, db = op.added
                 events, nbytes, dead, dead_bytes = events + n, nbytes + b, dead + d, dead_bytes + db
-            self._counters = (events, nbytes, dead, dead_bytes)
+                invalid_bytes += db  # an append's dead letters are all invalid input
+            log_bytes += log_added
+            self._counters = (events, nbytes, dead, dead_bytes, invalid_bytes, log_bytes)
             if self._oldest is None and events:
                 self._oldest = self._clock()
         else:
@@ -424,7 +469,10 @@ class SqliteSpool:
 
     def _refresh_counters(self) -> None:
         try:
+            before = self._counters
             self._counters = self._store.counters()
+            if sum(self._counters[1:4:2]) < sum(before[1:4:2]):
+                self._full = None  # e.g. `relay dlq purge` freed room from outside
             self._oldest = self._store.oldest_received_at()
         except sqlite3.Error as exc:
             self._check_corrupt(exc, "reading the counters")
@@ -553,6 +601,10 @@ class SqliteSpool:
         if self._dedup is not None:
             self._dedup.expire(self._clock())
             self._log_purge_upto = max(self._log_purge_upto, self._dedup.forgotten_rowid)
+        self._purge_dedup_log()
+        self._refresh_counters()  # the log's bytes went down
+
+    def _purge_dedup_log(self) -> None:
         for _ in range(_PURGE_ROUNDS):
             # short transactions, so producers waiting on a commit are not held up
             try:
@@ -570,14 +622,14 @@ class SqliteSpool:
 
 # Results are frozen, so the common ones (one event per request: accepted, or a duplicate)
 # are built once and shared instead of once per request.
-_RESULTS: dict[tuple[int, int, int], AppendResult] = {}
+_RESULTS: dict[tuple[int, int, int, int], AppendResult] = {}
 
 
-def _result(accepted: int, duplicates: int, dead_lettered: int) -> AppendResult:
-    key = (accepted, duplicates, dead_lettered)
+def _result(accepted: int, duplicates: int, dead_lettered: int, not_kept: int) -> AppendResult:
+    key = (accepted, duplicates, dead_lettered, not_kept)
     result = _RESULTS.get(key)
     if result is None:
-        result = AppendResult(accepted, duplicates, dead_lettered)
-        if accepted + duplicates + dead_lettered <= 1:
+        result = AppendResult(accepted, duplicates, dead_lettered, not_kept)
+        if accepted + duplicates + dead_lettered + not_kept <= 1:
             _RESULTS[key] = result
     return result
