@@ -193,6 +193,8 @@ def _spool_stats(args: argparse.Namespace) -> int:
         "oldest_age_seconds": round(age, 3) if age is not None else None,
         "dead_letters": stats.dead_letters,
         "dead_letter_bytes": stats.dead_letter_bytes,
+        "invalid_bytes": stats.invalid_bytes,
+        "dedup_log_bytes": stats.dedup_log_bytes,
         "quarantined": stats.quarantined,
         "sources": sources,
     }
