@@ -68,6 +68,9 @@ class Supervisor:
 
     def fail(self, name: str, detail: str) -> None:
         if self.stopping:
+            # the relay stops anyway; an error on the way out is still worth a line
+            if detail != "it returned":
+                log.error("background task %r failed while stopping: %s", name, detail)
             return
         text = f"background task {name!r} stopped unexpectedly: {detail}"
         log.critical("%s; the relay stops so that it can be restarted", text)

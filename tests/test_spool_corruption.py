@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+import pytest
 
 from relay.spool import Incoming, SpoolUnavailable, SqliteSpool
 from relay.spool.quarantine import CORRUPT_MARKER
@@ -145,6 +146,28 @@ async def test_truncated_dedup_log_row_is_reported_not_a_dead_writer(tmp_path: P
     finally:
         await spool.close()
     assert (path / CORRUPT_MARKER).read_text().startswith("the dedup log")
+
+
+async def test_corruption_found_by_a_lease_turns_the_spool_not_ready(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    spool = await SqliteSpool.open(path, max_bytes=1 << 30, dedup_window=0)
+    try:
+        await spool.append([Incoming(b'{"n":%d}' % i, "test") for i in range(20)])
+        await asyncio.to_thread(_corrupt_events_table, path / "spool.db")
+        with pytest.raises(SpoolUnavailable, match="malformed"):
+            await spool.lease(10)
+        await _until(lambda: spool.refusing() is not None)
+        assert spool.refusing().startswith("the spool file is corrupt (a lease:")
+        assert spool.alive()
+        try:
+            await spool.append([Incoming(b'{"n":99}', "test")])
+        except SpoolUnavailable as exc:
+            assert "corrupt" in str(exc)
+        else:
+            raise AssertionError("an append into a spool known to be corrupt was accepted")
+    finally:
+        await spool.close()
+    assert (path / CORRUPT_MARKER).exists()
 
 
 def _first_leaf(db: Path, table: str) -> tuple[int, int]:
