@@ -22,8 +22,9 @@ from typing import Any
 from relay import supervision
 from relay.spool.dedup import RecentDigests
 from relay.spool.opening import describe as _describe
-from relay.spool.opening import is_corrupt, mark_corrupt, open_store
+from relay.spool.opening import open_store
 from relay.spool.quarantine import list_quarantined
+from relay.spool.refusals import INVALID_SHARE, Refusals
 from relay.spool.store import CorruptRow, Store
 from relay.spool.types import (
     AppendResult,
@@ -44,13 +45,6 @@ _HOUSEKEEP_EVERY = 10.0
 _IDLE_TICK = 1.0
 _PURGE_CHUNK = 50_000  # dedup log rows per transaction: a range at the front of the table
 _PURGE_ROUNDS = 40
-_PROBE_BYTES = 64 * 1024
-_READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
-# Invalid input (dead letters from ingest) may fill this share of max_bytes and no more: past it,
-# further junk is counted and not stored, so that it never makes the spool refuse valid events.
-# A module constant: the configuration has no key for it (spool.invalid_share would be one).
-INVALID_SHARE = 0.10
-_DISK_RESERVE_SHARE = 0.02  # of the filesystem, between 1 MiB and 64 MiB, kept free for deletes
 
 
 class _Op:
@@ -68,7 +62,7 @@ class _Op:
 _WRITES = frozenset({"append", "ack", "release", "dead_letter"})
 
 
-class SqliteSpool:
+class SqliteSpool(Refusals):
     """Implements `relay.spool.types.Spool` on one SQLite file in `directory`."""
 
     def __init__(
@@ -182,25 +176,6 @@ class SqliteSpool:
             invalid_not_kept=self._not_kept,
             dedup_log_bytes=log_bytes,
         )
-
-    def refusing(self) -> str | None:
-        if self._corrupt:
-            return (
-                f"the spool file is corrupt ({self._corrupt}); new events are refused. "
-                "Run `relay spool check`; a restart quarantines the file (README: a corrupt spool)"
-            )
-        if self._refusing:
-            return self._refusing
-        if self._disk_refusing:
-            return "the spool's filesystem is (almost) full"
-        _, nbytes, _, dead_bytes, _, log_bytes = self._counters
-        used = nbytes + dead_bytes + log_bytes
-        if self._full or used >= _READY_FILL * self._max_bytes:
-            return (
-                f"spool is {100 * used / self._max_bytes:.0f}% full "
-                f"({used} of {self._max_bytes} bytes)"
-            )
-        return None
 
     async def close(self) -> None:
         if self._closed:
@@ -420,21 +395,6 @@ class SqliteSpool:
         if elapsed > 1.0:
             log.warning("spool commit took %.1f s (%d operations)", elapsed, len(writes))
 
-    def _invalid_full(self, not_kept: int) -> None:
-        if not self._not_kept_logging:
-            self._not_kept_logging = True
-            log.warning(
-                "invalid input is no longer kept: dead letters from ingest fill their share "
-                "of the spool (%d of %d bytes, %.0f%% of spool.max_bytes); valid events are "
-                "still stored. See `relay dlq list`, then `relay dlq purge`.",
-                self._counters[4],
-                self._invalid_capacity,
-                100 * INVALID_SHARE,
-            )
-        self._not_kept += not_kept
-
-    _not_kept_logging = False
-
     def _after_commit(self, writes: list[_Op], log_added: int = 0) -> None:
         # only stored events prove that new ones can be stored (acks need no new space)
         if self._refusing and any(op.kind == "append" and op.error is None for op in writes):
@@ -478,68 +438,6 @@ class SqliteSpool:
             self._check_corrupt(exc, "reading the counters")
             log.error("cannot read spool counters: %s", exc)
 
-    def _disk_short(self) -> str | None:
-        """Why the filesystem is too full for new events, or None. A reserve is kept free so
-        that acks and deletes, which free space, can always be written."""
-        try:
-            fs = os.statvfs(self.directory)
-        except OSError:
-            return None
-        free = fs.f_bavail * fs.f_frsize
-        reserve = min(max(fs.f_blocks * fs.f_frsize * _DISK_RESERVE_SHARE, 1 << 20), 64 << 20)
-        if free >= reserve:
-            self._disk_refusing = False
-            return None
-        self._disk_refusing = True
-        return (
-            f"the spool's filesystem has {free >> 10} KiB free, less than the "
-            f"{int(reserve) >> 10} KiB kept for acknowledgements; free disk space"
-        )
-
-    def _log_write_failure(self, exc: sqlite3.Error) -> None:
-        reason = _describe(exc)
-        if self._refusing != reason:
-            log.error("spool write failed, refusing new events until it recovers: %s", reason)
-        self._refusing = reason
-
-    def _write_failed(self, exc: sqlite3.Error, writes: list[_Op]) -> None:
-        reason = _describe(exc)
-        self._log_write_failure(exc)
-        for op in writes:
-            if op.error is None:
-                op.error = SpoolUnavailable(reason)
-            if op.kind in ("release", "dead_letter"):
-                # the events stay in the spool; forget the lease so they are offered again
-                self._leased.difference_update(i.id for i in op.args[0])
-            # a failed ack keeps its leases: delivery retries the ack instead of the events
-            # being sent again
-        # rescan from the start: events whose release failed lie behind the cursor
-        self._rewind()
-        try:
-            self._store.reopen()
-        except (sqlite3.Error, OSError) as reopen_exc:
-            log.error("cannot reopen the spool: %s", reopen_exc)
-
-    _refusal_logged: str | None = None
-
-    def _log_refusal_once(self, kind: str, message: str) -> None:
-        if self._refusal_logged != kind:
-            self._refusal_logged = kind
-            log.warning("spool refuses new events: %s", message)
-
-    def _probe(self) -> None:
-        try:
-            self._store.probe(_PROBE_BYTES)
-        except sqlite3.Error as exc:
-            self._check_corrupt(exc, "the write probe")
-            self._refusing = _describe(exc)
-            with contextlib.suppress(sqlite3.Error, OSError):
-                self._store.reopen()
-            return
-        log.warning("spool accepts writes again")
-        self._refusing = None
-        self._refresh_counters()
-
     def _lease(self, op: _Op) -> None:
         try:
             leased, self._cursor = self._store.lease(
@@ -573,23 +471,6 @@ class SqliteSpool:
             self._check_corrupt(exc, "the dedup log")
             # without them a producer's retry may be stored twice, but nothing is lost
             log.error("cannot read the spool's dedup log: %s", _describe(exc))
-
-    def _check_corrupt(self, exc: sqlite3.Error, where: str) -> None:
-        if is_corrupt(exc):
-            self._found_corrupt(where, _describe(exc))
-
-    def _found_corrupt(self, where: str, detail: str) -> None:
-        """Sticky until a restart: a probe that happens to write elsewhere proves nothing."""
-        if self._corrupt is not None:
-            return
-        self._corrupt = f"{where}: {detail}"
-        log.critical(
-            "SPOOL CORRUPT (%s): new events are refused and the relay is not ready; what can "
-            "still be read is delivered. Run `relay spool check`; the next start moves the file "
-            "to quarantine, and `relay spool salvage` queues what it can read of it.",
-            self._corrupt,
-        )
-        mark_corrupt(self.directory, self._corrupt)
 
     def _rewind(self) -> None:
         self._checked_upto = max(self._checked_upto, self._cursor)
