@@ -124,14 +124,15 @@ CREATE TABLE IF NOT EXISTS probe (data BLOB);
 """
 
 # the counters as the tables would give them, for the migration and `relay spool check`
-RECOUNT = f"""SELECT
-    (SELECT count(*) FROM events),
-    (SELECT coalesce(sum(length(body)), 0) FROM events),
-    (SELECT count(*) FROM dead_letters),
+_RECOUNT_SIZES = f"""
     (SELECT coalesce(sum({_size_of("dead_letters")}), 0) FROM dead_letters),
     (SELECT coalesce(sum({_size_of("dead_letters")}), 0) FROM dead_letters
         WHERE event_id IS NULL),
     (SELECT coalesce(sum(length(digests) + {ROW_OVERHEAD}), 0) FROM dedup_log)"""
+RECOUNT = f"""SELECT
+    (SELECT count(*) FROM events),
+    (SELECT coalesce(sum(length(body)), 0) FROM events),
+    (SELECT count(*) FROM dead_letters),{_RECOUNT_SIZES}"""
 
 
 def migrate_from_1(conn: sqlite3.Connection) -> None:
@@ -165,7 +166,8 @@ def migrate_from_2(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TRIGGER IF EXISTS dead_del")
     for statement in _DEAD_TRIGGERS:
         conn.execute(statement)
-    _, _, _, dead_bytes, invalid_bytes, dedup_bytes = conn.execute(RECOUNT).fetchone()
+    # not RECOUNT: its recount of the events would read the whole backlog
+    dead_bytes, invalid_bytes, dedup_bytes = conn.execute(f"SELECT {_RECOUNT_SIZES}").fetchone()
     conn.execute(
         "UPDATE stats SET dead_letter_bytes = ?, invalid_bytes = ?, dedup_bytes = ?",
         (dead_bytes, invalid_bytes, dedup_bytes),
