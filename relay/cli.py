@@ -96,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="FILE", help="TOML configuration file")
     check.set_defaults(func=_spool_check)
+    salvage = spool_sub.add_parser(
+        "salvage",
+        help="queue again what can be read of a quarantined spool (also while the relay runs)",
+    )
+    salvage.add_argument(
+        "folder", help="the quarantine folder, as /status shows it (quarantine/<time>) or a path"
+    )
+    salvage.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    salvage.set_defaults(func=_spool_salvage)
     status = sub.add_parser(
         "status", help="show a running relay's /status readably", description="Show /status."
     )
@@ -135,10 +144,16 @@ def _config(args: argparse.Namespace) -> Config:
 def _run(args: argparse.Namespace) -> int:
     from relay.logs import setup_logging
     from relay.server import serve
+    from relay.supervision import BackgroundFailure
 
     cfg = _config(args)
     setup_logging(cfg.log.level, cfg.log.format)
-    asyncio.run(serve(cfg))
+    try:
+        asyncio.run(serve(cfg))
+    except BackgroundFailure as exc:
+        # already logged critically; this line is for whoever reads only the exit
+        print(f"relay: stopped after an internal failure: {exc}; restart it", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 
@@ -178,6 +193,8 @@ def _spool_stats(args: argparse.Namespace) -> int:
         "oldest_age_seconds": round(age, 3) if age is not None else None,
         "dead_letters": stats.dead_letters,
         "dead_letter_bytes": stats.dead_letter_bytes,
+        "invalid_bytes": stats.invalid_bytes,
+        "dedup_log_bytes": stats.dedup_log_bytes,
         "quarantined": stats.quarantined,
         "sources": sources,
     }
@@ -207,6 +224,29 @@ def _spool_check(args: argparse.Namespace) -> int:
     if not problems:
         print(f"spool {cfg.spool.path} is sound")
     return 1 if problems else 0
+
+
+def _spool_salvage(args: argparse.Namespace) -> int:
+    from relay.spool.salvage import SalvageError, salvage
+
+    cfg = _config(args)
+    spool_dir = Path(cfg.spool.path)
+    folder = Path(args.folder)
+    if not folder.is_absolute() and not folder.exists():
+        folder = spool_dir / folder
+    try:
+        report = salvage(folder, spool_dir)
+    except SalvageError as exc:
+        raise UserError(f"cannot salvage: {exc}") from None
+    except sqlite3.Error as exc:
+        raise UserError(f"cannot salvage into the spool in {spool_dir}: {exc}") from None
+    for table, lo, hi in report.unreadable:
+        print(f"{table}: ids {lo}-{hi} could not be read (or did not exist)", file=sys.stderr)
+    print(
+        f"salvaged {report.events} event(s) and {report.dead_letters} dead letter(s) from "
+        f"{folder} into {spool_dir}"
+    )
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """The running relay: the spool, the sources that feed it, delivery, and the ops endpoints.
 
-Start order: spool, delivery, listeners. Stop order, on SIGTERM/SIGINT: stop accepting, finish the
-commit in progress, let requests in flight finish until `lifecycle.shutdown_timeout`, close the
-spool. What was not delivered stays in the spool for the next start.
+Start order: spool, delivery, listeners. Stop order, on SIGTERM/SIGINT or when a supervised
+background task dies (see `relay.supervision`), in named phases: stop accepting (listeners), stop
+delivery (requests in flight may finish until `lifecycle.shutdown_timeout`), close the spool (the
+commit in progress finishes). What was not delivered stays in the spool for the next start. After a
+failure `serve` raises `BackgroundFailure`, so `relay run` exits non-zero and is restarted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import time
 
 from aiohttp import web
 
-from relay import gc_tuning
+from relay import gc_tuning, supervision
+from relay.auth.credentials import Credentials
 from relay.config import Config, parse_listen
 from relay.config.advice import config_advice
 from relay.delivery.setup import DeliveryParts, build_delivery, load_delivery_credentials
@@ -66,13 +69,36 @@ def build_app(
     return app
 
 
+_SPOOL_WATCH_EVERY = 1.0  # seconds between checks that the spool's writer thread still runs
+
+
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM or SIGINT (or `stop` is set)."""
+    """Run until SIGTERM or SIGINT (or `stop` is set); raises BackgroundFailure, after stopping in
+    order, when a supervised background task or thread ended unexpectedly."""
     # everything a user can get wrong is checked before the spool is opened
     auth_token = read_auth_token(cfg.ingest.http.auth_token_file)
     host, port = parse_listen(cfg.ingest.http.listen, "ingest.http.listen")
     creds = load_delivery_credentials(cfg)
 
+    supervisor = supervision.Supervisor(asyncio.get_running_loop())
+    supervision.install(supervisor)
+    try:
+        await _serve(cfg, stop, supervisor, auth_token, host, port, creds)
+    finally:
+        supervision.uninstall()
+    if supervisor.failed is not None:
+        raise supervision.BackgroundFailure(supervisor.failed)
+
+
+async def _serve(
+    cfg: Config,
+    stop: asyncio.Event | None,
+    supervisor: supervision.Supervisor,
+    auth_token: str | None,
+    host: str,
+    port: int,
+    creds: Credentials | None,
+) -> None:
     metrics = Metrics()
     spool = await SqliteSpool.open(
         cfg.spool.path,
@@ -86,6 +112,10 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     syslog: SyslogSource | None = None
     json_lines: JsonLinesSource | None = None
     started = False
+    # a thread cannot be awaited: a writer that died without reporting is noticed by polling
+    spool_watch = supervision.watch(
+        asyncio.create_task(_watch_spool(spool), name="spool watchdog"), "spool watchdog"
+    )
     try:
         if creds is not None:
             delivery = build_delivery(cfg, spool, creds, on_delivered=metrics.observe_delivered)
@@ -117,13 +147,18 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         started = True
         thresholds = gc_tuning.tune()
         try:
-            await (stop.wait() if stop is not None else _until_signalled())
+            await _until_stopped(stop, supervisor)
         finally:
             gc_tuning.restore(thresholds)
-        log.info("shutting down: no longer accepting events")
     finally:
+        # from here on every task that ends was told to (or the failure is already recorded)
+        supervision.stopping()
+        spool_watch.cancel()
+        why = f"after a failure: {supervisor.failed}" if supervisor.failed else "on request"
+        log.info("shutting down %s", why)
         deadline = time.monotonic() + cfg.lifecycle.shutdown_timeout
         # the sources close before the spool: what they have read is still stored
+        log.info("shutdown phase 1/3: closing listeners, no longer accepting events")
         closing = [src.close() for src in (syslog, json_lines) if src is not None]
         if runner is not None:
             closing.append(runner.cleanup())
@@ -132,8 +167,10 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
                 log.error("error while stopping a listener: %s", result)
         try:
             if delivery is not None:
+                log.info("shutdown phase 2/3: stopping delivery")
                 await delivery.stop(max(0.0, deadline - time.monotonic()))
         finally:
+            log.info("shutdown phase 3/3: closing the spool")
             await spool.close()
         if started:
             stats = spool.stats()
@@ -167,6 +204,28 @@ def _log_ready(cfg: Config, spool: Spool) -> None:
 def _upstream_address(cfg: Config) -> str:
     up = cfg.upstream
     return f"{up.host}:{up.port}" if up.transport == "rsocket" else up.http_url
+
+
+async def _until_stopped(stop: asyncio.Event | None, supervisor: supervision.Supervisor) -> None:
+    """Until a signal (or `stop`), or the first unexpected exit of a supervised task."""
+    asked = asyncio.ensure_future(stop.wait() if stop is not None else _until_signalled())
+    failed = asyncio.ensure_future(supervisor.wait())
+    try:
+        await asyncio.wait((asked, failed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (asked, failed):
+            task.cancel()
+        await asyncio.gather(asked, failed, return_exceptions=True)
+
+
+async def _watch_spool(spool: Spool) -> None:
+    while spool.alive():
+        await asyncio.sleep(_SPOOL_WATCH_EVERY)
+    if supervision.failure() is None:  # the writer usually reports its own death, with the cause
+        stopped = RuntimeError("the spool's writer thread stopped")
+        supervision.report_failure("spool writer", stopped)
+    # returning would count as a second, vaguer failure; wait to be cancelled at shutdown
+    await asyncio.Event().wait()
 
 
 async def _until_signalled() -> None:

@@ -20,6 +20,8 @@ import logging
 from collections.abc import Callable
 
 __all__ = [
+    "EXIT_FAILURE",
+    "BackgroundFailure",
     "Supervisor",
     "failure",
     "install",
@@ -30,6 +32,16 @@ __all__ = [
 ]
 
 log = logging.getLogger("relay.supervision")
+
+# EX_SOFTWARE (sysexits.h): an internal error; systemd's Restart=on-failure and every orchestrator
+# restart on any non-zero exit, and this one is told apart from a configuration error (2)
+EXIT_FAILURE = 70
+
+
+class BackgroundFailure(Exception):
+    """Raised by ``serve`` after it stopped in order because a supervised task or thread died."""
+
+    exit_code = EXIT_FAILURE
 
 
 class Supervisor:
@@ -56,6 +68,9 @@ class Supervisor:
 
     def fail(self, name: str, detail: str) -> None:
         if self.stopping:
+            # the relay stops anyway; an error on the way out is still worth a line
+            if detail != "it returned":
+                log.error("background task %r failed while stopping: %s", name, detail)
             return
         text = f"background task {name!r} stopped unexpectedly: {detail}"
         log.critical("%s; the relay stops so that it can be restarted", text)

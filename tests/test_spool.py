@@ -277,7 +277,7 @@ async def test_a_version_1_spool_is_migrated_with_its_events(tmp_path: Path) -> 
     assert check_spool(directory) == []
     assert [d.body for d in list_dead_letters(directory)] == [b"{bad"]
     conn = sqlite3.connect(directory / "spool.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "dedup_log" in tables and "dedup" not in tables and "dedup_seen" not in tables
     conn.close()
@@ -390,7 +390,7 @@ async def test_a_spool_from_another_version_is_refused_not_quarantined(tmp_path:
     assert not (tmp_path / "s" / "quarantine").exists()
     # the lock was released: after a fix the relay can open it again
     conn = sqlite3.connect(tmp_path / "s" / "spool.db")
-    conn.execute("PRAGMA user_version=2")
+    conn.execute("PRAGMA user_version=3")
     conn.close()
     spool = await open_spool(tmp_path / "s")
     assert spool.stats().events == 1

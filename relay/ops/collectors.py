@@ -54,6 +54,31 @@ def _spool_metrics(spool: Spool) -> Callable[[], Iterable[Metric]]:
         yield gauge(
             "relay_spool_refusing", "1 while the spool refuses writes", int(bool(s.refusing))
         )
+        yield gauge(
+            "relay_spool_corrupt",
+            "1 once the spool file was found corrupt while running (see README)",
+            int(bool(s.corrupt)),
+        )
+        yield gauge(
+            "relay_spool_invalid_bytes",
+            "Bytes of invalid input kept as dead letters (part of capacity_bytes)",
+            s.invalid_bytes,
+        )
+        yield gauge(
+            "relay_spool_invalid_capacity_bytes",
+            "The share of spool.max_bytes that invalid input may fill",
+            s.invalid_capacity_bytes,
+        )
+        yield counter(
+            "relay_invalid_input_not_kept",
+            "Invalid items not stored because invalid input filled its share of the spool",
+            s.invalid_not_kept,
+        )
+        yield gauge(
+            "relay_spool_dedup_log_bytes",
+            "Bytes of the duplicate-detection log (part of capacity_bytes)",
+            s.dedup_log_bytes,
+        )
 
     return collect
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import orjson
 from aiohttp import web
 
+from relay import supervision
 from relay.ops.metrics import CONTENT_TYPE, Metrics
 from relay.ops.status import StatusReport
 from relay.spool import Spool
@@ -22,7 +23,11 @@ def add_routes(
     """`checks` are further reasons not to be ready (e.g. the upstream refusing our scope)."""
 
     async def healthz(_: web.Request) -> web.Response:
-        # answering proves the event loop turns; the spool's writer must be running too
+        # answering proves the event loop turns; the spool's writer and every supervised
+        # background task must be running too
+        failed = supervision.failure()
+        if failed is not None:
+            return web.Response(status=503, text=f"failed: {failed}\n")
         if not spool.alive():
             return web.Response(status=503, text="the spool's writer has stopped\n")
         return web.Response(text="ok\n")

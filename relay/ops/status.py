@@ -46,6 +46,12 @@ class StatusReport:
             )
         if spool.dead_letters:
             reasons.append(f"{spool.dead_letters} dead letter(s): see `relay dlq list`")
+        if spool.invalid_not_kept:
+            reasons.append(
+                f"{spool.invalid_not_kept} invalid item(s) not kept: invalid input fills its "
+                f"share of the spool ({spool.invalid_bytes} of {spool.invalid_capacity_bytes} "
+                "bytes); fix the producer, or `relay dlq purge`"
+            )
         body: dict[str, Any] = {
             "status": "ok",
             "reasons": reasons,
@@ -57,8 +63,14 @@ class StatusReport:
                 "capacity_bytes": spool.capacity_bytes,
                 "oldest_event_age_seconds": _round(oldest_age),
                 "dead_letters": spool.dead_letters,
+                "dead_letter_bytes": spool.dead_letter_bytes,
+                "invalid_bytes": spool.invalid_bytes,
+                "invalid_capacity_bytes": spool.invalid_capacity_bytes,
+                "invalid_not_kept": spool.invalid_not_kept,
+                "dedup_log_bytes": spool.dedup_log_bytes,
                 "quarantined": spool.quarantined,
                 "refusing": spool.refusing,
+                "corrupt": spool.corrupt,
             },
         }
         parts = self._delivery

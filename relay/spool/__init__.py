@@ -9,6 +9,7 @@ from relay.spool.dead_letters import (
 from relay.spool.inspect import check_spool, per_source, read_stats
 from relay.spool.sqlite import SqliteSpool
 from relay.spool.types import (
+    NOT_KEPT,
     AppendResult,
     DeadLetter,
     Incoming,
@@ -23,6 +24,7 @@ from relay.spool.types import (
 )
 
 __all__ = [
+    "NOT_KEPT",
     "AppendResult",
     "DeadLetter",
     "DeadLetterRecord",

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from relay.spool.quarantine import list_quarantined
+from relay.spool.schema import RECOUNT, SCHEMA_VERSION
 from relay.spool.store import DB_NAME
 from relay.spool.types import SpoolStats
 
@@ -21,11 +22,17 @@ def read_stats(directory: str | Path, max_bytes: int) -> SpoolStats:
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout=5000")
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
             return SpoolStats(0, 0, max_bytes, None, 0, 0, quarantined)
         events, nbytes, dead, dead_bytes = conn.execute(
             "SELECT events, event_bytes, dead_letters, dead_letter_bytes FROM stats"
         ).fetchone()
+        invalid_bytes = log_bytes = 0
+        if version >= 3:  # older spools gain these counters when a relay next opens them
+            invalid_bytes, log_bytes = conn.execute(
+                "SELECT invalid_bytes, dedup_bytes FROM stats"
+            ).fetchone()
         row = conn.execute("SELECT received_at FROM events ORDER BY id LIMIT 1").fetchone()
     finally:
         conn.close()
@@ -37,6 +44,8 @@ def read_stats(directory: str | Path, max_bytes: int) -> SpoolStats:
         dead_letters=dead,
         dead_letter_bytes=dead_bytes,
         quarantined=quarantined,
+        invalid_bytes=invalid_bytes,
+        dedup_log_bytes=log_bytes,
     )
 
 
@@ -76,22 +85,29 @@ def check_spool(directory: str | Path) -> list[str]:
         problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
         if problems:
             return problems
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            return [f"schema version {version}: run this relay on it once (it upgrades the spool)"]
         # one read transaction, so the recount and the counters see the same moment
         conn.execute("BEGIN")
         kept = conn.execute(
-            "SELECT events, event_bytes, dead_letters, dead_letter_bytes FROM stats"
+            "SELECT events, event_bytes, dead_letters, dead_letter_bytes, invalid_bytes,"
+            " dedup_bytes FROM stats"
         ).fetchone()
-        counted = conn.execute(
-            "SELECT (SELECT count(*) FROM events), (SELECT coalesce(sum(length(body)), 0)"
-            " FROM events), (SELECT count(*) FROM dead_letters),"
-            " (SELECT coalesce(sum(length(body)), 0) FROM dead_letters)"
-        ).fetchone()
+        counted = conn.execute(RECOUNT).fetchone()
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         return [f"cannot read the spool: {exc}"]
     finally:
         conn.close()
-    names = ("events", "event bytes", "dead letters", "dead-letter bytes")
+    names = (
+        "events",
+        "event bytes",
+        "dead letters",
+        "dead-letter bytes",
+        "invalid-input bytes",
+        "dedup-log bytes",
+    )
     return [
         f"counter of {name} says {k}, the tables hold {c}"
         for name, k, c in zip(names, kept, counted, strict=True)

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 QUARANTINE_DIR = "quarantine"
-_SUFFIXES = ("", "-wal", "-shm", "-journal")
+CORRUPT_MARKER = "spool.db-corrupt"  # written when corruption is found while running
+_SUFFIXES = ("", "-wal", "-shm", "-journal", "-corrupt")
 
 
 def quarantine(db_path: Path) -> Path:

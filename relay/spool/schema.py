@@ -1,12 +1,65 @@
 """SQLite schema of the spool. Counters are kept in one row, so reading them costs the same
 whatever the backlog. Those of dead letters are kept by triggers; those of events by every
 writer of `events` in the transaction that changes it (Store, and `relay dlq replay`), once per
-statement instead of once per row: a trigger per row cost ~3 us per event stored or deleted."""
+statement instead of once per row: a trigger per row cost ~3 us per event stored or deleted.
+
+A dead letter counts against `spool.max_bytes` with what it really stores (its raw text, its
+errors, source, reason, and a fixed amount for the rest of the row), not with its text alone: a
+flood of one-byte junk lines would otherwise fill the disk while counting for almost nothing.
+Dead letters from ingest (invalid input, no `event_id`) are also counted apart (`invalid_bytes`),
+so that they can be held to their own share of the spool. The dedup log is counted too
+(`dedup_bytes`), by its writer (Store) like the events."""
 
 import itertools
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+# what a row costs beyond its variable-length values: the integer and real columns, the record
+# header, the cell pointer and B-tree slack. An estimate, but the same one everywhere.
+ROW_OVERHEAD = 64
+
+
+def _size_of(row: str) -> str:
+    """The SQL for the bytes a dead-letter row (NEW or OLD) counts as; see dead_letter_size."""
+    return (
+        f"(length({row}.body) + length(CAST({row}.source AS BLOB))"
+        f" + length(CAST({row}.reason AS BLOB))"
+        f" + coalesce(length(CAST({row}.first_error AS BLOB)), 0)"
+        f" + coalesce(length(CAST({row}.last_error AS BLOB)), 0) + {ROW_OVERHEAD})"
+    )
+
+
+def dead_letter_size(body: bytes, source: str, reason: str, first: str, last: str) -> int:
+    """What the triggers count for a dead letter, computed before it is written."""
+    return (
+        len(body)
+        + len(source.encode())
+        + len(reason.encode())
+        + len(first.encode())
+        + len(last.encode())
+        + ROW_OVERHEAD
+    )
+
+
+def dedup_row_size(digests: int) -> int:
+    return 8 * digests + ROW_OVERHEAD
+
+
+_DEAD_TRIGGERS = (
+    f"""CREATE TRIGGER IF NOT EXISTS dead_ins AFTER INSERT ON dead_letters BEGIN
+    UPDATE stats SET dead_letters = dead_letters + 1,
+        dead_letter_bytes = dead_letter_bytes + {_size_of("NEW")},
+        invalid_bytes = invalid_bytes
+            + CASE WHEN NEW.event_id IS NULL THEN {_size_of("NEW")} ELSE 0 END;
+END;""",
+    f"""CREATE TRIGGER IF NOT EXISTS dead_del AFTER DELETE ON dead_letters BEGIN
+    UPDATE stats SET dead_letters = dead_letters - 1,
+        dead_letter_bytes = dead_letter_bytes - {_size_of("OLD")},
+        invalid_bytes = invalid_bytes
+            - CASE WHEN OLD.event_id IS NULL THEN {_size_of("OLD")} ELSE 0 END;
+END;""",
+)
 
 # digests of the events stored by each commit (see dedup.py), packed 8 bytes each; appended in
 # rowid order and cut at the front by rowid range
@@ -55,24 +108,31 @@ CREATE TABLE IF NOT EXISTS stats (
     events INTEGER NOT NULL,
     event_bytes INTEGER NOT NULL,
     dead_letters INTEGER NOT NULL,
-    dead_letter_bytes INTEGER NOT NULL
+    dead_letter_bytes INTEGER NOT NULL,
+    invalid_bytes INTEGER NOT NULL DEFAULT 0,
+    dedup_bytes INTEGER NOT NULL DEFAULT 0
 );
-INSERT OR IGNORE INTO stats VALUES (0, 0, 0, 0, 0);
+INSERT OR IGNORE INTO stats VALUES (0, 0, 0, 0, 0, 0, 0);
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 
 -- scratch space for the write probe that tells when a full disk has room again
 CREATE TABLE IF NOT EXISTS probe (data BLOB);
 
-CREATE TRIGGER IF NOT EXISTS dead_ins AFTER INSERT ON dead_letters BEGIN
-    UPDATE stats SET dead_letters = dead_letters + 1,
-        dead_letter_bytes = dead_letter_bytes + length(NEW.body);
-END;
-CREATE TRIGGER IF NOT EXISTS dead_del AFTER DELETE ON dead_letters BEGIN
-    UPDATE stats SET dead_letters = dead_letters - 1,
-        dead_letter_bytes = dead_letter_bytes - length(OLD.body);
-END;
+{_DEAD_TRIGGERS[0]}
+{_DEAD_TRIGGERS[1]}
 """
+
+# the counters as the tables would give them, for the migration and `relay spool check`
+_RECOUNT_SIZES = f"""
+    (SELECT coalesce(sum({_size_of("dead_letters")}), 0) FROM dead_letters),
+    (SELECT coalesce(sum({_size_of("dead_letters")}), 0) FROM dead_letters
+        WHERE event_id IS NULL),
+    (SELECT coalesce(sum(length(digests) + {ROW_OVERHEAD}), 0) FROM dedup_log)"""
+RECOUNT = f"""SELECT
+    (SELECT count(*) FROM events),
+    (SELECT coalesce(sum(length(body)), 0) FROM events),
+    (SELECT count(*) FROM dead_letters),{_RECOUNT_SIZES}"""
 
 
 def migrate_from_1(conn: sqlite3.Connection) -> None:
@@ -95,3 +155,21 @@ def migrate_from_1(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TRIGGER IF EXISTS events_ins")
     conn.execute("DROP TRIGGER IF EXISTS events_del")
     conn.execute("PRAGMA user_version=2")
+
+
+def migrate_from_2(conn: sqlite3.Connection) -> None:
+    """Version 2 counted a dead letter by its text alone, and neither the invalid input's share
+    nor the dedup log. Reads every dead letter and log row once. In the caller's transaction."""
+    conn.execute("ALTER TABLE stats ADD COLUMN invalid_bytes INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE stats ADD COLUMN dedup_bytes INTEGER NOT NULL DEFAULT 0")
+    conn.execute("DROP TRIGGER IF EXISTS dead_ins")
+    conn.execute("DROP TRIGGER IF EXISTS dead_del")
+    for statement in _DEAD_TRIGGERS:
+        conn.execute(statement)
+    # not RECOUNT: its recount of the events would read the whole backlog
+    dead_bytes, invalid_bytes, dedup_bytes = conn.execute(f"SELECT {_RECOUNT_SIZES}").fetchone()
+    conn.execute(
+        "UPDATE stats SET dead_letter_bytes = ?, invalid_bytes = ?, dedup_bytes = ?",
+        (dead_bytes, invalid_bytes, dedup_bytes),
+    )
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import queue
@@ -20,10 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.errors import UserError
+from relay import supervision
 from relay.spool.dedup import RecentDigests
-from relay.spool.quarantine import list_quarantined, quarantine
-from relay.spool.store import Store, UnknownSchema
+from relay.spool.opening import describe as _describe
+from relay.spool.opening import open_store
+from relay.spool.quarantine import list_quarantined
+from relay.spool.refusals import INVALID_SHARE, Refusals
+from relay.spool.store import CorruptRow, Store
 from relay.spool.types import (
     AppendResult,
     DeadLetter,
@@ -43,9 +45,6 @@ _HOUSEKEEP_EVERY = 10.0
 _IDLE_TICK = 1.0
 _PURGE_CHUNK = 50_000  # dedup log rows per transaction: a range at the front of the table
 _PURGE_ROUNDS = 40
-_PROBE_BYTES = 64 * 1024
-_READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
-_DISK_RESERVE_SHARE = 0.02  # of the filesystem, between 1 MiB and 64 MiB, kept free for deletes
 
 
 class _Op:
@@ -63,7 +62,7 @@ class _Op:
 _WRITES = frozenset({"append", "ack", "release", "dead_letter"})
 
 
-class SqliteSpool:
+class SqliteSpool(Refusals):
     """Implements `relay.spool.types.Spool` on one SQLite file in `directory`."""
 
     def __init__(
@@ -91,6 +90,12 @@ class SqliteSpool:
         self._new_events = asyncio.Event()
         self._refusing: str | None = None
         self._disk_refusing = False
+        self._corrupt: str | None = None  # found corrupt while running: sticky (see opening.py)
+        self._invalid_capacity = int(max_bytes * INVALID_SHARE)
+        self._not_kept = 0  # invalid items not stored because their share was full
+        # why the last append was refused for want of room, until space is freed or one fits:
+        # an event too big for what is left makes the relay not-ready below the fill mark too
+        self._full: str | None = None
         # delivery state, owned by the writer thread
         self._leased: set[int] = set()
         self._cursor = 0
@@ -115,7 +120,7 @@ class SqliteSpool:
         on_commit: Callable[[float], None] | None = None,
     ) -> SqliteSpool:
         directory = Path(path)
-        store, lock_fd = await asyncio.to_thread(_open_store, directory, max_page_count)
+        store, lock_fd = await asyncio.to_thread(open_store, directory, max_page_count)
         return cls(
             directory,
             store,
@@ -155,7 +160,7 @@ class SqliteSpool:
         self._new_events.clear()
 
     def stats(self) -> SpoolStats:
-        events, nbytes, dead, dead_bytes = self._counters
+        events, nbytes, dead, dead_bytes, invalid_bytes, log_bytes = self._counters
         return SpoolStats(
             events=events,
             bytes=nbytes,
@@ -165,20 +170,12 @@ class SqliteSpool:
             dead_letter_bytes=dead_bytes,
             quarantined=list(self._quarantined),
             refusing=self.refusing(),
+            corrupt=self._corrupt,
+            invalid_bytes=invalid_bytes,
+            invalid_capacity_bytes=self._invalid_capacity,
+            invalid_not_kept=self._not_kept,
+            dedup_log_bytes=log_bytes,
         )
-
-    def refusing(self) -> str | None:
-        if self._refusing:
-            return self._refusing
-        if self._disk_refusing:
-            return "the spool's filesystem is (almost) full"
-        _, nbytes, _, dead_bytes = self._counters
-        if nbytes + dead_bytes >= _READY_FILL * self._max_bytes:
-            return (
-                f"spool is {100 * (nbytes + dead_bytes) / self._max_bytes:.0f}% full "
-                f"({nbytes + dead_bytes} of {self._max_bytes} bytes)"
-            )
-        return None
 
     async def close(self) -> None:
         if self._closed:
@@ -200,6 +197,32 @@ class SqliteSpool:
         return await future
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            # the callers waiting now would wait forever, and later ones get SpoolUnavailable:
+            # the relay must be restarted, so say so through its supervisor
+            log.critical("the spool's writer thread died", exc_info=True)
+            supervision.report_failure("spool writer", exc)
+            self._fail_waiting(exc)
+            raise
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        # nobody will serve what is queued: answer it, so that no caller waits forever
+        waiting = []
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is not None and op.future is not None:
+                op.error = SpoolUnavailable(f"the spool's writer has stopped: {type(exc).__name__}")
+                waiting.append(op)
+        if waiting:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._resolve, waiting)
+
+    def _serve(self) -> None:
         # before the first append is served, so that no digest committed before a restart is
         # missed; the event loop (and /readyz) does not wait for it
         self._load_dedup()
@@ -292,10 +315,19 @@ class SqliteSpool:
         if dedup is not None:
             dedup.expire(now)
             dedup.discard_staged()
-        events, nbytes, dead, dead_bytes = self._counters
-        used = nbytes + dead_bytes
+        _, nbytes, _, dead_bytes, invalid_used, log_bytes = self._counters
+        used = nbytes + dead_bytes + log_bytes
         store = self._store
         short = self._disk_short()
+        if self._corrupt:
+            # nothing new goes into a damaged file; acks and releases still may, so that what
+            # can be read is delivered and not sent twice
+            for op in writes:
+                if op.kind == "append":
+                    op.error = SpoolUnavailable(f"the spool file is corrupt: {self._corrupt}")
+            writes = [op for op in writes if op.kind != "append"]
+            if not writes:
+                return
         if short:
             for op in writes:
                 if op.kind == "append":
@@ -310,27 +342,36 @@ class SqliteSpool:
             for op in writes:
                 if op.kind == "append":
                     try:
-                        accepted, dups, dl, added, dead_added = store.append(
-                            *op.args, now, dedup, self._max_bytes - used
+                        accepted, dups, dl, added, dead_added, not_kept = store.append(
+                            *op.args,
+                            now,
+                            dedup,
+                            self._max_bytes - used,
+                            self._invalid_capacity - invalid_used,
                         )
                     except SpoolFull as exc:
                         op.error = exc
+                        self._full = str(exc)
                         self._log_refusal_once("full", str(exc))
                         continue
                     used += added + dead_added
-                    op.result = _result(accepted, dups, dl)
+                    invalid_used += dead_added
+                    op.result = _result(accepted, dups, dl, not_kept)
                     op.added = (accepted, added, dl, dead_added)
+                    if not_kept:
+                        self._invalid_full(not_kept)
                 elif op.kind == "ack":
                     store.delete(op.args[0])
                 elif op.kind == "release":
                     store.release(op.args[0], now)
                 elif op.kind == "dead_letter":
                     store.dead_letter(op.args[0], now)
-            store.flush(now, dedup)
+            log_added = store.flush(now, dedup)
             store.commit()
             if dedup is not None:
                 dedup.commit_staged(now)
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "a write")
             store.rollback()
             store.discard_pending()
             if dedup is not None:
@@ -347,20 +388,26 @@ class SqliteSpool:
                 return
             self._write_failed(exc, writes)
             return
-        self._after_commit(writes)
+        self._after_commit(writes, log_added)
         elapsed = time.monotonic() - started
         if self._on_commit is not None:
             self._on_commit(elapsed)
         if elapsed > 1.0:
             log.warning("spool commit took %.1f s (%d operations)", elapsed, len(writes))
 
-    def _after_commit(self, writes: list[_Op]) -> None:
+    def _after_commit(self, writes: list[_Op], log_added: int = 0) -> None:
         # only stored events prove that new ones can be stored (acks need no new space)
         if self._refusing and any(op.kind == "append" and op.error is None for op in writes):
             log.warning("spool accepts writes again")
             self._refusing = None
         if not any(op.kind == "append" and op.error is not None for op in writes):
             self._refusal_logged = None
+        if self._full and any(
+            op.kind == "ack" or (op.kind == "append" and op.error is None) for op in writes
+        ):
+            self._full = None  # room was freed, or an append fitted: worth trying again
+        if any(op.kind == "append" and op.added[2] for op in writes):
+            self._not_kept_logging = False  # invalid input is kept again: log the next refusal
         for op in writes:
             if op.kind == "ack":
                 self._leased.difference_update(op.args[0])
@@ -368,11 +415,13 @@ class SqliteSpool:
                 self._leased.difference_update(item.id for item in op.args[0])
         if all(op.kind == "append" for op in writes):
             # the hot path: what was added is known, so no need to read the counters back
-            events, nbytes, dead, dead_bytes = self._counters
+            events, nbytes, dead, dead_bytes, invalid_bytes, log_bytes = self._counters
             for op in writes:
                 n, b, d, db = op.added
                 events, nbytes, dead, dead_bytes = events + n, nbytes + b, dead + d, dead_bytes + db
-            self._counters = (events, nbytes, dead, dead_bytes)
+                invalid_bytes += db  # an append's dead letters are all invalid input
+            log_bytes += log_added
+            self._counters = (events, nbytes, dead, dead_bytes, invalid_bytes, log_bytes)
             if self._oldest is None and events:
                 self._oldest = self._clock()
         else:
@@ -380,71 +429,14 @@ class SqliteSpool:
 
     def _refresh_counters(self) -> None:
         try:
+            before = self._counters
             self._counters = self._store.counters()
+            if sum(self._counters[1:4:2]) < sum(before[1:4:2]):
+                self._full = None  # e.g. `relay dlq purge` freed room from outside
             self._oldest = self._store.oldest_received_at()
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "reading the counters")
             log.error("cannot read spool counters: %s", exc)
-
-    def _disk_short(self) -> str | None:
-        """Why the filesystem is too full for new events, or None. A reserve is kept free so
-        that acks and deletes, which free space, can always be written."""
-        try:
-            fs = os.statvfs(self.directory)
-        except OSError:
-            return None
-        free = fs.f_bavail * fs.f_frsize
-        reserve = min(max(fs.f_blocks * fs.f_frsize * _DISK_RESERVE_SHARE, 1 << 20), 64 << 20)
-        if free >= reserve:
-            self._disk_refusing = False
-            return None
-        self._disk_refusing = True
-        return (
-            f"the spool's filesystem has {free >> 10} KiB free, less than the "
-            f"{int(reserve) >> 10} KiB kept for acknowledgements; free disk space"
-        )
-
-    def _log_write_failure(self, exc: sqlite3.Error) -> None:
-        reason = _describe(exc)
-        if self._refusing != reason:
-            log.error("spool write failed, refusing new events until it recovers: %s", reason)
-        self._refusing = reason
-
-    def _write_failed(self, exc: sqlite3.Error, writes: list[_Op]) -> None:
-        reason = _describe(exc)
-        self._log_write_failure(exc)
-        for op in writes:
-            if op.error is None:
-                op.error = SpoolUnavailable(reason)
-            if op.kind in ("release", "dead_letter"):
-                # the events stay in the spool; forget the lease so they are offered again
-                self._leased.difference_update(i.id for i in op.args[0])
-            # a failed ack keeps its leases: delivery retries the ack instead of the events
-            # being sent again
-        # rescan from the start: events whose release failed lie behind the cursor
-        self._rewind()
-        try:
-            self._store.reopen()
-        except (sqlite3.Error, OSError) as reopen_exc:
-            log.error("cannot reopen the spool: %s", reopen_exc)
-
-    _refusal_logged: str | None = None
-
-    def _log_refusal_once(self, kind: str, message: str) -> None:
-        if self._refusal_logged != kind:
-            self._refusal_logged = kind
-            log.warning("spool refuses new events: %s", message)
-
-    def _probe(self) -> None:
-        try:
-            self._store.probe(_PROBE_BYTES)
-        except sqlite3.Error as exc:
-            self._refusing = _describe(exc)
-            with contextlib.suppress(sqlite3.Error, OSError):
-                self._store.reopen()
-            return
-        log.warning("spool accepts writes again")
-        self._refusing = None
-        self._refresh_counters()
 
     def _lease(self, op: _Op) -> None:
         try:
@@ -452,6 +444,7 @@ class SqliteSpool:
                 op.args[0], self._cursor, self._leased, self._clock(), self._checked_upto
             )
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "a lease")
             op.error = SpoolUnavailable(_describe(exc))
             return
         self._leased.update(item.id for item in leased)
@@ -472,7 +465,10 @@ class SqliteSpool:
                 # a digest logged twice (stored again once forgotten) is then forgotten with
                 # its older bucket: early, which only lets a duplicate through
                 dedup.add(digests, seen_at, rowid)
+        except CorruptRow as exc:
+            self._found_corrupt("the dedup log", str(exc))
         except sqlite3.Error as exc:
+            self._check_corrupt(exc, "the dedup log")
             # without them a producer's retry may be stored twice, but nothing is lost
             log.error("cannot read the spool's dedup log: %s", _describe(exc))
 
@@ -486,6 +482,10 @@ class SqliteSpool:
         if self._dedup is not None:
             self._dedup.expire(self._clock())
             self._log_purge_upto = max(self._log_purge_upto, self._dedup.forgotten_rowid)
+        self._purge_dedup_log()
+        self._refresh_counters()  # the log's bytes went down
+
+    def _purge_dedup_log(self) -> None:
         for _ in range(_PURGE_ROUNDS):
             # short transactions, so producers waiting on a commit are not held up
             try:
@@ -493,6 +493,7 @@ class SqliteSpool:
                 deleted = self._store.purge_dedup_log(self._log_purge_upto, _PURGE_CHUNK)
                 self._store.commit()
             except sqlite3.Error as exc:
+                self._check_corrupt(exc, "housekeeping")
                 self._store.rollback()
                 log.warning("spool housekeeping failed: %s", _describe(exc))
                 return
@@ -502,70 +503,14 @@ class SqliteSpool:
 
 # Results are frozen, so the common ones (one event per request: accepted, or a duplicate)
 # are built once and shared instead of once per request.
-_RESULTS: dict[tuple[int, int, int], AppendResult] = {}
+_RESULTS: dict[tuple[int, int, int, int], AppendResult] = {}
 
 
-def _result(accepted: int, duplicates: int, dead_lettered: int) -> AppendResult:
-    key = (accepted, duplicates, dead_lettered)
+def _result(accepted: int, duplicates: int, dead_lettered: int, not_kept: int) -> AppendResult:
+    key = (accepted, duplicates, dead_lettered, not_kept)
     result = _RESULTS.get(key)
     if result is None:
-        result = AppendResult(accepted, duplicates, dead_lettered)
-        if accepted + duplicates + dead_lettered <= 1:
+        result = AppendResult(accepted, duplicates, dead_lettered, not_kept)
+        if accepted + duplicates + dead_lettered + not_kept <= 1:
             _RESULTS[key] = result
     return result
-
-
-def _describe(exc: sqlite3.Error) -> str:
-    name = getattr(exc, "sqlite_errorname", None)
-    return f"{exc} ({name})" if name else str(exc)
-
-
-def _open_store(directory: Path, max_page_count: int | None) -> tuple[Store, int]:
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-    except OSError as exc:
-        raise UserError(
-            f"cannot create spool directory {directory}: {exc.strerror}; "
-            "check spool.path and its permissions"
-        ) from None
-    lock_fd = os.open(directory / "spool.lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise UserError(
-            f"spool {directory} is in use by another relay; give each relay its own spool.path"
-        ) from None
-    try:
-        return _store_or_quarantine(directory, max_page_count), lock_fd
-    except BaseException:
-        os.close(lock_fd)
-        raise
-
-
-# SQLITE_CORRUPT and SQLITE_NOTADB: the file is unreadable, not merely unreachable right now
-_CORRUPT = {11, 26}
-
-
-def _store_or_quarantine(directory: Path, max_page_count: int | None) -> Store:
-    try:
-        return Store(directory, max_page_count=max_page_count)
-    except UnknownSchema as exc:
-        raise UserError(f"spool {directory}: {exc}; use the relay version that wrote it") from None
-    except sqlite3.Error as exc:
-        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in _CORRUPT:
-            # a full disk, an I/O error, a permission: the spool may be fine; do not touch it
-            raise UserError(
-                f"cannot open the spool in {directory}: {_describe(exc)}; fix the cause "
-                "(disk space, permissions) and start again - nothing was changed"
-            ) from None
-        moved = quarantine(directory / "spool.db")
-        log.error(
-            "SPOOL QUARANTINED: %s could not be read (%s); moved to %s and started a fresh "
-            "spool. The events in it were not delivered: inspect it with sqlite3.",
-            directory / "spool.db",
-            _describe(exc),
-            moved,
-        )
-        return Store(directory, max_page_count=max_page_count)

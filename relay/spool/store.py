@@ -11,7 +11,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from relay.spool.dedup import RecentDigests, digest, pack, unpack
-from relay.spool.schema import SCHEMA, SCHEMA_VERSION, migrate_from_1
+from relay.spool.schema import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    dead_letter_size,
+    dedup_row_size,
+    migrate_from_1,
+    migrate_from_2,
+)
 from relay.spool.types import DeadLetter, Incoming, Leased, Reject, Release, SpoolFull
 
 DB_NAME = "spool.db"
@@ -21,6 +28,10 @@ _EXACT_ROWS = 64  # up to this many rows, one statement of that exact size (64 +
 
 class UnknownSchema(Exception):
     """The spool was written by another version of the relay."""
+
+
+class CorruptRow(Exception):
+    """A row SQLite reads fine but that no relay can have written (e.g. a truncated blob)."""
 
 
 _MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
@@ -57,14 +68,16 @@ class Store:
             if self._max_page_count:
                 conn.execute(f"PRAGMA max_page_count={int(self._max_page_count)}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, SCHEMA_VERSION):
+            if version not in (0, 1, 2, SCHEMA_VERSION):
                 raise UnknownSchema(f"unknown spool schema version {version}")
             if version == 0:
                 conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-            elif version == 1:
+            elif version < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    migrate_from_1(conn)
+                    if version == 1:
+                        migrate_from_1(conn)
+                    migrate_from_2(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -111,11 +124,13 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def counters(self) -> tuple[int, int, int, int]:
-        row = self.conn.execute(
-            "SELECT events, event_bytes, dead_letters, dead_letter_bytes FROM stats"
+    def counters(self) -> tuple[int, int, int, int, int, int]:
+        """(events, event bytes, dead letters, dead-letter bytes, of which invalid input,
+        dedup-log bytes)."""
+        return self.conn.execute(
+            "SELECT events, event_bytes, dead_letters, dead_letter_bytes, invalid_bytes,"
+            " dedup_bytes FROM stats"
         ).fetchone()
-        return row
 
     def oldest_received_at(self) -> float | None:
         row = self.conn.execute("SELECT received_at FROM events ORDER BY id LIMIT 1").fetchone()
@@ -170,12 +185,15 @@ class Store:
         now: float,
         dedup: RecentDigests | None,
         room: int,
-    ) -> tuple[int, int, int, int, int]:
-        """Take one producer's batch into the open transaction: all of it or, with SpoolFull,
-        nothing. Its events are written by `flush`, together with the other batches of the
-        same commit.
+        invalid_room: int,
+    ) -> tuple[int, int, int, int, int, int]:
+        """Take one producer's batch into the open transaction: all its events or, with
+        SpoolFull, nothing. Its events are written by `flush`, together with the other batches
+        of the same commit. Of its rejects, those that fit in `invalid_room` (and in the room the
+        events leave) are kept, in order; the rest are not stored: junk never costs an event.
 
-        Returns (accepted, duplicates, dead_lettered, event bytes, dead-letter bytes)."""
+        Returns (accepted, duplicates, dead_lettered, event bytes, dead-letter bytes,
+        rejects not kept)."""
         # One producer's request holds a single event in the common case (one event per POST):
         # this runs once per request at ingest rates, so it avoids generators and the general
         # path's containers where it can.
@@ -197,15 +215,24 @@ class Store:
         event_bytes = 0
         for ev in fresh:
             event_bytes += len(ev.body)
+        if event_bytes and event_bytes > room:
+            raise SpoolFull(f"storing {event_bytes} bytes would exceed spool.max_bytes")
+        not_kept = 0
+        dead_bytes = 0
         if rejects:
-            raws = [(r.raw.encode("utf-8", "replace"), r) for r in rejects]
-            dead_bytes = sum(len(b) for b, _ in raws)
+            raws = []
+            left = min(room - event_bytes, invalid_room)
+            for r in rejects:
+                raw = r.raw.encode("utf-8", "replace")
+                size = dead_letter_size(raw, r.source, r.reason, r.error, r.error)
+                if size > left:
+                    not_kept = len(rejects) - len(raws)
+                    break
+                left -= size
+                dead_bytes += size
+                raws.append((raw, r))
         else:
             raws = ()
-            dead_bytes = 0
-        added = event_bytes + dead_bytes
-        if added > room:
-            raise SpoolFull(f"storing {added} bytes would exceed spool.max_bytes")
         if digests:
             dedup.stage(digests)
         self._pending_bytes += event_bytes
@@ -219,10 +246,11 @@ class Store:
                 " received_at, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(b, r.source, r.reason, r.error, r.error, now, now) for b, r in raws],
             )
-        return len(fresh), duplicates, len(raws), event_bytes, dead_bytes
+        return len(fresh), duplicates, len(raws), event_bytes, dead_bytes, not_kept
 
-    def flush(self, now: float, dedup: RecentDigests | None) -> None:
-        """Write the events taken by `append` (and their digests) in few statements."""
+    def flush(self, now: float, dedup: RecentDigests | None) -> int:
+        """Write the events taken by `append` (and their digests) in few statements. Returns
+        the bytes added to the dedup log."""
         rows, self._pending = self._pending, []
         nbytes, self._pending_bytes = self._pending_bytes, 0
         total, done = len(rows) // 2, 0
@@ -242,21 +270,27 @@ class Store:
                 params += (rows[i], rows[i + 1], now)
             self.conn.execute(sql, params)
             done += n
-        if total:
-            self.count_events(total, nbytes)
+        log_bytes = 0
         if dedup is not None and dedup.staged:
             dedup.staged_rowid = self.conn.execute(
                 "INSERT INTO dedup_log (seen_at, digests) VALUES (?, ?)", (now, pack(dedup.staged))
             ).lastrowid
+            log_bytes = dedup_row_size(len(dedup.staged))
+        if total or log_bytes:
+            self.count_events(total, nbytes, log_bytes)
+        return log_bytes
 
     def discard_pending(self) -> None:
         self._pending = []
         self._pending_bytes = 0
 
-    def count_events(self, n: int, nbytes: int) -> None:
-        """Every change to `events` is counted here, in its transaction (no triggers)."""
+    def count_events(self, n: int, nbytes: int, log_bytes: int = 0) -> None:
+        """Every change to `events` (and to `dedup_log`) is counted here, in its transaction
+        (no triggers); one statement for both on the hot path."""
         self.conn.execute(
-            "UPDATE stats SET events = events + ?, event_bytes = event_bytes + ?", (n, nbytes)
+            "UPDATE stats SET events = events + ?, event_bytes = event_bytes + ?,"
+            " dedup_bytes = dedup_bytes + ?",
+            (n, nbytes, log_bytes),
         )
 
     def delete(self, ids: Iterable[int]) -> None:
@@ -313,6 +347,8 @@ class Store:
             "SELECT rowid, seen_at, digests FROM dedup_log WHERE seen_at >= ? ORDER BY rowid",
             (cutoff,),
         ):
+            if not isinstance(blob, bytes) or len(blob) % 8:
+                raise CorruptRow(f"dedup log row {rowid} is truncated or not a list of digests")
             yield rowid, seen_at, unpack(blob)
 
     def last_dedup_rowid(self) -> int:
@@ -324,9 +360,14 @@ class Store:
         first = self.conn.execute("SELECT min(rowid) FROM dedup_log").fetchone()[0]
         if first is None or first > upto:
             return 0
-        return self.conn.execute(
-            "DELETE FROM dedup_log WHERE rowid <= ?", (min(upto, first + limit - 1),)
-        ).rowcount
+        sizes = self.conn.execute(
+            "DELETE FROM dedup_log WHERE rowid <= ? RETURNING length(digests)",
+            (min(upto, first + limit - 1),),
+        ).fetchall()
+        if sizes:
+            log_bytes = sum(dedup_row_size(0) + size for (size,) in sizes)
+            self.count_events(0, 0, -log_bytes)
+        return len(sizes)
 
     def probe(self, size: int) -> None:
         """Write and fsync `size` bytes of scratch data: succeeds only when there is room again."""

@@ -51,6 +51,16 @@ class AppendResult:
     accepted: int
     duplicates: int
     dead_lettered: int
+    # Rejects not stored because invalid input fills its share of the spool (NOT_KEPT): always
+    # the last `not_kept` of the call's `rejects`, in order. The call's valid events are stored
+    # all the same; the source tells the producer that these items were neither stored nor kept.
+    not_kept: int = 0
+
+
+NOT_KEPT = (
+    "not kept: invalid input fills its share of the spool (10% of spool.max_bytes); "
+    "fix the producer, or see `relay dlq list` and `relay dlq purge`"
+)
 
 
 class Leased(NamedTuple):
@@ -95,6 +105,11 @@ class SpoolStats:
     dead_letter_bytes: int
     quarantined: list[str] = field(default_factory=list)
     refusing: str | None = None  # why writes are refused right now, or None
+    corrupt: str | None = None  # where corruption was found while running, or None
+    invalid_bytes: int = 0  # of dead_letter_bytes: invalid input kept at ingest
+    invalid_capacity_bytes: int = 0  # its share of capacity_bytes
+    invalid_not_kept: int = 0  # invalid items not stored since start: their share was full
+    dedup_log_bytes: int = 0  # the duplicate-detection log, also counted against capacity
 
 
 class Spool(Protocol):
@@ -103,7 +118,9 @@ class Spool(Protocol):
     ) -> AppendResult:
         """Store events durably; return only after the commit holding them is fsynced.
 
-        Raises SpoolRefused (and stores nothing of this call) when they cannot be stored.
+        Raises SpoolRefused (and stores nothing of this call) when the events cannot be stored.
+        Rejects that do not fit in invalid input's share are not stored and do not make the
+        call fail: they are counted in the result's `not_kept`.
         """
 
     async def lease(self, limit: int) -> list[Leased]:
