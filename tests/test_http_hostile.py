@@ -159,6 +159,21 @@ async def test_errors_list_is_bounded(relay: Relay) -> None:
     assert answer["errors_omitted"] == 150
 
 
+async def test_junk_past_its_share_is_reported_not_kept(tmp_path: Path) -> None:
+    # 10 % of 200 kB for invalid input: 400 junk lines of ~300 bytes cannot all be kept
+    async with relay_with(tmp_path, max_bytes=200_000) as relay:
+        data = b"".join(line(make_event(sender="bad")) for _ in range(400)) + line()
+        status, answer, _ = await relay.post(data, **NDJSON)
+        answer = orjson.loads(answer)
+        assert (status, answer["accepted"]) == (200, 1)
+        assert answer["not_kept"] > 0 and "its share of the spool" in answer["not_kept_reason"]
+        assert answer["dead_lettered"] + answer["not_kept"] == 400
+        assert len(dead_letter_bodies(relay)) == answer["dead_lettered"]
+        # a valid event is still stored after the junk
+        status, answer, _ = await relay.post(line(), **JSON)
+        assert status == 200
+
+
 def _peak_rss_reset() -> None:
     # writing 5 resets VmHWM (peak resident memory) to the current RSS (Linux >= 4.0)
     Path("/proc/self/clear_refs").write_text("5")

@@ -19,7 +19,7 @@ from relay import event
 from relay.errors import UserError
 from relay.sources import body
 from relay.sources.intake import Intake
-from relay.spool import Incoming, Reject, SpoolRefused
+from relay.spool import NOT_KEPT, Incoming, Reject, SpoolRefused
 
 log = logging.getLogger("relay.sources.http")
 
@@ -222,6 +222,10 @@ class HttpSource:
         }
         if checked.errors_omitted:
             answer["errors_omitted"] = checked.errors_omitted
+        if result.not_kept:
+            # the invalid items past the share are reported, not kept: say so, not "dead_lettered"
+            answer["not_kept"] = result.not_kept
+            answer["not_kept_reason"] = NOT_KEPT
         return _json(answer)
 
 

@@ -33,7 +33,7 @@ class Intake:
         m = self.metrics
         m.received.labels(source)
         m.duplicates.labels(source)
-        for reason in ("invalid", "spool_full", "spool_unavailable"):
+        for reason in ("invalid", "not_kept", "spool_full", "spool_unavailable"):
             m.rejected.labels(source, reason)
 
     def check(self, value: object) -> bytes:
@@ -79,9 +79,13 @@ class Intake:
                 reason = "spool_full" if isinstance(exc, SpoolFull) else "spool_unavailable"
                 m.rejected.labels(source, reason).inc(received)
             raise
-        for r in rejects:
+        # the last `not_kept` rejects were not stored: invalid input has filled its share
+        kept = len(rejects) - result.not_kept
+        for r in rejects[:kept]:
             m.rejected.labels(source, r.reason).inc()
             self.dead_lettered[r.reason] += 1
+        if result.not_kept:
+            m.rejected.labels(source, "not_kept").inc(result.not_kept)
         if result.duplicates:
             m.duplicates.labels(source).inc(result.duplicates)
         return result
