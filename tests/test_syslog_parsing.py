@@ -113,6 +113,7 @@ def test_absurd_digit_counts_are_never_made_a_number(digits: int) -> None:
         assert reader.buffered <= len(str(LIMIT)) + 3
     (big,) = frames + reader.feed(b" rest")
     assert reader.broken and big.reason == "too_large"
+    assert big.evidence.startswith(b"99999")  # never an empty dead letter
     assert f"more than {len(str(LIMIT))} digits" in big.problem
     assert len(big.problem) < 300
     assert len(big.data) <= HEAD_BYTES

@@ -142,8 +142,8 @@ async def test_octet_count_over_the_limit_is_dead_lettered_and_closes(
     await wait(lambda: spool.stats().dead_letters == 1, what="the dead letter")
     (letter,) = list_dead_letters(tmp_path / "spool")
     assert letter.reason == "too_large"
-    assert letter.body.startswith(prefix[:20].rstrip(b"9 "))  # digits at a cut are dropped
-    assert 0 < len(letter.body) <= 1024
+    assert letter.body.startswith(prefix + b"hhh")
+    assert len(letter.body) <= 1024
     assert "over the limit" in letter.last_error and "closed" in letter.last_error
     assert spool.stats().events == 1  # the frame before it; nothing after it
     writer.close()

@@ -186,9 +186,12 @@ class FrameReader:
         self.broken = True
         self._state = _START
         self._head.clear()
+        # a head cut from the frame loses its trailing digits (see Frame.evidence), unless that
+        # would leave nothing: a dead letter always shows what was sent
+        cut = bool(head.rstrip(b"0123456789"))
         return Frame(
             head,
-            max(length, len(head) + 1),
+            max(length, len(head) + 1) if cut else len(head),
             f"octet-counted frame {declared} is over the limit of {self.max_frame} bytes; "
             "the connection is closed (nothing after a length prefix that cannot be trusted "
             f"can be framed), only its first {len(head)} bytes are kept",
