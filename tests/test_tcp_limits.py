@@ -146,6 +146,7 @@ async def test_octet_count_over_the_limit_is_dead_lettered_and_closes(
     assert len(letter.body) <= 1024
     assert "over the limit" in letter.last_error and "closed" in letter.last_error
     assert spool.stats().events == 1  # the frame before it; nothing after it
+    assert source.tcp is not None and source.tcp.broken_connections == 1
     writer.close()
     await source.close()
     await spool.close()

@@ -57,6 +57,7 @@ RETRY_MAX = 1.0
 # enough for a receive buffer's worth of frames; short enough for a restart not to drag.
 DRAIN_SECONDS = 1.0
 # Connections refused over the limit within this long of each other are one burst: one log line.
+# Connections closed for an oversized length prefix are logged at most this often.
 REFUSED_QUIET = 10.0
 
 Item = Incoming | Reject
@@ -128,6 +129,9 @@ class TcpIngest:
         # connections closed at once because max_connections were open (since start)
         self.refused_connections = 0
         self._refused_at = -REFUSED_QUIET
+        # connections closed for an octet count over max_frame (since start)
+        self.broken_connections = 0
+        self._broken_logged = -REFUSED_QUIET
         self.port: int | None = None
         self.address = ""  # host:port once listening
         self._server: asyncio.Server | None = None
@@ -193,6 +197,23 @@ class TcpIngest:
             )
         self._refused_at = now
         return False
+
+    def broken(self, peer: str) -> None:
+        """A connection closed for a length prefix over the limit: counted, and logged at most
+        once per REFUSED_QUIET (each one is also a dead letter with the reason)."""
+        self.broken_connections += 1
+        now = time.monotonic()
+        if now - self._broken_logged >= REFUSED_QUIET:
+            self._broken_logged = now
+            log.warning(
+                "%s: closed the connection from %s: a frame's length prefix is over the limit "
+                "of %d bytes, so nothing after it can be framed (kept as a dead letter; %d such "
+                "connection(s) so far)",
+                self.source,
+                peer,
+                self.max_frame,
+                self.broken_connections,
+            )
 
     async def store(self, items: list[Item], peer: str) -> bool:
         """Store `items` in order, retrying while the spool refuses. False when the relay shut
@@ -280,13 +301,7 @@ class _Connection(asyncio.Protocol):
         self._take(self._framer.feed(data))
         if self._framer.broken:
             # an octet count over the limit: the rest of the stream cannot be framed
-            log.info(
-                "%s: closing the connection from %s: a frame's length prefix is over the "
-                "limit of %d bytes (kept as a dead letter)",
-                self._ingest.source,
-                self.peer,
-                self._ingest.max_frame,
-            )
+            self._ingest.broken(self.peer)
             self.shutdown()
 
     def eof_received(self) -> bool:
