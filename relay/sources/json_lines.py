@@ -99,6 +99,7 @@ async def start_json_lines(
         max_frame=max_event_bytes + LINE_ALLOWANCE,
         convert=json_lines_converter(intake),
         octet_counting=False,
+        max_connections=cfg.max_connections,
     )
     await tcp.start(cfg.tcp_listen)
     log.info("json_lines: listening on tcp %s", tcp.address)

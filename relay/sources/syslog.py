@@ -47,23 +47,39 @@ SOURCE_TCP = "syslog_tcp"
 SOURCE_UDP = "syslog_udp"
 # Room for the syslog header (and structured data) around an event of max_event_bytes.
 HEADER_ALLOWANCE = 8 * 1024
+STATUS_LOGGER = "STATUS"
 
 UDP_BATCH_SECONDS = 0.005
 UDP_BATCH_DATAGRAMS = 500
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
-# Datagrams waiting while a batch is stored; beyond this the socket is left unread and the
-# kernel's buffer takes the burst (and, when that overflows, counts what it drops).
+# Datagrams waiting while a batch is stored; beyond this many, or this many bytes, the socket is
+# left unread and the kernel's buffer takes the burst (and, when that overflows, counts what it
+# drops). The byte bound is what bounds memory: 20 000 datagrams of 64 KiB would be 1.3 GB.
 UDP_MAX_PENDING = 20_000
+UDP_MAX_PENDING_BYTES = 16 * 1024 * 1024
 
 
 def syslog_converter(intake: Intake, source: str) -> Convert:
-    """Turn one syslog frame into an event, or a dead letter with its raw text."""
+    """Turn one syslog frame into an event, or a dead letter with its raw text.
+
+    Unlike a JSON-lines appender, a syslog sender forwards what was meant as a status event, so
+    one with another `logger_name` is dead-lettered (the service would acknowledge it and then
+    file it as a general log), never skipped."""
 
     def convert(frame: Frame) -> Item:
         if frame.problem is not None:
             return intake.reject(frame.evidence, frame.problem, source, frame.reason)
         try:
-            return Incoming(intake.check(decode_event(frame.data)), source)
+            value = decode_event(frame.data)
+            if isinstance(value, dict):
+                name = value.get("logger_name")
+                if isinstance(name, str) and name != STATUS_LOGGER:
+                    raise EventError(
+                        f'logger_name must be "STATUS" (got "{name[:80]}"): the status service '
+                        "acknowledges other loggers and then files them as general logs, not "
+                        "statuses"
+                    )
+            return Incoming(intake.check(value), source)
         except EventError as exc:
             return intake.reject(frame.data, str(exc), source)
 
@@ -109,6 +125,7 @@ async def start_syslog(
             max_frame=max_frame,
             convert=syslog_converter(intake, SOURCE_TCP),
             octet_counting=True,
+            max_connections=cfg.max_connections,
         )
         await tcp.start(cfg.tcp_listen)
     if cfg.udp_listen:
@@ -141,6 +158,8 @@ class UdpIngest(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._worker: asyncio.Task[None] | None = None
         self._refusals = Refusals(
@@ -181,13 +200,21 @@ class UdpIngest(asyncio.DatagramProtocol):
     # -- asyncio callbacks -----------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: object) -> None:
+        if len(data) > self.max_frame:
+            # only its head becomes the dead letter: do not hold the rest meanwhile
+            data = _Oversized(data[:HEAD_BYTES], len(data))
         self._pending.append(data)
+        self._pending_bytes += len(data)
         if len(self._pending) >= UDP_BATCH_DATAGRAMS:
             self._flush()
         elif self._timer is None and self._worker is None:
             self._timer = asyncio.get_running_loop().call_later(UDP_BATCH_SECONDS, self._flush)
-        if len(self._pending) >= UDP_MAX_PENDING and self._transport is not None:
+        if self._over_backlog() and self._transport is not None and not self.reading_paused:
             self._transport.pause_reading()
+            self.reading_paused = True
+
+    def _over_backlog(self) -> bool:
+        return len(self._pending) >= UDP_MAX_PENDING or self._pending_bytes >= UDP_MAX_PENDING_BYTES
 
     def error_received(self, exc: Exception) -> None:
         log.debug("syslog_udp: %s", exc)
@@ -207,9 +234,12 @@ class UdpIngest(asyncio.DatagramProtocol):
             while self._pending:
                 batch = self._pending[:UDP_BATCH_DATAGRAMS]
                 del self._pending[:UDP_BATCH_DATAGRAMS]
+                self._pending_bytes -= sum(map(len, batch))
                 await self._store(batch)
-                if self._transport is not None and len(self._pending) < UDP_MAX_PENDING:
+                paused = self._transport is not None and self.reading_paused
+                if paused and not self._over_backlog():
                     self._transport.resume_reading()
+                    self.reading_paused = False
         finally:
             self._worker = None
 
@@ -227,11 +257,11 @@ class UdpIngest(asyncio.DatagramProtocol):
             self._refusals.stored()
 
     def _item(self, data: bytes) -> Item | None:
-        if len(data) > self.max_frame:
+        if isinstance(data, _Oversized):
             frame = Frame(
-                data[:HEAD_BYTES],
-                len(data),
-                f"datagram of {len(data)} bytes is over the limit of {self.max_frame} bytes; "
+                bytes(data),
+                data.size,
+                f"datagram of {data.size} bytes is over the limit of {self.max_frame} bytes; "
                 f"only its first {HEAD_BYTES} bytes are kept",
                 "too_large",
             )
@@ -240,6 +270,17 @@ class UdpIngest(asyncio.DatagramProtocol):
         else:
             frame = Frame(data, len(data))
         return self._convert(frame)
+
+
+class _Oversized(bytes):
+    """The head of a datagram over the limit, with the datagram's real size."""
+
+    size: int
+
+    def __new__(cls, head: bytes, size: int) -> _Oversized:
+        self = super().__new__(cls, head)
+        self.size = size
+        return self
 
 
 def _bind_udp(host: str, port: int) -> socket.socket:

@@ -8,6 +8,12 @@ switch framing after a reconnect, so a stream is never assumed to keep one frami
 one frame's worth of bytes (`max_frame` plus a length prefix) between calls. Frames over the
 limit are discarded while they stream past, keeping only their first `HEAD_BYTES` for the
 dead-letter record, so an oversized frame costs a dead letter, not the connection.
+
+An octet-counted frame declared over the limit is different: its length prefix is all that says
+where the next frame starts, and a hostile or broken one (``9999999999 ``) would have us skip
+10 GB. Such a frame is kept as a bounded dead letter and the reader is `broken`: it reads no
+more, and the connection is closed. A run of more digits than any length within the limit is
+such a prefix too; it is never converted to a number.
 """
 
 from __future__ import annotations
@@ -18,13 +24,10 @@ __all__ = ["HEAD_BYTES", "Frame", "FrameReader"]
 
 # How much of an oversized or truncated frame is kept as evidence in the dead-letter table.
 HEAD_BYTES = 1024
-# A length prefix longer than this is not a length: 10 digits already allow far more than any
-# sane frame, and bounding it keeps the wait for "digits then a space" bounded too.
-_MAX_LENGTH_DIGITS = 10
 _DIGITS = frozenset(b"0123456789")
 _NONZERO = frozenset(b"123456789")
 
-_START, _SKIP_COUNTED, _SKIP_LINE = range(3)
+_START, _SKIP_LINE = range(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +59,12 @@ class FrameReader:
         self.octet_counting = octet_counting
         self._buf = bytearray()
         self._state = _START
-        # while discarding an oversized frame: what is kept of it, its size so far, and (when
-        # octet-counted) its declared length and how much of it is still to come
+        # while discarding an oversized line: what is kept of it and its size so far
         self._head = bytearray()
         self._seen = 0
-        self._declared = 0
-        self._remaining = 0
+        # a length prefix has more digits than this only when it is over the limit
+        self._max_digits = len(str(max_frame))
+        self.broken = False  # an octet count over the limit: nothing more is read
 
     @property
     def buffered(self) -> int:
@@ -69,7 +72,9 @@ class FrameReader:
         return len(self._buf) + len(self._head)
 
     def feed(self, data: bytes) -> list[Frame]:
-        """The frames completed by `data`, in stream order."""
+        """The frames completed by `data`, in stream order. Once `broken`, none."""
+        if self.broken:
+            return []
         self._buf += data
         frames: list[Frame] = []
         pos = self._cut(frames)
@@ -81,13 +86,8 @@ class FrameReader:
         octet-counted frame cut short is returned as truncated. The reader is then reset."""
         frames: list[Frame] = []
         buf = self._buf
-        if self._state == _SKIP_COUNTED:
-            frames.append(
-                self._oversized(
-                    f"connection closed after {self._seen} of the {self._declared} bytes of an "
-                    f"octet-counted frame that is over the limit of {self.max_frame} bytes"
-                )
-            )
+        if self.broken:
+            pass
         elif self._state == _SKIP_LINE:
             frames.append(self._oversized(self._too_large_line(self._seen)))
         elif buf:
@@ -117,21 +117,6 @@ class FrameReader:
         buf = self._buf
         pos = 0
         while True:
-            if self._state == _SKIP_COUNTED:
-                take = min(self._remaining, len(buf) - pos)
-                self._keep_head(buf, pos, take)
-                pos += take
-                self._remaining -= take
-                self._seen += take
-                if self._remaining:
-                    return pos
-                frames.append(
-                    self._oversized(
-                        f"octet-counted frame of {self._declared} bytes is over the limit of "
-                        f"{self.max_frame} bytes; only its first {HEAD_BYTES} bytes are kept"
-                    )
-                )
-                continue
             if self._state == _SKIP_LINE:
                 end = buf.find(b"\n", pos)
                 stop = len(buf) if end < 0 else end
@@ -149,10 +134,8 @@ class FrameReader:
                 return pos  # digits so far; wait for the byte that says what they are
             if length is not None:
                 if length > self.max_frame:
-                    self._start_skip(_SKIP_COUNTED, declared=length)
-                    self._remaining = length
-                    pos = body
-                    continue
+                    frames.append(self._break(pos, body, length))
+                    return len(buf)
                 if len(buf) - body < length:
                     return pos
                 self._emit(bytes(buf[body : body + length]), frames)
@@ -174,14 +157,46 @@ class FrameReader:
         if not self.octet_counting or buf[pos] not in _NONZERO:
             return None, 0
         end = pos + 1
-        limit = min(len(buf), pos + _MAX_LENGTH_DIGITS + 1)
+        limit = min(len(buf), pos + self._max_digits + 1)
         while end < limit and buf[end] in _DIGITS:
             end += 1
+        if end - pos > self._max_digits:
+            # more digits than any length within the limit: over it, whatever follows
+            return self.max_frame + 1, end
         if end == len(buf):
             return None, -1
-        if buf[end] != 0x20 or end - pos > _MAX_LENGTH_DIGITS:
+        if buf[end] != 0x20:
             return None, 0
         return int(buf[pos:end]), end + 1
+
+    def _break(self, pos: int, body: int, length: int) -> Frame:
+        """The dead letter for an octet count over the limit at `pos`: the prefix and what is
+        here of the body, at most HEAD_BYTES; the reader then reads no more."""
+        buf = self._buf
+        head = bytes(buf[pos : min(len(buf), pos + HEAD_BYTES)])
+        if buf[body - 1] == 0x20:
+            declared = f"of {length} bytes"
+        else:
+            # too many digits for a length within the limit: shown as text, never made a number
+            end = pos
+            while end < min(len(buf), pos + 21) and buf[end] in _DIGITS:
+                end += 1
+            shown = buf[pos : min(end, pos + 20)].decode() + ("..." if end - pos > 20 else "")
+            declared = f"of {shown} bytes (more than {self._max_digits} digits)"
+        self.broken = True
+        self._state = _START
+        self._head.clear()
+        # a head cut from the frame loses its trailing digits (see Frame.evidence), unless that
+        # would leave nothing: a dead letter always shows what was sent
+        cut = bool(head.rstrip(b"0123456789"))
+        return Frame(
+            head,
+            max(length, len(head) + 1) if cut else len(head),
+            f"octet-counted frame {declared} is over the limit of {self.max_frame} bytes; "
+            "the connection is closed (nothing after a length prefix that cannot be trusted "
+            f"can be framed), only its first {len(head)} bytes are kept",
+            "too_large",
+        )
 
     def _line(self, line: bytes, frames: list[Frame]) -> None:
         if line.endswith(b"\r"):
@@ -204,9 +219,8 @@ class FrameReader:
             f"only its first {HEAD_BYTES} bytes are kept"
         )
 
-    def _start_skip(self, state: int, declared: int = 0) -> None:
+    def _start_skip(self, state: int) -> None:
         self._state = state
-        self._declared = declared
         self._seen = 0
         self._head.clear()
 

@@ -8,15 +8,25 @@ meanwhile, so its kernel buffers fill and the TCP window stops the sender. Nothi
 is dropped: not when the spool refuses, not when the sender disconnects.
 
 What plain TCP cannot give: the sender's kernel got TCP ACKs for bytes that are still in our
-kernel's receive buffer, so bytes not yet read when the relay dies or shuts down are lost without
-the sender knowing. Only an application-level acknowledgement (RELP, HTTP) closes that gap.
+kernel's receive buffer, so bytes not yet read when the relay dies are lost without the sender
+knowing. Only an application-level acknowledgement (RELP, HTTP) closes that gap. A graceful
+shutdown narrows it: `close` stops accepting, then goes on reading every open connection until
+its receive queue is empty (at most `DRAIN_SECONDS`), so a routine restart stores what the
+senders' kernels believe delivered instead of resetting it.
+
+Hostile peers stay bounded: at most `max_connections` are open at once (more are closed as soon
+as they are accepted), and an octet count over the frame limit closes its connection (see
+`relay.sources.syslog_framing`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
+import termios
 import time
 from collections.abc import Callable
 
@@ -43,6 +53,12 @@ MAX_BATCH_FRAMES = 1000
 MAX_BATCH_BYTES = 1 << 20
 # The spool suggests 5 s; a TCP sender is blocked while we wait, so look again sooner.
 RETRY_MAX = 1.0
+# On close: how long open connections are read on until the kernel holds nothing unread. Long
+# enough for a receive buffer's worth of frames; short enough for a restart not to drag.
+DRAIN_SECONDS = 1.0
+# Connections refused over the limit within this long of each other are one burst: one log line.
+# Connections closed for an oversized length prefix are logged at most this often.
+REFUSED_QUIET = 10.0
 
 Item = Incoming | Reject
 # A frame made into what is stored: an event, a dead letter, or None for a frame that is
@@ -99,6 +115,7 @@ class TcpIngest:
         max_frame: int,
         convert: Convert,
         octet_counting: bool,
+        max_connections: int = 1024,
         retry_max: float = RETRY_MAX,
     ) -> None:
         self.intake = intake
@@ -107,7 +124,14 @@ class TcpIngest:
         self.max_frame = max_frame
         self.convert = convert
         self.octet_counting = octet_counting
+        self.max_connections = max_connections
         self.retry_max = retry_max
+        # connections closed at once because max_connections were open (since start)
+        self.refused_connections = 0
+        self._refused_at = -REFUSED_QUIET
+        # connections closed for an octet count over max_frame (since start)
+        self.broken_connections = 0
+        self._broken_logged = -REFUSED_QUIET
         self.port: int | None = None
         self.address = ""  # host:port once listening
         self._server: asyncio.Server | None = None
@@ -135,17 +159,61 @@ class TcpIngest:
         self.intake.declare(self.source)
 
     async def close(self) -> None:
-        """Stop accepting and reading; return once what was read is stored (or, when the spool
-        refuses it, once that is logged)."""
+        """Stop accepting; read on what the kernel already holds for each open connection (at
+        most DRAIN_SECONDS); return once what was read is stored (or, when the spool refuses
+        it, once that is logged)."""
         if self._server is not None:
             self._server.close()
         self._closing.set()
         connections = list(self._connections)
+        deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+        await asyncio.gather(*(conn.drain(deadline) for conn in connections))
         for conn in connections:
             conn.shutdown()
         await asyncio.gather(*(conn.closed for conn in connections))
         if self._server is not None:
             await self._server.wait_closed()
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (being read or storing what was read)."""
+        return len(self._connections)
+
+    def admit(self) -> bool:
+        """Whether a new connection may stay open; counts and logs (once a burst) when not."""
+        if len(self._connections) < self.max_connections:
+            return True
+        self.refused_connections += 1
+        now = time.monotonic()
+        if now - self._refused_at >= REFUSED_QUIET:
+            limit = self.setting.rsplit(".", 1)[0] + ".max_connections"
+            log.warning(
+                "%s: %d connections are open, the limit (%s); new connections are closed at "
+                "once (%d so far). Raise the limit if these are senders, not a flood",
+                self.source,
+                len(self._connections),
+                limit,
+                self.refused_connections,
+            )
+        self._refused_at = now
+        return False
+
+    def broken(self, peer: str) -> None:
+        """A connection closed for a length prefix over the limit: counted, and logged at most
+        once per REFUSED_QUIET (each one is also a dead letter with the reason)."""
+        self.broken_connections += 1
+        now = time.monotonic()
+        if now - self._broken_logged >= REFUSED_QUIET:
+            self._broken_logged = now
+            log.warning(
+                "%s: closed the connection from %s: a frame's length prefix is over the limit "
+                "of %d bytes, so nothing after it can be framed (kept as a dead letter; %d such "
+                "connection(s) so far)",
+                self.source,
+                peer,
+                self.max_frame,
+                self.broken_connections,
+            )
 
     async def store(self, items: list[Item], peer: str) -> bool:
         """Store `items` in order, retrying while the spool refuses. False when the relay shut
@@ -221,8 +289,8 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if self._ingest._closing.is_set():
-            # accepted just as the listener closed: nothing is read from it
+        if self._ingest._closing.is_set() or not self._ingest.admit():
+            # accepted just as the listener closed, or one too many: nothing is read from it
             self._ended = True
             self._finish()
             return
@@ -231,6 +299,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._take(self._framer.feed(data))
+        if self._framer.broken:
+            # an octet count over the limit: the rest of the stream cannot be framed
+            self._ingest.broken(self.peer)
+            self.shutdown()
 
     def eof_received(self) -> bool:
         self._end()
@@ -245,6 +317,27 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.pause_reading()
         self._end()
+
+    async def drain(self, deadline: float) -> None:
+        """Read on until the kernel holds nothing unread for this connection and what was
+        read is stored, or until `deadline` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while not self._ended and loop.time() < deadline:
+            if self._worker is None and self._unread() == 0:
+                return
+            # the loop reads and stores meanwhile; a short wait keeps this cheap
+            await asyncio.sleep(0.005)
+
+    def _unread(self) -> int:
+        """Bytes in the kernel's receive queue for this socket (0 when it cannot tell)."""
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if sock is None:
+            return 0
+        try:
+            got = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return struct.unpack("i", got)[0]
 
     def _end(self) -> None:
         """No more bytes will be read: a last frame without delimiter is a frame too."""
