@@ -138,6 +138,14 @@ async def _serve(
         syslog = await start_syslog(cfg.ingest.syslog, intake, max_event)
         json_lines = await start_json_lines(cfg.ingest.json_lines, intake, max_event)
         metrics.add_collector(lambda: collectors.udp_drops(syslog))
+        metrics.add_collector(
+            lambda: collectors.tcp_connections(
+                {
+                    "syslog_tcp": syslog.tcp if syslog else None,
+                    "json_lines": json_lines.tcp if json_lines else None,
+                }
+            )
+        )
         _log_ready(cfg, spool)
         for advice in config_advice(cfg, delivering=delivery is not None):
             log.log(advice.level, "%s", advice.text)

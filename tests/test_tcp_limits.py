@@ -259,3 +259,32 @@ async def test_syslog_event_of_another_logger_is_dead_lettered_with_the_reason(
     assert "no.difi.meldingsutveksling.App" in letter.last_error
     await source.close()
     await spool.close()
+
+
+async def test_connection_counts_reach_the_metrics(tmp_path: Path) -> None:
+    from relay.ops import collectors
+
+    spool, source = await open_syslog(tmp_path, max_connections=1)
+    try:
+        first = await asyncio.open_connection("127.0.0.1", source.tcp_port)
+        await wait(lambda: source.tcp.connections == 1, what="the first connection")
+        second = await asyncio.open_connection("127.0.0.1", source.tcp_port)
+        assert await closed_by_peer(second[0])
+
+        def values() -> dict[str, float]:
+            found = {}
+            metrics = collectors.tcp_connections({"syslog_tcp": source.tcp, "json_lines": None})
+            for family in metrics:
+                for sample in family.samples:
+                    found[sample.name] = sample.value
+                    assert sample.labels == {"source": "syslog_tcp"}
+            return found
+
+        await wait(lambda: values().get("relay_tcp_connections_refused_total") == 1)
+        assert values()["relay_tcp_connections"] == 1
+        assert values()["relay_tcp_connections_broken_total"] == 0
+        first[1].close()
+        second[1].close()
+    finally:
+        await source.close()
+        await spool.close()

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from relay.delivery.setup import DeliveryParts
 from relay.ops.metrics import Metrics, counter, gauge
@@ -127,3 +127,30 @@ def udp_drops(syslog: SyslogSource | None) -> Iterable[Metric]:
             "Datagrams the kernel dropped on the syslog UDP socket (receive buffer full)",
             drops,
         )
+
+
+def tcp_connections(listeners: dict[str, object]) -> Iterable[Metric]:
+    """Per TCP listener (by source name): connections open, refused over the limit, broken off.
+
+    `listeners` maps a source name to its TcpIngest, or None when that listener is off."""
+    running = {name: tcp for name, tcp in listeners.items() if tcp is not None}
+    if not running:
+        return
+    yield counter(
+        "relay_tcp_connections_refused",
+        "TCP connections closed at once because the listener had max_connections open",
+        {name: tcp.refused_connections for name, tcp in running.items()},
+        "source",
+    )
+    yield counter(
+        "relay_tcp_connections_broken",
+        "TCP connections closed by the relay because their framing could not be followed",
+        {name: tcp.broken_connections for name, tcp in running.items()},
+        "source",
+    )
+    family = GaugeMetricFamily(
+        "relay_tcp_connections", "Open TCP connections per listener", labels=["source"]
+    )
+    for name, tcp in running.items():
+        family.add_metric([name], tcp.connections)
+    yield family
