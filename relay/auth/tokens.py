@@ -253,8 +253,8 @@ class TokenProvider:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # one that died was reported by supervision: the shutdown goes on in order
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._own_session and self._session is not None:
             await self._session.close()

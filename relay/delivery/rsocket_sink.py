@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -198,7 +197,7 @@ class RSocketSink:
     async def close(self) -> None:
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            # one that died was reported by supervision: the shutdown goes on in order
+            await asyncio.gather(self._supervisor, return_exceptions=True)
         if self._last_conn is not None:
             await self._last_conn.close()
