@@ -190,6 +190,10 @@ class Relay:
         ]
         await self.spool.append(events)
 
+    async def add_raw(self, bodies: list[bytes]) -> None:
+        events = [Incoming(b, "test") for b in bodies]
+        await self.spool.append(events)
+
     async def __aexit__(self, *exc) -> None:
         await self.delivery.stop(2)
         await self.sink.close()
@@ -379,3 +383,49 @@ async def test_the_connection_supervisor_and_token_refresher_are_supervised(
     finally:
         await sink.close()
         await tokens.close()
+
+
+async def test_every_request_is_one_status_object(
+    tmp_path: Path, endpoint: TokenEndpoint, creds
+) -> None:
+    """An event spooled without logger_name (by an older relay) still reaches the service as
+    one object saying STATUS: the service would acknowledge anything else and drop it."""
+    peer = await started(ScriptedPeer(lambda token, metadata, data: None))
+    try:
+        async with Relay(tmp_path, peer, endpoint, creds) as relay:
+            await relay.add_raw([orjson.dumps({"n": i, "status": "LEVERT"}) for i in range(20)])
+            await relay.add(20)
+            await wait_for(lambda: relay.delivery.stats.delivered == 40, 10, "all delivered")
+            assert len(peer.requests) == 40
+            assert_one_status_object_each(peer)
+    finally:
+        await peer.close()
+
+
+async def test_arrays_only_for_an_upstream_that_accepts_them(
+    tmp_path: Path, endpoint: TokenEndpoint, creds
+) -> None:
+    peer = await started(ScriptedPeer(lambda token, metadata, data: None))
+    try:
+        async with Relay(
+            tmp_path, peer, endpoint, creds, batch_size=10, accepts_arrays=True
+        ) as relay:
+            await relay.add(100)
+            await wait_for(lambda: relay.delivery.stats.delivered == 100, 10, "all delivered")
+            arrays = [orjson.loads(data) for _, _, data, _ in peer.requests]
+            assert all(isinstance(a, list) for a in arrays)
+            assert sum(len(a) for a in arrays) == 100
+    finally:
+        await peer.close()
+
+
+def test_no_array_for_an_upstream_that_does_not_accept_them() -> None:
+    from relay.delivery.payload import request_data, status_data
+
+    with pytest.raises(ValueError):
+        request_data([b"{}", b"{}"], 10, accepts_arrays=False)
+    assert orjson.loads(status_data(b'{"a":1}')) == {"a": 1, "logger_name": "STATUS"}
+    with pytest.raises(ValueError):
+        status_data(b'{"logger_name":"OTHER"}')
+    with pytest.raises(ValueError):
+        status_data(b"[1,2]")

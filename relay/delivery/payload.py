@@ -35,11 +35,17 @@ def status_data(body: bytes) -> bytes:
 
 
 def status_object(body: bytes) -> bytes:
-    """`body` as one JSON object with "logger_name": "STATUS" (what the service keeps)."""
+    """`body` as one JSON object with "logger_name": "STATUS" (what the service keeps); a
+    ValueError for anything that is not a status object."""
     event = orjson.loads(body)
     if not isinstance(event, dict):
         raise ValueError("an event must be a JSON object")
-    if event.get("logger_name") != _STATUS:
+    name = event.get("logger_name", _STATUS)
+    if name != _STATUS:
+        # not a status (ingest refuses these now; an older relay spooled them): the service would
+        # file it as a general log line, so it is dead-lettered rather than relabelled
+        raise ValueError(f"logger_name is {str(name)[:60]!r}, not 'STATUS': not a status event")
+    if "logger_name" not in event:
         event["logger_name"] = _STATUS
         return orjson.dumps(event)
     return body
