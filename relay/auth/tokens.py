@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
+from relay import supervision
 from relay.auth.credentials import Credentials
 from relay.auth.grant import GRANT_TYPE, make_assertion
 from relay.config.model import MaskinportenConfig
@@ -199,7 +200,9 @@ class TokenProvider:
             return
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        self._task = asyncio.create_task(self._run(), name="relay.auth token refresher")
+        self._task = supervision.watch(
+            asyncio.create_task(self._run(), name="relay.auth token refresher"), "token refresher"
+        )
 
     async def token(self) -> str:
         """A valid access token; waits (without limit) only while there is none."""
@@ -233,6 +236,13 @@ class TokenProvider:
             self._not_before = self._clock() + self._backoff(self._invalidations - 1)
         self._wake.set()
 
+    def confirmed(self, token: str) -> None:
+        """The upstream accepted `token`: a later refusal is again answered by an immediate
+        fetch, not by the backoff meant for an upstream that refuses every token."""
+        if token == self._token:
+            self._invalidations = 0
+            self._not_before = 0.0
+
     def expires_in(self) -> float | None:
         """Seconds left on the current token; None when there is none."""
         if self._token is None:
@@ -243,8 +253,8 @@ class TokenProvider:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # one that died was reported by supervision: the shutdown goes on in order
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._own_session and self._session is not None:
             await self._session.close()

@@ -13,6 +13,8 @@ class TokenSource(Protocol):
 
     def invalidate(self, token: str) -> None: ...
 
+    # optional: `confirmed(token)`, told once the upstream accepts a token after refusing one
+
 
 NO_TOKEN = "no valid access token (see relay.auth logs)"
 

@@ -10,13 +10,18 @@ from rsocket.exceptions import RSocketProtocolError
 from relay.delivery.outcome import Outcome, Verdict
 from relay.delivery.rsocket_connection import ConnectionLost
 
-# Spring Security answers a refused bearer with an APPLICATION_ERROR such as "Access Denied" or
-# "Invalid bearer token"; those are the token's fault, not the event's.
+# The real service's texts for a refused bearer (Spring Security 5.5, see upstream-protocol.md):
+# "Access Denied", "Jwt expired at …", "Failed to validate the token", "An error occurred while
+# attempting to decode the Jwt: …". All mean "this token", never "this event"; the looser forms
+# are what other Spring versions and proxies say.
 _TOKEN_REFUSED = re.compile(
-    r"access denied|unauthori[sz]ed|unauthenticated|invalid[_ ]token|bearer|\bjwt\b|"
+    r"access denied|jwt expired|failed to validate the token|decode the jwt|"
+    r"unauthori[sz]ed|unauthenticated|invalid[_ ]token|bearer|\bjwt\b|"
     r"token (?:is )?(?:expired|invalid|refused)|expired token",
     re.IGNORECASE,
 )
+# rsocket-java's answer to a route no handler serves: the configuration is wrong, not the events
+_NO_HANDLER = re.compile(r"no handler for destination", re.IGNORECASE)
 
 
 def one_line(text: str, limit: int = 500) -> str:
@@ -39,7 +44,8 @@ def classify_rsocket_error(exc: BaseException) -> Outcome:
         if code == ErrorCode.INVALID:
             return Outcome(Verdict.INVALID, "invalid", text or "INVALID")
         if code == ErrorCode.REJECTED:
-            return Outcome(Verdict.RETRY, "token", text or "REJECTED")
+            # "will not process now" (overload): retried with backoff, the token is fine
+            return Outcome(Verdict.RETRY, "overloaded", text or "REJECTED")
         if code in (ErrorCode.CONNECTION_ERROR, ErrorCode.CONNECTION_ERROR_NO_RETRY):
             return Outcome(Verdict.RETRY, "connection", text or code.name, connection_lost=True)
         name = getattr(code, "name", str(code))
@@ -48,6 +54,8 @@ def classify_rsocket_error(exc: BaseException) -> Outcome:
         text = one_line(str(exc))
         if token_refused(text):
             return Outcome(Verdict.RETRY, "token", text)
+        if _NO_HANDLER.search(text):
+            return Outcome(Verdict.RETRY, "route", text)
         return Outcome(Verdict.REJECTED, "rejected", text or "APPLICATION_ERROR")
     return Outcome(Verdict.RETRY, "error", one_line(f"{type(exc).__name__}: {exc}"))
 

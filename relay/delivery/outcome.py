@@ -21,6 +21,9 @@ class Outcome:
     error: str = ""  # the upstream's own words, one line, when it gave any
     retry_after: float | None = None  # the upstream's hint, in seconds
     connection_lost: bool = False  # not the events' fault: retry at once on the next connection
+    # nobody's fault and already being fixed (a refused token, a new one on its way): retry at
+    # once and do not slow delivery down for it
+    retry_now: bool = False
 
 
 DELIVERED = Outcome(Verdict.DELIVERED)

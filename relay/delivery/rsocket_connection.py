@@ -23,6 +23,7 @@ from rsocket.payload import Payload
 from rsocket.request_handler import BaseRequestHandler
 from rsocket.rsocket_client import RSocketClient
 
+from relay import supervision
 from relay.delivery.rsocket_transport import SingleWriteTCP
 
 log = logging.getLogger("relay.delivery.rsocket")
@@ -97,7 +98,10 @@ class RSocketConnection:
             max_lifetime_period=_whole_seconds(keepalive_max_lifetime),
         )
         await self._client.connect()
-        self._sweeper = asyncio.create_task(self._sweep(sweep_every), name="rsocket-timeouts")
+        self._sweeper = supervision.watch(
+            asyncio.create_task(self._sweep(sweep_every), name="rsocket-timeouts"),
+            "rsocket request-timeout sweeper",
+        )
         return self
 
     @property

@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from rsocket.extensions.helpers import authenticate_bearer, composite, route
 
+from relay import supervision
 from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
 from relay.delivery.classify import classify_rsocket_error, one_line
 from relay.delivery.outcome import DELIVERED, Outcome, Verdict
-from relay.delivery.payload import request_data
+from relay.delivery.payload import request_data, status_data
 from relay.delivery.rsocket_connection import RSocketConnection
 
 log = logging.getLogger("relay.delivery.rsocket")
 
 _CONNECT_TIMEOUT = 10.0
 _SWEEP_EVERY = 0.5  # seconds between looks for requests past upstream.request_timeout
+# A connection counts as healthy (the reconnect backoff starts over) only after it stayed up this
+# long: an upstream that answers once and then drops the connection must not be redialled at once.
+HEALTHY_AFTER = 30.0
 
 
 class RSocketSink:
+    healthy_after = HEALTHY_AFTER  # an attribute, so that tests can shorten it
+
     def __init__(self, upstream: UpstreamConfig, retry: RetryConfig, tokens: TokenSource) -> None:
         self._cfg = upstream
         self._retry = retry
@@ -33,7 +38,11 @@ class RSocketSink:
         self._supervisor: asyncio.Task | None = None
         self._metadata: tuple[str, bytes] | None = None  # (token, composite metadata)
         self._last_conn: RSocketConnection | None = None  # closed on shutdown
-        self._healthy = False  # a request succeeded on the current connection
+        # tokens refused one after another with no success in between: the first is replaced at
+        # once; when a fresh one is refused too, the token source itself is suspect
+        self._refused_token: str | None = None
+        self._tokens_refused = 0
+        self._problem: str | None = None  # why the upstream cannot take events (for /readyz)
         self.down_since: float | None = time.time()  # wall time the upstream became unreachable
         self.connects = 0
 
@@ -46,10 +55,13 @@ class RSocketSink:
         return self._conn is not None and self._conn.is_open
 
     def not_ready(self) -> str | None:
-        return None
+        return self._problem
 
     async def start(self) -> None:
-        self._supervisor = asyncio.create_task(self._supervise(), name="rsocket-supervisor")
+        self._supervisor = supervision.watch(
+            asyncio.create_task(self._supervise(), name="rsocket-supervisor"),
+            "rsocket connection supervisor",
+        )
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -58,20 +70,59 @@ class RSocketSink:
     async def send(self, bodies: list[bytes]) -> Outcome:
         conn = self._conn
         if conn is None or not conn.is_open:
-            return Outcome(Verdict.RETRY, "connection", "not connected", connection_lost=True)
+            return Outcome(Verdict.RETRY, "not_connected", "not connected", connection_lost=True)
         token = await bearer(self._tokens, self._cfg.request_timeout)
         if token is None:
             return Outcome(Verdict.RETRY, "token", NO_TOKEN)
-        data = request_data(bodies, self._cfg.batch_size)
+        try:
+            if len(bodies) == 1 and not (self._cfg.accepts_arrays and self._cfg.batch_size > 1):
+                data = status_data(bodies[0])  # the real service keeps nothing else
+            else:
+                data = request_data(bodies, self._cfg.batch_size, self._cfg.accepts_arrays)
+        except ValueError as exc:
+            return Outcome(Verdict.INVALID, "not_a_status", one_line(str(exc)))
         try:
             await conn.request(data, self._metadata_for(token), self._cfg.request_timeout)
         except Exception as exc:  # every failure becomes an Outcome; nothing escapes to the loop
             outcome = classify_rsocket_error(exc)
             if outcome.reason == "token":
-                self._tokens.invalidate(token)
+                return self._token_refused(token, outcome)
+            if outcome.reason == "route":
+                self._problem = (
+                    f"the status service has no handler for upstream.route {self._cfg.route!r} "
+                    f"({outcome.error}); set upstream.route to the service's route (log-fire)"
+                )
             return outcome
-        self._healthy = True
+        if self._problem is not None or self._tokens_refused:
+            self._accepted(token)
         return DELIVERED
+
+    def _token_refused(self, token: str, outcome: Outcome) -> Outcome:
+        """The upstream refused `token` (not the events). The first refused token is replaced at
+        once and the events go again without delay; a fresh token refused too means the token
+        source is wrong (another Maskinporten environment, a scope): back off and say so."""
+        if token != self._refused_token:
+            self._refused_token = token
+            self._tokens_refused += 1
+        self._tokens.invalidate(token)  # single flight: only the current token starts a fetch
+        if self._tokens_refused <= 1:
+            return Outcome(Verdict.RETRY, "token", outcome.error, retry_now=True)
+        self._problem = (
+            f"the status service refuses freshly fetched access tokens: {outcome.error}; "
+            "check that maskinporten.token_url is the Maskinporten environment it trusts"
+        )
+        return outcome
+
+    def _accepted(self, token: str) -> None:
+        if self._tokens_refused:
+            confirmed = getattr(self._tokens, "confirmed", None)
+            if confirmed is not None:
+                confirmed(token)
+        if self._problem is not None:
+            log.info("the status service accepts events again")
+        self._tokens_refused = 0
+        self._refused_token = None
+        self._problem = None
 
     def _metadata_for(self, token: str) -> bytes:
         # the token changes once per refresh, so the metadata is built once per token
@@ -116,7 +167,7 @@ class RSocketSink:
                 ", tls" if self._cfg.tls else "",
             )
             last_failure = None
-            self._conn, self._last_conn, self._healthy = conn, conn, False
+            self._conn, self._last_conn = conn, conn
             self.down_since = None
             self._ready.set()
             started = time.monotonic()
@@ -133,10 +184,11 @@ class RSocketSink:
                 reason,
             )
             await conn.close()
-            if self._healthy:
-                attempt = 0  # reset after a healthy connection
+            if time.monotonic() - started >= self.healthy_after:
+                attempt = 0  # it stayed up long enough to count as healthy
             else:
-                # it died before anything got through (e.g. SETUP refused): do not spin
+                # it died soon (SETUP refused, an event that kills it, a flapping peer): do not
+                # spin, even if a request got through on it
                 await asyncio.sleep(
                     backoff_delay(attempt, self._retry.initial_backoff, self._retry.max_backoff)
                 )
@@ -145,7 +197,7 @@ class RSocketSink:
     async def close(self) -> None:
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            # one that died was reported by supervision: the shutdown goes on in order
+            await asyncio.gather(self._supervisor, return_exceptions=True)
         if self._last_conn is not None:
             await self._last_conn.close()
