@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class Ack:
 
 def build_shim(directory: Path) -> tuple[Path | None, str]:
     """Compile the shim with the system C compiler: (the .so, "") or (None, why not)."""
+    if sys.platform != "linux":
+        return None, "the fsync shim needs Linux (LD_PRELOAD, /proc/self/fd, CLOCK_MONOTONIC)"
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None, "no C compiler (cc) to build the fsync shim"
