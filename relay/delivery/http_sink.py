@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -22,6 +23,9 @@ _NOT_READY_STATUSES = {
     404: "check upstream.http_url",
     405: "check upstream.http_url",
 }
+# An error answer's body is only read this far: its first line is all a log line or /readyz shows,
+# and a hostile or misconfigured upstream (a proxy's HTML page) must not make us buffer megabytes.
+_MAX_ERROR_BODY = 8192
 
 
 class HttpSink:
@@ -34,6 +38,7 @@ class HttpSink:
         self.down_since: float | None = None  # wall time the upstream became unreachable
         self._failures = 0  # consecutive requests that got no answer at all
         self._last_failure = 0.0
+        self._refused_at = 0.0  # monotonic time of the last answer that made us not ready
 
     @property
     def connected(self) -> bool:
@@ -60,6 +65,12 @@ class HttpSink:
             wait = self._last_failure + delay - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+        if self._not_ready:
+            # fresh events would meet the same redirect or refusal: hold them back too, so the
+            # request rate falls to the backoff's pace instead of one request per new event
+            wait = self._refused_at + self._retry.max_backoff - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
         await self._tokens.token()
 
     async def send(self, bodies: list[bytes]) -> Outcome:
@@ -69,9 +80,15 @@ class HttpSink:
         data = request_data(bodies, self._cfg.batch_size)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:
-            async with self._session.post(self._cfg.http_url, data=data, headers=headers) as r:
-                text = await r.text(errors="replace") if r.status >= 300 else ""
+            # Never follow a redirect: aiohttp turns a POST answered 301/302/303 into a GET without
+            # the body, whose 200 would count the event as delivered although nobody received it,
+            # and a 307/308 would hand the bearer token and the event to another address.
+            async with self._session.post(
+                self._cfg.http_url, data=data, headers=headers, allow_redirects=False
+            ) as r:
+                text = await _error_text(r) if r.status >= 400 else ""
                 retry_after = _retry_after(r.headers.get("Retry-After"))
+                location = r.headers.get("Location")
                 status = r.status
         except TimeoutError:
             self._unreachable()
@@ -81,22 +98,35 @@ class HttpSink:
             return Outcome(Verdict.RETRY, "connection", one_line(f"{type(exc).__name__}: {exc}"))
         self.down_since = None
         self._failures = 0
+        if 300 <= status < 400:
+            # a maintenance page or a proxy in the way: a configuration problem, not the events'
+            where = _where(location)
+            outcome = Outcome(Verdict.RETRY, f"http_{status}", f"HTTP {status} redirect to {where}")
+            reason = f"the status service answers {status} (a redirect to {where}) instead of "
+            reason += "accepting the event: check upstream.http_url and any proxy in the way"
+            return self._refused_by_configuration(reason, outcome)
         outcome = classify_http_status(status, text, retry_after)
         if outcome.reason == "token":
             self._tokens.invalidate(token)
         if status in _NOT_READY_STATUSES:
             reason = f"the status service answers {status} ({outcome.error}): "
             reason += _NOT_READY_STATUSES[status]
-            if reason != self._not_ready:
-                log.error("%s; events are kept and retried slowly", reason)
-            self._not_ready = reason
-            outcome = Outcome(
-                outcome.verdict, outcome.reason, outcome.error, retry_after=self._retry.max_backoff
-            )
-        elif self._not_ready and outcome.verdict is Verdict.DELIVERED:
+            return self._refused_by_configuration(reason, outcome)
+        if self._not_ready and outcome.verdict is Verdict.DELIVERED:
             log.warning("the status service accepts events again")
             self._not_ready = None
         return outcome
+
+    def _refused_by_configuration(self, reason: str, outcome: Outcome) -> Outcome:
+        """An answer that no retry soon can change: keep the events, say why on /readyz, and
+        send again only at `retry.max_backoff`'s pace (the events, and new ones via wait_ready)."""
+        if reason != self._not_ready:
+            log.error("%s; events are kept and retried slowly", reason)
+        self._not_ready = reason
+        self._refused_at = time.monotonic()
+        return Outcome(
+            outcome.verdict, outcome.reason, outcome.error, retry_after=self._retry.max_backoff
+        )
 
     def _unreachable(self) -> None:
         if self.down_since is None:
@@ -108,6 +138,31 @@ class HttpSink:
         if self._session is not None:
             await self._session.close()
             await asyncio.sleep(0)
+
+
+async def _error_text(r: aiohttp.ClientResponse) -> str:
+    raw = await r.content.read(_MAX_ERROR_BODY)
+    try:
+        return raw.decode(r.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
+
+
+def _where(location: str | None) -> str:
+    """The redirect's target for a log line and /readyz: bounded, without credentials or a query
+    (a login page's query string may carry session state that is nobody's business in a log)."""
+    if not location:
+        return "no Location given"
+    try:
+        parts = urlsplit(one_line(location, 300))
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an unparsable Location"
+    if host and ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    where = f"{parts.scheme}://{host}{port}{parts.path}" if host else parts.path
+    return repr(where + ("?…" if parts.query else ""))
 
 
 def _retry_after(value: str | None) -> float | None:
