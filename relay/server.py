@@ -125,10 +125,9 @@ async def _serve(
             app, access_log=None, shutdown_timeout=min(cfg.lifecycle.shutdown_timeout, 5.0)
         )
         await runner.setup()
+        site = LimitedTCPSite(runner, host, port, max_connections=cfg.ingest.http.max_connections)
         try:
-            await LimitedTCPSite(
-                runner, host, port, max_connections=cfg.ingest.http.max_connections
-            ).start()
+            await site.start()
         except OSError as exc:
             raise UserError(
                 f"cannot listen on {cfg.ingest.http.listen} (ingest.http.listen): "
@@ -146,7 +145,8 @@ async def _serve(
                 }
             )
         )
-        _log_ready(cfg, spool)
+        shown_host = f"[{host}]" if ":" in host else host
+        _log_ready(cfg, spool, f"{shown_host}:{site.port}", syslog, json_lines)
         for advice in config_advice(cfg, delivering=delivery is not None):
             log.log(advice.level, "%s", advice.text)
         if delivery is not None:
@@ -185,15 +185,26 @@ async def _serve(
             log.info("stopped; %d undelivered event(s) stay in the spool", stats.events)
 
 
-def _log_ready(cfg: Config, spool: Spool) -> None:
+def _log_ready(
+    cfg: Config,
+    spool: Spool,
+    http_address: str,
+    syslog: SyslogSource | None,
+    json_lines: JsonLinesSource | None,
+) -> None:
     stats = spool.stats()
     ingest = cfg.ingest
-    listeners = [f"http {ingest.http.listen}"] + [
-        f"{name} {address}"
-        for name, address in (
-            ("syslog tcp", ingest.syslog.tcp_listen),
-            ("syslog udp", ingest.syslog.udp_listen),
-            ("json lines", ingest.json_lines.tcp_listen),
+
+    def bound(address: str, port: int | None) -> str:
+        # the port the OS chose when the configuration says 0, so tests and operators know it
+        return f"{address.rsplit(':', 1)[0]}:{port}" if port else address
+
+    listeners = [f"http {http_address}"] + [
+        f"{name} {bound(address, port)}"
+        for name, address, port in (
+            ("syslog tcp", ingest.syslog.tcp_listen, syslog.tcp_port if syslog else None),
+            ("syslog udp", ingest.syslog.udp_listen, syslog.udp_port if syslog else None),
+            ("json lines", ingest.json_lines.tcp_listen, json_lines.port if json_lines else None),
         )
         if address
     ]

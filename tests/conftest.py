@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_READY = re.compile(r"relay ready: http [^ ,;]*:(\d+)")
+
+
 class RelayProcess:
     """`python -m relay run` as a real subprocess, configured through environment variables."""
 
@@ -38,20 +42,29 @@ class RelayProcess:
         self, spool: Path, env: dict[str, str] | None = None, config: Path | None = None
     ) -> None:
         self.config = config
-        self.port = free_port()
         self.spool = spool
-        self.url = f"http://127.0.0.1:{self.port}"
+        # The relay binds port 0 and says in its "relay ready" line which port it got: no race
+        # between picking a free port here and binding it there. A restart keeps that port.
+        self.port = 0
         self.env = {
             **os.environ,
-            "RELAY_INGEST__HTTP__LISTEN": f"127.0.0.1:{self.port}",
+            "RELAY_INGEST__HTTP__LISTEN": "127.0.0.1:0",
             "RELAY_SPOOL__PATH": str(spool),
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
-        self.log = spool.parent / f"relay-{self.port}.log"
+        RelayProcess._count += 1
+        self.log = spool.parent / f"relay-{spool.name}-{RelayProcess._count}.log"
+
+    _count = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> RelayProcess:
         logf = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        offset = logf.tell()
         args = [sys.executable, "-m", "relay", "run"]
         if self.config is not None:
             args += ["--config", str(self.config)]
@@ -61,6 +74,13 @@ class RelayProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.output()}")
+            if not self.port:
+                found = _READY.search(self.log.read_bytes()[offset:].decode(errors="replace"))
+                if not found:
+                    time.sleep(0.02)
+                    continue
+                self.port = int(found.group(1))
+                self.env["RELAY_INGEST__HTTP__LISTEN"] = f"127.0.0.1:{self.port}"
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
                     if r.status == 200:

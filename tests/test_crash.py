@@ -136,13 +136,11 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path, fsync_shim: P
     loaded, syncs = read_trace(trace)
     assert len([line for line in loaded if line.endswith(" real")]) >= KILLS + 1, loaded
     assert len(windows) == len({w.what for w in windows}) > 50
-    # A retry answered "duplicates" by the restarted relay stores nothing, so it syncs nothing:
-    # it vouches for what the killed process wrote and maybe never synced. That hole (in the
-    # spool, not here) has its own deterministic test below; every other 200 is checked here.
-    fresh = [w for w in windows if not w.duplicate_only]
-    assert len(fresh) > 50
-    late = ordering_violations(fresh, syncs, spool)
-    assert not late, f"{len(late)} of {len(fresh)} answers came before fsync: {late[:3]}"
+    # A retry answered "duplicates" by a restarted relay stores nothing new: it vouches for what
+    # the killed process wrote, which the spool syncs at open; its window starts at first send.
+    assert len([w for w in windows if not w.duplicate_only]) > 50
+    late = ordering_violations(windows, syncs, spool)
+    assert not late, f"{len(late)} of {len(windows)} answers came before fsync: {late[:3]}"
 
 
 async def test_checker_catches_a_relay_that_acks_before_fsync(
@@ -180,11 +178,6 @@ async def post_once(relay: RelayProcess, body: bytes, timeout: float) -> tuple[i
         return r.status, await r.read()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 §5: a restarted relay answers a retry 'duplicates' from WAL frames the killed "
-    "process wrote but never synced; the spool must fsync its files at open (relay/spool)",
-)
 async def test_duplicate_answer_after_restart_is_durable(tmp_path: Path, fsync_shim: Path) -> None:
     spool = tmp_path / "spool"
     trace = tmp_path / "fsync.trace"

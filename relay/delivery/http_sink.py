@@ -77,7 +77,7 @@ class HttpSink:
         token = await bearer(self._tokens, self._cfg.request_timeout)
         if token is None:
             return Outcome(Verdict.RETRY, "token", NO_TOKEN)
-        data = request_data(bodies, self._cfg.batch_size)
+        data = request_data(bodies, self._cfg.batch_size, self._cfg.accepts_arrays)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:
             # Never follow a redirect: aiohttp turns a POST answered 301/302/303 into a GET without

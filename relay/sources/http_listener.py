@@ -45,6 +45,11 @@ class LimitedTCPSite(web.BaseSite):
     def name(self) -> str:
         return f"http://{self._host}:{self._port}"
 
+    @property
+    def port(self) -> int:
+        """The port listened on: the one asked for, or the one the OS gave for port 0."""
+        return self._socks[0].getsockname()[1] if self._socks else self._port
+
     async def start(self) -> None:
         await super().start()
         infos = await asyncio.get_running_loop().getaddrinfo(
