@@ -141,8 +141,13 @@ class MaskinportenStandIn:
         jwk.update(kid=self.kid, use="sig", alg="RS256")
         return {"keys": [jwk]}
 
-    def verify_access_token(self, token: str, *, scope: str | None = None) -> dict:
-        """What a receiving service checks; returns the claims or raises InvalidToken."""
+    def verify_access_token(
+        self, token: str, *, scope: str | None = None, leeway: float = 0.0
+    ) -> dict:
+        """What a receiving service checks; returns the claims or raises InvalidToken.
+
+        ``leeway``: seconds an expired token is still accepted (the status service allows 60).
+        """
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -163,7 +168,7 @@ class MaskinportenStandIn:
         if claims.get("iss") != self.issuer:
             raise InvalidToken("wrong issuer")
         exp = claims.get("exp")
-        if not _is_number(exp) or exp <= self._clock():
+        if not _is_number(exp) or exp + leeway <= self._clock():
             raise InvalidToken("expired")
         if scope is not None and scope not in str(claims.get("scope", "")).split():
             raise InvalidToken("wrong scope")
