@@ -429,7 +429,13 @@ def test_an_upstream_refusing_everything_dead_letters_nothing(
 
 def test_a_refused_batch_is_judged_event_by_event(upstream_factory, relay_factory) -> None:
     up = upstream_factory()
-    env = {**FAST_RETRY, "RELAY_UPSTREAM__BATCH_SIZE": "10", "RELAY_RETRY__MAX_REJECTIONS": "2"}
+    up.faults(accept_arrays=True)  # batches are arrays: only for an upstream that takes them
+    env = {
+        **FAST_RETRY,
+        "RELAY_UPSTREAM__BATCH_SIZE": "10",
+        "RELAY_UPSTREAM__ACCEPTS_ARRAYS": "true",
+        "RELAY_RETRY__MAX_REJECTIONS": "2",
+    }
     relay = relay_factory(config=up.config, env=env).start()
     send(relay, [make_event() for _ in range(30)])
     wait_until(lambda: up.stats()["total"] == 30, 20, "healthy deliveries first")

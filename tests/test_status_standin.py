@@ -676,3 +676,25 @@ async def test_reject_code_chooses_the_error_frame(standin: StandIn, code: Error
         with pytest.raises(RSocketProtocolError) as info:
             await send(client, status_event())
     assert info.value.error_code == code
+
+
+async def test_dev_upstream_keeps_its_token_signing_key_across_restarts(tmp_path: Path) -> None:
+    from relay.dev.upstream import DevUpstream
+
+    tokens: list[str] = []
+    mp_port = 0
+    for _ in range(2):
+        up = DevUpstream(tmp_path / "up", accept_arrays=True)
+        # the same Maskinporten port: the issuer (which names it) stays the same
+        addresses = await up.start(rsocket_port=0, http_port=0, maskinporten_port=mp_port)
+        mp_port = addresses.maskinporten_port
+        try:
+            mp = up.maskinporten
+            issued = mp._issue(up.client_id, mp.clients[up.client_id], up.scope, "test")
+            tokens.append(issued["access_token"])
+            # a token of the run before is still accepted after a restart
+            assert up.status.authorise(tokens[0])["client_id"] == up.client_id
+            assert up.status.faults.accept_arrays is True
+            assert "accepts_arrays = true" in (tmp_path / "up" / "relay.toml").read_text()
+        finally:
+            await up.close()

@@ -98,6 +98,7 @@ class MaskinportenStandIn:
         faults: MaskinportenFaults | None = None,
         clock: Callable[[], float] = time.time,
         token_audience: str = "eformidling",
+        signing_key: rsa.RSAPrivateKey | None = None,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -108,7 +109,8 @@ class MaskinportenStandIn:
         self.issued = 0
         self._clock = clock
         self._trusted = [c for pem in trusted_ca_pems for c in x509.load_pem_x509_certificates(pem)]
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # a given key keeps tokens valid across restarts, as the real Maskinporten's keys do
+        self._key = signing_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         der = self._key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.dev.certs import TEST_KID, TestPki, make_test_pki
 from relay.dev.faults import StatusFaults
@@ -91,6 +93,7 @@ class DevUpstream:
             clients={self.client_id: registration},
             trusted_ca_pems=[self.pki.ca_cert_pem],
             faults=MaskinportenFaults(token_lifetime=self._token_lifetime),
+            signing_key=_load_or_make_signing_key(self.data / "pki" / "token-signing.key"),
         )
         app = self.maskinporten.app()
         app.router.add_get("/admin/faults", self._get_mp_faults)
@@ -157,6 +160,27 @@ class DevUpstream:
             await self.status.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _load_or_make_signing_key(path: Path) -> rsa.RSAPrivateKey:
+    """The Maskinporten stand-in's token-signing key, kept so that a restarted stand-in still
+    accepts the tokens it issued before (a status-service restart does not change the real
+    Maskinporten's keys)."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if isinstance(key, rsa.RSAPrivateKey):
+            return key
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    return key
 
 
 def _load_or_make_pki(directory: Path, orgnr: str) -> TestPki:
