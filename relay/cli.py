@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check and answer requests but only count them (for benchmarks): nothing stored",
     )
+    dev.add_argument(
+        "--accept-arrays",
+        action="store_true",
+        help="store each element of a JSON array (the real service drops arrays); the written "
+        "relay.toml then sets upstream.accepts_arrays = true",
+    )
     dev.set_defaults(func=_dev_upstream)
 
     spool = sub.add_parser("spool", help="inspect the spool", description="inspect the spool")
@@ -385,6 +391,7 @@ def _dev_upstream(args: argparse.Namespace) -> int:
             host=args.host,
             token_lifetime=args.token_lifetime,
             ack_only=args.ack_only,
+            accept_arrays=args.accept_arrays,
         )
         try:
             a = await upstream.start(

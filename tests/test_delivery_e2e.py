@@ -21,6 +21,27 @@ from tests.conftest import RelayProcess, UpstreamProcess, make_event
 FAST_RETRY = {"RELAY_RETRY__INITIAL_BACKOFF": "50ms", "RELAY_RETRY__MAX_BACKOFF": "1s"}
 
 
+@pytest.fixture
+def upstream_factory(upstream_factory):
+    """conftest's factory, plus a check after each test: the stand-in dropped nothing.
+
+    Like the real service, the stand-in acknowledges over RSocket what it then cannot use
+    (an array, bad JSON, a logger_name other than STATUS); only its ``dropped`` count shows
+    such a loss, so every test here asserts it stayed 0."""
+    started: list[UpstreamProcess] = []
+
+    def factory(*args, **kwargs) -> UpstreamProcess:
+        up = upstream_factory(*args, **kwargs)
+        started.append(up)
+        return up
+
+    yield factory
+    for up in started:
+        if up.proc is not None and up.proc.poll() is None:
+            stats = up.stats()
+            assert stats["dropped"] == 0, f"the stand-in dropped {stats['dropped_by_reason']}"
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,6 +86,7 @@ def test_events_arrive_once_as_sent(
         assert received["transport"] == transport
         assert received["client_id"] == "MOVE_IP_991825827"
     wait_until(lambda: spool_stats(relay)["depth"] == 0, 10, "the spool to drain")
+    assert up.stats()["dropped"] == 0
 
 
 def test_short_lived_tokens_never_fail_a_delivery(upstream_factory, relay_factory) -> None:
@@ -83,6 +105,7 @@ def test_short_lived_tokens_never_fail_a_delivery(upstream_factory, relay_factor
     # about one fetch per refresh period (half of a 3 s lifetime), never one per event
     assert up.tokens_issued() <= elapsed / 1.0 + 2
     assert "Access Denied" not in relay.output()
+    assert "Jwt expired" not in relay.output()
 
 
 def test_upstream_and_relay_killed_mid_stream_lose_nothing(
@@ -105,8 +128,9 @@ def test_upstream_and_relay_killed_mid_stream_lose_nothing(
             relay.kill()
             relay.start()
     wait_until(lambda: set(received_ids(up)) >= {e["message_id"] for e in acked}, 60, "every event")
-    # the upstream's store survived its restart; duplicates are allowed, losses are not
-    assert "lost" in relay.output() or "reconnect" in relay.output()
+    # the upstream's store survived its restart; duplicates are allowed, losses are not, and
+    # an acknowledged-then-dropped request is a loss too
+    assert up.stats()["dropped"] == 0
 
 
 def test_token_endpoint_down_events_wait_then_flow(upstream_factory, relay_factory) -> None:
@@ -240,13 +264,69 @@ def test_relay_token_command_with_keystore_and_pem(upstream_factory, tmp_path: P
 
 
 def test_batches_go_as_json_arrays(upstream_factory, relay_factory) -> None:
-    up = upstream_factory()  # the stand-in accepts arrays; the real service does not
-    relay = relay_factory(config=up.config, env={"RELAY_UPSTREAM__BATCH_SIZE": "50"}).start()
+    up = upstream_factory()
+    # the real service drops arrays after acking them: only an upstream that says so takes them
+    up.faults(accept_arrays=True)
+    env = {"RELAY_UPSTREAM__BATCH_SIZE": "50", "RELAY_UPSTREAM__ACCEPTS_ARRAYS": "true"}
+    relay = relay_factory(config=up.config, env=env).start()
     events = [make_event() for _ in range(1000)]
     send(relay, events)
     wait_until(lambda: up.stats()["total"] >= 1000, 30, "all events upstream")
     assert set(received_ids(up)) == {e["message_id"] for e in events}
-    assert up.stats()["requests"] <= 1000 / 10
+    stats = up.stats()
+    assert stats["requests"] <= 1000 / 10
+    assert stats["dropped"] == 0
+
+
+def test_dev_upstream_accept_arrays_switch_and_the_config_it_writes(tmp_path: Path) -> None:
+    for flag, arrays in (([], False), (["--accept-arrays"], True)):
+        data = tmp_path / f"up-{arrays}"
+        args = [sys.executable, "-m", "relay", "dev-upstream", "--data", str(data), *flag]
+        args += ["--rsocket-port", "0", "--http-port", "0", "--maskinporten-port", "0"]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("READY"), line
+            http = dict(part.split("=", 1) for part in line.split()[1:])["http"]
+            with urllib.request.urlopen(http + "/admin/faults", timeout=5) as r:
+                assert orjson.loads(r.read())["accept_arrays"] is arrays
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        config = (data / "relay.toml").read_text()
+        assert ("accepts_arrays = true" in config) is arrays
+
+
+@pytest.mark.xfail(reason="needs delivery branch", strict=False)
+def test_a_service_refusing_the_first_token_costs_no_event(upstream_factory, relay_factory) -> None:
+    """Acceptance 3: a Spring-faithful peer refuses the first token it sees."""
+    up = upstream_factory()
+    up.faults(refuse_first_tokens=1)
+    relay = relay_factory(config=up.config, env=FAST_RETRY).start()
+    events = [make_event() for _ in range(300)]
+    send(relay, events)
+    wait_until(lambda: up.stats()["total"] >= len(events), 15, "every event delivered")
+    stats = up.stats()
+    assert set(received_ids(up)) == {e["message_id"] for e in events}
+    assert stats["requests"] == stats["total"], "every request one event"
+    assert stats["by_status"] and all(s["logger_name"] == "STATUS" for s in up.statuses())
+    assert spool_stats(relay)["dead_letters"] == 0
+
+
+@pytest.mark.xfail(reason="needs delivery branch", strict=False)
+def test_a_service_refusing_every_token_keeps_the_events_and_says_why(
+    upstream_factory, relay_factory
+) -> None:
+    up = upstream_factory()
+    text = "Failed to validate the token"
+    up.faults(refuse_tokens_text=text)
+    relay = relay_factory(config=up.config, env=FAST_RETRY).start()
+    send(relay, [make_event() for _ in range(20)])
+    wait_until(lambda: text in readyz(relay)[1], 15, "not-ready with the service's text")
+    assert readyz(relay)[0] == 503
+    assert spool_stats(relay)["dead_letters"] == 0
+    up.faults(refuse_tokens_text="")
+    wait_until(lambda: up.stats()["total"] == 20, 30, "the events once tokens are accepted")
 
 
 def readyz(relay: RelayProcess) -> tuple[int, str]:
@@ -349,7 +429,13 @@ def test_an_upstream_refusing_everything_dead_letters_nothing(
 
 def test_a_refused_batch_is_judged_event_by_event(upstream_factory, relay_factory) -> None:
     up = upstream_factory()
-    env = {**FAST_RETRY, "RELAY_UPSTREAM__BATCH_SIZE": "10", "RELAY_RETRY__MAX_REJECTIONS": "2"}
+    up.faults(accept_arrays=True)  # batches are arrays: only for an upstream that takes them
+    env = {
+        **FAST_RETRY,
+        "RELAY_UPSTREAM__BATCH_SIZE": "10",
+        "RELAY_UPSTREAM__ACCEPTS_ARRAYS": "true",
+        "RELAY_RETRY__MAX_REJECTIONS": "2",
+    }
     relay = relay_factory(config=up.config, env=env).start()
     send(relay, [make_event() for _ in range(30)])
     wait_until(lambda: up.stats()["total"] == 30, 20, "healthy deliveries first")

@@ -44,6 +44,11 @@ def test_demo_curl_line_delivers_end_to_end() -> None:
                 received = orjson.loads(r.read())
             time.sleep(0.2)
         assert received and received[0]["status"] == "LEVERT"
+        # the stand-in acks over RSocket what it then drops: nothing may have been dropped
+        stats_url = query.group(1).split("/api/statuses")[0] + "/api/stats"
+        with urllib.request.urlopen(stats_url, timeout=5) as r:
+            stats = orjson.loads(r.read())
+        assert (stats["dropped"], stats["total"]) == (0, 1)
         assert "delivered: LEVERT" in proc.stdout.readline()
     finally:
         proc.send_signal(signal.SIGINT)

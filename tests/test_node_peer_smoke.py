@@ -149,6 +149,9 @@ class NodePeer:
     def events(self) -> list[dict]:
         return [line for line in self.lines() if "event" in line]
 
+    def dropped(self) -> list[str]:
+        return [line["dropped"] for line in self.lines() if "dropped" in line]
+
     def setups(self) -> list[dict]:
         return [line["setup"] for line in self.lines() if "setup" in line]
 
@@ -285,31 +288,57 @@ async def test_setup_and_request_response_are_recorded(peer: NodePeer, rsa_key) 
     assert peer.lines()[0] == {"setup": setup}
 
 
-async def test_bad_tokens_are_denied_and_the_connection_survives(peer: NodePeer, rsa_key) -> None:
+async def test_bad_tokens_get_spring_texts_and_the_connection_survives(
+    peer: NodePeer, rsa_key
+) -> None:
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    expired = make_token(rsa_key, lifetime=-61)  # beyond Spring's 60 s of clock skew
+    exp = jwt.decode(expired, options={"verify_signature": False})["exp"]
     bad = {
-        "signed by another key": make_token(other_key),
-        "expired": make_token(rsa_key, lifetime=-5),
-        "without the scope": make_token(rsa_key, scope="eformidling:dpe"),
-        "unknown kid": make_token(rsa_key, kid="nobody"),
-        "not a JWT": "abc.def",
-        "missing": None,
+        "signed by another key": (make_token(other_key), "Failed to validate the token"),
+        "expired": (
+            expired,
+            f"Jwt expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}",
+        ),
+        "without the scope": (make_token(rsa_key, scope="eformidling:dpe"), "Access Denied"),
+        "unknown kid": (make_token(rsa_key, kid="nobody"), "Failed to validate the token"),
+        "not a JWT": (
+            "abc.def",
+            "An error occurred while attempting to decode the Jwt: "
+            "Invalid JWT serialization: Missing dot delimiter(s)",
+        ),
+        "missing": (None, "Access Denied"),
     }
     async with connect(peer.port) as client:
-        for what, token in bad.items():
+        for what, (token, text) in bad.items():
             with pytest.raises(RuntimeError) as error:
                 await rr(client, request(make_event(), token))
-            assert str(error.value).startswith("Access Denied"), (what, str(error.value))
+            assert str(error.value) == text, what
 
-        with pytest.raises(RuntimeError, match="^No handler for destination 'log-other'"):
+        with pytest.raises(RuntimeError, match="^No handler for destination 'log-other'$"):
             await rr(client, request(make_event(), make_token(rsa_key), path="log-other"))
-        not_json = Payload(b"{not json", request({}, make_token(rsa_key)).metadata)
-        with pytest.raises(RuntimeError, match="^Invalid JSON"):
-            await rr(client, not_json)
-        assert peer.events() == []
-
-        await rr(client, request(make_event(), make_token(rsa_key)))
+        # 5 s into the skew: still accepted, as Spring does
+        await rr(client, request(make_event(), make_token(rsa_key, lifetime=-5)))
     assert len(peer.events()) == 1
+
+
+async def test_what_the_service_cannot_use_is_acked_then_dropped(peer: NodePeer, rsa_key) -> None:
+    meta = request({}, make_token(rsa_key)).metadata
+    unusable = {
+        b"{not json": "invalid_json",
+        json.dumps([make_event()]).encode(): "array",
+        json.dumps({k: v for k, v in make_event().items() if k != "logger_name"}).encode(): (
+            "no_logger_name"
+        ),
+        json.dumps(make_event(logger_name="no.difi.Other")).encode(): "not_status",
+        b'"a string"': "not_an_object",
+    }
+    async with connect(peer.port) as client:
+        for data in unusable:
+            answer = await rr(client, Payload(data, meta))
+            assert not answer.data
+    assert peer.events() == []
+    assert peer.dropped() == list(unusable.values())
 
 
 async def test_200_concurrent_request_responses(peer: NodePeer, rsa_key, jwks: Jwks) -> None:
@@ -335,7 +364,7 @@ async def test_200_concurrent_request_responses(peer: NodePeer, rsa_key, jwks: J
     assert len(jwks.hits) == 1, "the JWKS is fetched once and cached"
 
 
-async def test_all_three_auth_forms_fire_and_forget_and_arrays(peer: NodePeer, rsa_key) -> None:
+async def test_all_three_auth_forms_and_fire_and_forget(peer: NodePeer, rsa_key) -> None:
     token = make_token(rsa_key, client_id="MOVE_IP_991825827").encode()
     routing = composite(route("log-fire"))
     full_string = explicit_entry(b"message/x.rsocket.authentication.v0", b"\x81" + token)
@@ -343,7 +372,8 @@ async def test_all_three_auth_forms_fire_and_forget_and_arrays(peer: NodePeer, r
     first, second, third = make_event(), make_event(), make_event()
     async with connect(peer.port) as client:
         await rr(client, Payload(json.dumps(first).encode(), routing + full_string))
-        await rr(client, Payload(json.dumps([second, third]).encode(), routing + legacy))
+        await rr(client, Payload(json.dumps(second).encode(), routing + legacy))
+        await rr(client, Payload(json.dumps(third).encode(), routing + legacy))
         fnf = make_event(status="LEST")
         await client.fire_and_forget(request(fnf, token.decode()))
         lines = await peer.wait_for_events(4)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rsocket.error_codes import ErrorCode
 from rsocket.extensions.helpers import authenticate_bearer, composite, route
 from rsocket.extensions.mimetypes import WellKnownMimeTypes
+from rsocket.frame import serialize_prefix_with_frame_size_header
 from rsocket.helpers import single_transport_provider
 from rsocket.payload import Payload
 from rsocket.request_handler import BaseRequestHandler
@@ -222,23 +223,31 @@ async def test_all_three_bearer_forms_are_accepted(standin: StandIn, form: str) 
     assert standin.service.store.statuses(message_id=event["message_id"])
 
 
+_EXPIRED_AT = 1_700_000_000  # 2023-11-14T22:13:20Z
+
+
 @pytest.mark.parametrize(
-    "make_bad_token, reason",
+    "make_bad_token, text",
     [
         # made when the test runs, not at collection: a suite can outlive a 120 s token
-        (lambda: None, "no bearer token"),
-        (lambda: make_token(exp=int(time.time()) - 60), "expired"),
-        (lambda: make_token(_OTHER_KEY), "Signature verification failed"),
-        (lambda: make_token(scope="eformidling:dpv"), f"token lacks scope {SCOPE}"),
-        (lambda: "not-a-jwt", ""),
+        (lambda: None, "Access Denied"),
+        (lambda: make_token(exp=_EXPIRED_AT), "Jwt expired at 2023-11-14T22:13:20Z"),
+        (lambda: make_token(_OTHER_KEY), "Failed to validate the token"),
+        (lambda: make_token(iss="https://maskinporten.no/"), "Failed to validate the token"),
+        (lambda: make_token(scope="eformidling:dpv"), "Access Denied"),
+        (
+            lambda: "not-a-jwt",
+            "An error occurred while attempting to decode the Jwt: "
+            "Invalid JWT serialization: Missing dot delimiter(s)",
+        ),
     ],
 )
-async def test_bad_tokens_are_denied(standin: StandIn, make_bad_token, reason: str) -> None:
+async def test_bad_tokens_get_spring_securitys_texts(
+    standin: StandIn, make_bad_token, text: str
+) -> None:
     token = make_bad_token()
     async with rsocket_client(standin.port) as client:
-        text = await refused(client, status_event(), meta=metadata(token))
-        assert text.startswith("Access Denied: ")
-        assert reason in text
+        assert await refused(client, status_event(), meta=metadata(token)) == text
         # The connection stays usable: the token is checked per request, not per connection.
         await send(client, status_event())
     assert standin.service.store.stats()["total"] == 1
@@ -265,7 +274,7 @@ async def test_a_token_is_verified_once_and_refused_once_it_expires(tmp_path: Pa
             issuer=ISSUER,
             options={"verify_exp": False},
         )
-        if claims["exp"] <= clock():
+        if claims["exp"] + 60 <= clock():
             raise jwt.ExpiredSignatureError("Signature has expired")
         return claims
 
@@ -283,21 +292,27 @@ async def test_a_token_is_verified_once_and_refused_once_it_expires(tmp_path: Pa
             # other tokens are never taken for the cached one
             header, payload, signature = token.split(".")
             claims = jwt.decode(token, options={"verify_signature": False})
-            for bad, reason in (
-                (make_token(_OTHER_KEY, **claims), "Signature verification failed"),
-                (f"{header}.{payload[:-2]}xx.{signature}", ""),
-                (make_token(**dict(claims, scope="eformidling:dpv")), "token lacks scope"),
+            for bad, text in (
+                (make_token(_OTHER_KEY, **claims), "Failed to validate the token"),
+                (
+                    f"{header}.{payload}.{make_token().split('.')[2]}",
+                    "Failed to validate the token",
+                ),
+                (make_token(**dict(claims, scope="eformidling:dpv")), "Access Denied"),
             ):
-                text = await refused(client, status_event(), meta=metadata(bad))
-                assert text.startswith("Access Denied: ") and reason in text
+                assert await refused(client, status_event(), meta=metadata(bad)) == text
 
-            clock.now = claims["exp"]
-            text = await refused(client, status_event(), meta=metadata(token))
-            assert text == "Access Denied: Signature has expired"
-            text = await refused(client, status_event(), meta=metadata(token))
-            assert text == "Access Denied: Signature has expired"
-            assert verified.count(token) == 3
-        assert service.store.stats()["total"] == 3
+            # Spring allows 60 s of clock skew past exp
+            clock.now = claims["exp"] + 59
+            await send(client, status_event(), token=token)
+            clock.now = claims["exp"] + 60
+            expired = (
+                f"Jwt expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(claims['exp']))}"
+            )
+            for _ in range(2):
+                assert await refused(client, status_event(), meta=metadata(token)) == expired
+            assert verified.count(token) == 1
+        assert service.store.stats()["total"] == 4
     finally:
         await service.close()
 
@@ -305,29 +320,93 @@ async def test_a_token_is_verified_once_and_refused_once_it_expires(tmp_path: Pa
 async def test_wrong_route_is_an_error(standin: StandIn) -> None:
     async with rsocket_client(standin.port) as client:
         text = await refused(client, status_event(), meta=metadata(make_token(), tag="log"))
-    assert text == "No handler for destination 'log'"
+        assert text == "No handler for destination 'log'"
+        no_route = composite(authenticate_bearer(make_token()))
+        assert await refused(client, status_event(), meta=no_route) == (
+            "No handler for destination ''"
+        )
 
 
-async def test_invalid_events_get_the_service_messages(standin: StandIn) -> None:
+async def test_what_the_service_cannot_use_is_acked_then_dropped(standin: StandIn) -> None:
+    """The real service acks before decoding; the stand-in counts what it then drops."""
+    unusable = [
+        (orjson.dumps([status_event()]), "array"),
+        (b"{not json", "invalid_json"),
+        (orjson.dumps("a string"), "not_an_object"),
+        (orjson.dumps(make_event()), "no_logger_name"),
+        (orjson.dumps(make_event(logger_name="no.difi.Foo")), "not_status"),
+        (orjson.dumps(status_event(sender="971203420")), "invalid_status"),
+        (orjson.dumps(status_event(message_id="42")), "invalid_status"),
+    ]
     async with rsocket_client(standin.port) as client:
-        bad_sender = status_event(sender="971203420")
-        assert await refused(client, bad_sender) == (
-            "Sender field (971203420) is not valid ISO6523 format."
-        )
-        assert await refused(client, status_event(message_id="42")) == (
-            "message_id and conversation_id must be of type UUID"
-        )
-        assert await refused(client, make_event()) == "logger_name missing"
-    assert standin.service.store.stats()["total"] == 0
+        for data, _ in unusable:
+            answer = await asyncio.wait_for(
+                client.request_response(Payload(data, metadata(make_token()))), TIMEOUT
+            )
+            assert not answer.data
+        await client.fire_and_forget(Payload(b"[]", metadata(make_token())))
+        await until(lambda: standin.service.dropped.total == len(unusable) + 1)
+    stats = await standin.get("/api/stats")
+    assert stats["total"] == 0
+    assert stats["dropped"] == len(unusable) + 1
+    assert stats["dropped_by_reason"] == {
+        "array": 2,
+        "invalid_json": 1,
+        "not_an_object": 1,
+        "no_logger_name": 1,
+        "not_status": 1,
+        "invalid_status": 2,
+    }
+    assert stats["rsocket"]["errors"] == 0
 
 
-async def test_arrays_follow_the_accept_arrays_switch(standin: StandIn) -> None:
+async def test_arrays_are_stored_only_behind_the_accept_arrays_switch(standin: StandIn) -> None:
     async with rsocket_client(standin.port) as client:
         await send(client, [status_event(), status_event()])
-        standin.service.faults.accept_arrays = False
-        assert "one event per request" in await refused(client, [status_event()])
-    stats = standin.service.store.stats()
+        assert standin.service.dropped.by_reason == {"array": 1}
+        standin.service.faults.update({"accept_arrays": True})
+        await send(client, [status_event(), status_event(), make_event()])
+    stats = await standin.get("/api/stats")
     assert (stats["total"], stats["requests"]) == (2, 1)
+    assert stats["dropped_by_reason"] == {"array": 1, "no_logger_name": 1}
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, int, bytes]:
+    """(stream id, frame type, flags, rest) of the next frame from the wire."""
+    length = int.from_bytes(await reader.readexactly(3), "big")
+    frame = await reader.readexactly(length)
+    stream_id = int.from_bytes(frame[:4], "big")
+    type_and_flags = int.from_bytes(frame[4:6], "big")
+    return stream_id, type_and_flags >> 10, type_and_flags & 0x3FF, frame[6:]
+
+
+@pytest.mark.parametrize("data", [orjson.dumps(status_event()), b"[1, 2]"])
+async def test_the_ack_is_a_payload_frame_with_complete_only(standin: StandIn, data) -> None:
+    from rsocket.frame_builders import to_request_response_frame, to_setup_frame
+
+    setup = to_setup_frame(
+        Payload(),
+        WellKnownMimeTypes.APPLICATION_JSON.value.name,
+        WellKnownMimeTypes.MESSAGE_RSOCKET_COMPOSITE_METADATA.value.name,
+        timedelta(seconds=20),
+        timedelta(seconds=90),
+        False,
+    )
+    request = to_request_response_frame(1, Payload(data, metadata(make_token())))
+    reader, writer = await asyncio.open_connection("127.0.0.1", standin.port)
+    try:
+        for frame in (setup, request):
+            writer.write(serialize_prefix_with_frame_size_header(frame))
+            frame.write_data_metadata(writer.write)
+        while True:
+            stream_id, kind, flags, rest = await asyncio.wait_for(read_frame(reader), TIMEOUT)
+            if stream_id == 1:
+                break
+    finally:
+        writer.close()
+    assert kind == 0x0A  # PAYLOAD
+    assert flags == 0x40  # COMPLETE; no NEXT (0x20), no METADATA (0x100)
+    assert rest == b""
 
 
 async def test_reject_faults_leave_other_requests_alone(standin: StandIn) -> None:
@@ -399,17 +478,52 @@ async def test_http_answers_like_the_service(standin: StandIn) -> None:
     assert row["logger_name"] == "STATUS"
     assert row["_received"]["transport"] == "http"
 
-    status, body, headers = await standin.post(make_event(sender="971203420"), make_token())
-    assert (status, body) == (400, "Sender field (971203420) is not valid ISO6523 format.")
-    assert headers["Content-Type"].startswith("text/plain")
+    for bad, text in (
+        (make_event(sender="971203420"), "Sender field (971203420) is not valid ISO6523 format."),
+        (make_event(message_id="42"), "message_id and conversation_id must be of type UUID"),
+    ):
+        status, body, headers = await standin.post(bad, make_token())
+        assert (status, body) == (400, text)
+        assert headers["Content-Type"].startswith("text/plain")
 
-    for token in (None, "garbage", make_token(exp=int(time.time()) - 60)):
-        status, _, headers = await standin.post(make_event(), token)
-        assert status == 401
-        assert headers["WWW-Authenticate"] == "Bearer"
+    status, body, headers = await standin.post(make_event(), None)
+    assert (status, body, headers["WWW-Authenticate"]) == (401, "", "Bearer")
+    for token, reason in (
+        ("garbage", "An error occurred while attempting to decode the Jwt"),
+        (make_token(exp=_EXPIRED_AT), "Jwt expired at 2023-11-14T22:13:20Z"),
+        (make_token(_OTHER_KEY), "Failed to validate the token"),
+    ):
+        status, body, headers = await standin.post(make_event(), token)
+        assert (status, body) == (401, "")
+        challenge = headers["WWW-Authenticate"]
+        assert challenge.startswith('Bearer error="invalid_token", error_description="')
+        assert reason in challenge
 
-    status, _, _ = await standin.post(None, make_token(), raw=b"{not json")
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        orjson.dumps([make_event()]),
+        orjson.dumps(make_event(status="SENT")),
+        orjson.dumps(make_event(conversation_id=None)),
+        orjson.dumps({k: v for k, v in make_event().items() if k != "status"}),
+        orjson.dumps(make_event(timestamp="2026-12-01T10:00:00+01:00")),
+    ],
+    ids=["not json", "array", "unknown status", "null", "missing", "offset"],
+)
+async def test_http_binding_failures_get_spring_boots_json_error(standin: StandIn, raw) -> None:
+    status, body, headers = await standin.post(None, make_token(), raw=raw)
     assert status == 400
+    assert headers["Content-Type"].startswith("application/json")
+    error = orjson.loads(body)
+    assert {k: error[k] for k in ("status", "error", "message", "path")} == {
+        "status": 400,
+        "error": "Bad Request",
+        "message": "",
+        "path": "/api/status",
+    }
+    assert standin.service.store.stats()["total"] == 0
 
 
 async def test_http_status_fault_sends_retry_after(standin: StandIn) -> None:
@@ -483,19 +597,21 @@ async def test_ack_only_checks_and_counts_but_stores_nothing(standin: StandIn) -
     token = make_token()
     async with rsocket_client(standin.port) as client:
         await send(client, status_event(), token=token)
+        standin.service.faults.update({"accept_arrays": True})
         await send(client, [status_event(), status_event()], token=token)
-        assert await refused(client, make_event()) == "logger_name missing"
+        await send(client, make_event(), token=token)  # acked, dropped
         text = await refused(client, status_event(), meta=metadata(make_token(_OTHER_KEY)))
-        assert text.startswith("Access Denied: ")
+        assert text == "Failed to validate the token"
         await client.fire_and_forget(Payload(orjson.dumps(status_event()), metadata(token)))
-        await until(lambda: standin.service.acked.requests == 3)
+        await until(lambda: standin.service.acked.requests == 4)
     assert (await standin.post(status_event(), token))[0] == 200
     assert (await standin.post(status_event(message_id="42"), token))[0] == 400
 
     stats = await standin.get("/api/stats")
     assert "total" not in stats
+    assert stats["dropped"] == 1
     acked = stats["acked"]
-    assert (acked["requests"], acked["events"]) == (4, 5)
+    assert (acked["requests"], acked["events"]) == (5, 5)
     assert acked["first_at"] <= acked["last_at"]
     assert standin.service.store.statuses() == []
 
@@ -509,3 +625,76 @@ async def test_ack_only_checks_and_counts_but_stores_nothing(standin: StandIn) -
     assert (await standin.post(status_event(), token))[0] == 200
     stats = await standin.get("/api/stats")
     assert (stats["total"], stats["acked"]["events"]) == (1, 1)
+
+
+# -- token faults, for the relay's acceptance tests --------------------------------------------
+
+
+async def test_refuse_first_tokens_refuses_only_the_first_tokens_seen(standin: StandIn) -> None:
+    async with standin.session.post(
+        standin.url + "/admin/faults", json={"refuse_first_tokens": 1}
+    ) as r:
+        assert r.status == 200
+    first, second = make_token(), make_token()
+    async with rsocket_client(standin.port) as client:
+        for _ in range(2):  # the first token stays refused, every time
+            text = await refused(client, status_event(), meta=metadata(first))
+            assert text == "Failed to validate the token"
+        await send(client, status_event(), token=second)
+        await send(client, status_event(), token=second)
+        text = await refused(client, status_event(), meta=metadata(first))
+        assert text == "Failed to validate the token"
+        # setting the switch again counts afresh
+        standin.service.faults.update({"refuse_first_tokens": 1})
+        third = make_token()
+        text = await refused(client, status_event(), meta=metadata(third))
+        assert text == "Failed to validate the token"
+        await send(client, status_event(), token=first)
+    status, _, headers = await standin.post(make_event(), third)
+    assert status == 401 and "Failed to validate the token" in headers["WWW-Authenticate"]
+    assert standin.service.store.stats()["total"] == 3
+
+
+async def test_refuse_tokens_text_refuses_every_token(standin: StandIn) -> None:
+    standin.service.faults.update({"refuse_tokens_text": "Jwt expired at 2026-12-01T10:00:00Z"})
+    async with rsocket_client(standin.port) as client:
+        for _ in range(3):
+            assert await refused(client, status_event()) == "Jwt expired at 2026-12-01T10:00:00Z"
+        standin.service.faults.update({"refuse_tokens_text": ""})
+        await send(client, status_event())
+    assert standin.service.store.stats()["total"] == 1
+
+
+@pytest.mark.parametrize("code", [ErrorCode.REJECTED, ErrorCode.INVALID])
+async def test_reject_code_chooses_the_error_frame(standin: StandIn, code: ErrorCode) -> None:
+    from rsocket.exceptions import RSocketProtocolError
+
+    standin.service.faults.update(
+        {"reject_fraction": 1.0, "reject_message": "busy", "reject_code": code.name}
+    )
+    async with rsocket_client(standin.port) as client:
+        with pytest.raises(RSocketProtocolError) as info:
+            await send(client, status_event())
+    assert info.value.error_code == code
+
+
+async def test_dev_upstream_keeps_its_token_signing_key_across_restarts(tmp_path: Path) -> None:
+    from relay.dev.upstream import DevUpstream
+
+    tokens: list[str] = []
+    mp_port = 0
+    for _ in range(2):
+        up = DevUpstream(tmp_path / "up", accept_arrays=True)
+        # the same Maskinporten port: the issuer (which names it) stays the same
+        addresses = await up.start(rsocket_port=0, http_port=0, maskinporten_port=mp_port)
+        mp_port = addresses.maskinporten_port
+        try:
+            mp = up.maskinporten
+            issued = mp._issue(up.client_id, mp.clients[up.client_id], up.scope, "test")
+            tokens.append(issued["access_token"])
+            # a token of the run before is still accepted after a restart
+            assert up.status.authorise(tokens[0])["client_id"] == up.client_id
+            assert up.status.faults.accept_arrays is True
+            assert "accepts_arrays = true" in (tmp_path / "up" / "relay.toml").read_text()
+        finally:
+            await up.close()

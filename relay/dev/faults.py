@@ -4,7 +4,17 @@ Handlers read the one shared StatusFaults object on every request, so a test or 
 endpoint can turn a fault on between two requests without restarting anything.
 
 ``ack_only`` is not a fault but a benchmark mode kept with them for the same reason: requests
-are checked and answered as usual but counted instead of stored.
+are checked and answered as usual but counted instead of stored. ``accept_arrays`` is not a
+fault either: the real service drops a JSON array after acknowledging it, so by default the
+stand-in does the same (counted as dropped); only an upstream that declares array support
+(``relay dev-upstream --accept-arrays``) stores each element.
+
+Token faults play a service that does not trust a token it could verify:
+``refuse_first_tokens`` refuses the first N distinct tokens seen (since the switch was last
+set) with Spring's "Failed to validate the token" and accepts later ones, as a service that
+refused only the first token it saw; ``refuse_tokens_text`` refuses every token with that text.
+``reject_code`` chooses the RSocket error of the reject faults (the real service sends only
+APPLICATION_ERROR; REJECTED and INVALID are there to test the relay's handling of them).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["StatusFaults"]
+__all__ = ["REJECT_CODES", "StatusFaults"]
 
 # Statuses for which an HTTP client is told when to come back.
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -32,10 +42,15 @@ class StatusFaults:
     http_status: int = 0
     http_fraction: float = 1.0
     retry_after: int = 1
-    accept_arrays: bool = True
+    reject_code: str = "APPLICATION_ERROR"
+    refuse_first_tokens: int = 0
+    refuse_tokens_text: str = ""
+    accept_arrays: bool = False
     ack_only: bool = False
 
     def __post_init__(self) -> None:
+        # Bumped whenever refuse_first_tokens is set: "the first N tokens" count from then.
+        self.token_epoch = 0
         # Validate constructor arguments the same way as admin changes.
         self.update(dataclasses.asdict(self))
 
@@ -51,6 +66,8 @@ class StatusFaults:
             checked[name] = _CHECKS[name](name, value)
         for name, value in checked.items():
             setattr(self, name, value)
+        if "refuse_first_tokens" in checked:
+            self.token_epoch += 1
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,6 +120,15 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+REJECT_CODES = ("APPLICATION_ERROR", "REJECTED", "INVALID")
+
+
+def _reject_code(name: str, value: Any) -> str:
+    if value not in REJECT_CODES:
+        raise ValueError(f"fault {name} must be one of {', '.join(REJECT_CODES)}, got {value!r}")
+    return value
+
+
 def _flag(name: str, value: Any) -> bool:
     if type(value) is not bool:
         raise ValueError(f"fault {name} must be true or false, got {value!r}")
@@ -126,6 +152,9 @@ _CHECKS = {
     "http_status": _http_status,
     "http_fraction": _fraction,
     "retry_after": _count,
+    "reject_code": _reject_code,
+    "refuse_first_tokens": _count,
+    "refuse_tokens_text": _text,
     "accept_arrays": _flag,
     "ack_only": _flag,
 }

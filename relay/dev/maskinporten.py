@@ -98,6 +98,7 @@ class MaskinportenStandIn:
         faults: MaskinportenFaults | None = None,
         clock: Callable[[], float] = time.time,
         token_audience: str = "eformidling",
+        signing_key: rsa.RSAPrivateKey | None = None,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -108,7 +109,8 @@ class MaskinportenStandIn:
         self.issued = 0
         self._clock = clock
         self._trusted = [c for pem in trusted_ca_pems for c in x509.load_pem_x509_certificates(pem)]
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # a given key keeps tokens valid across restarts, as the real Maskinporten's keys do
+        self._key = signing_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         der = self._key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -141,8 +143,13 @@ class MaskinportenStandIn:
         jwk.update(kid=self.kid, use="sig", alg="RS256")
         return {"keys": [jwk]}
 
-    def verify_access_token(self, token: str, *, scope: str | None = None) -> dict:
-        """What a receiving service checks; returns the claims or raises InvalidToken."""
+    def verify_access_token(
+        self, token: str, *, scope: str | None = None, leeway: float = 0.0
+    ) -> dict:
+        """What a receiving service checks; returns the claims or raises InvalidToken.
+
+        ``leeway``: seconds an expired token is still accepted (the status service allows 60).
+        """
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -163,7 +170,7 @@ class MaskinportenStandIn:
         if claims.get("iss") != self.issuer:
             raise InvalidToken("wrong issuer")
         exp = claims.get("exp")
-        if not _is_number(exp) or exp <= self._clock():
+        if not _is_number(exp) or exp + leeway <= self._clock():
             raise InvalidToken("expired")
         if scope is not None and scope not in str(claims.get("scope", "")).split():
             raise InvalidToken("wrong scope")

@@ -1,7 +1,11 @@
 """HTTP side of the status-service stand-in, plus read and fault-switch endpoints.
 
-``POST /api/status`` answers as the real service does: 200 with an empty body, 400 text/plain
-with the validation message, 401 with ``WWW-Authenticate: Bearer``. The read and admin
+``POST /api/status`` answers as the real service does: 200 with an empty body; 400 text/plain
+with one of the service's three validation messages; 400 with Spring Boot's JSON error body
+(empty message) when the body cannot be bound to its status class (not JSON, an array, an
+unknown status, a missing or null field, a timestamp with an offset, ...); 401 with an empty
+body and ``WWW-Authenticate: Bearer`` for a missing or refused token, as Spring Security's
+bearer-token entry point answers. The read and admin
 endpoints have no authentication: this is a development tool meant for 127.0.0.1.
 """
 
@@ -9,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import orjson
@@ -25,6 +31,15 @@ log = logging.getLogger("relay.dev.status_http")
 STATUS_PATHS = ("/api/status", "/logging/api/status")
 
 _MAX_LIMIT = 100_000
+
+# The three messages the service's own validation answers as text/plain; every other refusal
+# of an event is a binding failure there, answered with Spring Boot's JSON error body.
+_VALIDATION = re.compile(
+    r"(?:Sender|Receiver) field \(.*\) is not valid ISO6523 format\."
+    r"|message_id and conversation_id must be of type UUID"
+    r"|Range for ISO6523 not supported",
+    re.DOTALL,
+)
 
 
 def add_routes(app: web.Application, service: StatusServiceStandIn) -> None:
@@ -55,10 +70,8 @@ class _Routes:
         try:
             claims = service.authorise(_bearer(request.headers.get("Authorization", "")))
         except PermissionError as err:
-            log.info("HTTP status refused: access denied: %s", err)
-            return web.Response(
-                status=401, text=f"Access Denied: {err}", headers={"WWW-Authenticate": "Bearer"}
-            )
+            log.info("HTTP status refused: %s", err)
+            return web.Response(status=401, headers={"WWW-Authenticate": _challenge(str(err))})
         # Spring answers a non-JSON body type with 415 before looking at it.
         if not _is_json(request.content_type):
             return _text(415, f"Content-Type {request.content_type} is not supported")
@@ -67,7 +80,10 @@ class _Routes:
             service.receive(data, claims=claims, transport="http", interaction="http")
         except ValueError as err:
             log.info("HTTP status refused: %s", err)
-            return _text(400, str(err))
+            text = str(err)
+            if _VALIDATION.fullmatch(text) or text == faults.reject_message:
+                return _text(400, text)
+            return _spring_error(400, "Bad Request", request.path)
         return web.Response(status=200)
 
     async def get_statuses(self, request: web.Request) -> web.Response:
@@ -115,6 +131,24 @@ def _bearer(header: str) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def _challenge(reason: str) -> str:
+    """Spring Security's WWW-Authenticate: bare for no token, with the reason for a bad one."""
+    if reason == "Access Denied":
+        return "Bearer"
+    description = reason.replace("\\", "\\\\").replace('"', '\\"')
+    return (
+        f'Bearer error="invalid_token", error_description="{description}", '
+        'error_uri="https://tools.ietf.org/html/rfc6750#section-3.1"'
+    )
+
+
+def _spring_error(status: int, error: str, path: str) -> web.Response:
+    """Spring Boot 2.5's default error body (server.error.include-message=never: empty)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+00:00"
+    body = {"timestamp": now, "status": status, "error": error, "message": "", "path": path}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 def _is_json(content_type: str) -> bool:

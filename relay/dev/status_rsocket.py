@@ -4,6 +4,10 @@ rsocket-py turns a handler future that fails with anything but RSocketProtocolEr
 ERROR frame APPLICATION_ERROR (0x201) whose data is str(exception); its client raises that as
 RuntimeError(text). We fail futures with RSocketApplicationError(text) to get exactly that.
 
+The service's handler returns Mono<Void>, so a request-response is acknowledged by a PAYLOAD
+frame with COMPLETE only (no NEXT, no data); rsocket-py would send NEXT|COMPLETE for an empty
+Payload, so _Server sends the _ACK marker without NEXT.
+
 rsocket-py awaits each handler call inside its frame-reading loop, so a request that has to
 wait (the delay fault) runs in its own task and the handler returns at once: a slow request
 must not hold up the others on the connection. Without a delay it is served on the spot.
@@ -178,6 +182,21 @@ class _BatchingTCP(TransportTCP):
         await super().close()
 
 
+# Returned by the handler for "acknowledge": sent as COMPLETE without NEXT (identity matters).
+_ACK = Payload()
+
+_REJECT_CODES = {"REJECTED": ErrorCode.REJECTED, "INVALID": ErrorCode.INVALID}
+
+
+class _Server(RSocketServer):
+    def send_payload(
+        self, stream_id: int, payload: Payload, complete: bool = False, is_next: bool = True
+    ) -> None:
+        if payload is _ACK:
+            is_next = False
+        super().send_payload(stream_id, payload, complete, is_next)
+
+
 class RSocketStandIn:
     """The listening server; ``port`` is the bound port. Counters are read by tests and stats."""
 
@@ -206,9 +225,7 @@ class RSocketStandIn:
             writer.close()
             return
         handler = _ConnectionHandler(self)
-        handler.socket = RSocketServer(
-            _BatchingTCP(reader, writer), handler_factory=lambda: handler
-        )
+        handler.socket = _Server(_BatchingTCP(reader, writer), handler_factory=lambda: handler)
         self._connections.add(handler.socket)
         self.connections_total += 1
 
@@ -323,22 +340,25 @@ class _ConnectionHandler(BaseRequestHandler):
             try:
                 claims = service.authorise(token)
             except PermissionError as err:
-                raise RSocketApplicationError(f"Access Denied: {err}") from None
-            if not tags:
-                raise RSocketApplicationError("No routing metadata (message/x.rsocket.routing.v0)")
-            if tags[0] != ROUTE:
-                raise RSocketApplicationError(f"No handler for destination '{tags[0]}'")
+                raise RSocketApplicationError(str(err)) from None
+            destination = tags[0] if tags else ""
+            if destination != ROUTE:
+                raise RSocketApplicationError(f"No handler for destination '{destination}'")
             try:
                 service.receive(
                     payload.data, claims=claims, transport="rsocket", interaction=interaction
                 )
             except ValueError as err:
-                raise RSocketApplicationError(str(err)) from None
+                # only the reject faults get here: the service itself acks whatever the data
+                code = _REJECT_CODES.get(service.faults.reject_code)
+                if code is None:
+                    raise RSocketApplicationError(str(err)) from None
+                raise RSocketProtocolError(code, str(err)) from None
         except (RSocketApplicationError, RSocketProtocolError) as err:
             self.owner.errors += 1
             log.info("%s refused: %s", interaction, err)
             raise
-        return Payload()
+        return _ACK
 
     def _fnf_done(self, task: asyncio.Future) -> None:
         if not task.cancelled():

@@ -5,17 +5,19 @@ It answers like the service documented in shared/reference/upstream-protocol.md 
 and has fault switches (relay.dev.faults) to play an unhealthy upstream.
 
 The transports (status_rsocket, status_http) share the rules here and only translate
-outcomes: PermissionError means "access denied", ValueError means "the request is refused"
-and carries the text to send back.
+outcomes: TokenRefused (a PermissionError) carries Spring Security's text for the token,
+ValueError means "the request is refused" and carries the text to send back. Over RSocket
+what the service cannot use is acknowledged and counted as ``dropped`` (see receive).
 
 A sender uses one token for many requests, so each distinct token is verified once
 (signature verification was over half the stand-in's CPU) and afterwards only its expiry is
-checked; an expired token goes back through verify_token, which refuses it with its own text.
+checked (60 s clock skew, as the service allows).
 In ack-only mode (for benchmarks) accepted requests are validated and counted, not stored.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,17 +25,20 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.dev import status_http, status_rsocket
+from relay.dev import status_http, status_rsocket, status_tokens
 from relay.dev.faults import StatusFaults
 from relay.dev.status_store import StatusStore
-from relay.event import decode, normalise
+from relay.dev.status_tokens import ACCESS_DENIED, FAILED_TO_VALIDATE, TokenRefused
+from relay.event import EventError, decode, normalise
 
-__all__ = ["StatusServiceStandIn", "VerifyToken"]
+__all__ = ["DropCounter", "StatusServiceStandIn", "VerifyToken"]
 
 VerifyToken = Callable[[str], Mapping[str, Any]]
 
 # Senders hold one token at a time, renewed before it expires: a few entries cover them all.
 _VERIFIED_TOKENS = 8
+# refuse_first_tokens remembers this many tokens' fates; beyond it a token is judged afresh.
+_REMEMBERED_TOKENS = 4096
 
 
 class StatusServiceStandIn:
@@ -51,6 +56,9 @@ class StatusServiceStandIn:
         self.rsocket: status_rsocket.RSocketStandIn | None = None
         self.http_requests = 0
         self.acked = AckCounter(clock)
+        self.dropped = DropCounter()
+        self._first_tokens: dict[str, bool] = {}
+        self._token_epoch = self.faults.token_epoch
         self._verify_token = verify_token
         self._verified: dict[str, Mapping[str, Any]] = {}
         self._clock = clock
@@ -60,26 +68,32 @@ class StatusServiceStandIn:
     # -- the rules shared by both transports --------------------------------------------
 
     def authorise(self, token: str | None) -> Mapping[str, Any]:
-        """The token's claims; PermissionError(reason) when it is missing or not acceptable."""
+        """The token's claims; TokenRefused (a PermissionError) with Spring's text if refused."""
         if not token:
-            raise PermissionError("no bearer token")
+            raise TokenRefused(ACCESS_DENIED)
+        now = self._clock()
         claims = self._verified.get(token)
-        if claims is None or not claims["exp"] > self._clock():
-            claims = self._verify(token)
+        if claims is None:
+            claims = self._verify(token, now)
+        else:
+            status_tokens.check_expiry(claims, now)
         if self._scope is not None:
             scope = claims.get("scope")
             granted = scope.split() if isinstance(scope, str) else []
             if self._scope not in granted:
-                raise PermissionError(f"token lacks scope {self._scope}")
+                # What a Spring authorisation rule (hasAuthority) answers; the public service
+                # has no such rule, so dev-upstream does not ask for a scope.
+                raise TokenRefused(ACCESS_DENIED)
+        self._token_faults(token)
         return claims
 
-    def _verify(self, token: str) -> Mapping[str, Any]:
-        self._verified.pop(token, None)
+    def _verify(self, token: str, now: float) -> Mapping[str, Any]:
         try:
             claims = self._verify_token(token)
         except Exception as err:
-            # verify_token may raise anything; its text is the reason (never the token).
-            raise PermissionError(str(err) or type(err).__name__) from None
+            # verify_token may raise anything; the answer is worded from the token itself.
+            raise TokenRefused(status_tokens.refusal_text(token, err, now)) from None
+        status_tokens.check_expiry(claims, now)
         exp = claims.get("exp")
         # Without a numeric exp there is no way to tell when to verify again: never cached.
         if type(exp) in (int, float):
@@ -87,6 +101,24 @@ class StatusServiceStandIn:
                 del self._verified[next(iter(self._verified))]  # the oldest
             self._verified[token] = claims
         return claims
+
+    def _token_faults(self, token: str) -> None:
+        faults = self.faults
+        if faults.refuse_tokens_text:
+            raise TokenRefused(faults.refuse_tokens_text)
+        if faults.token_epoch != self._token_epoch:
+            self._token_epoch = faults.token_epoch
+            self._first_tokens.clear()
+        if not faults.refuse_first_tokens:
+            return
+        seen = self._first_tokens
+        refused = seen.get(token)
+        if refused is None:
+            refused = sum(seen.values()) < faults.refuse_first_tokens
+            if len(seen) < _REMEMBERED_TOKENS:
+                seen[token] = refused
+        if refused:
+            raise TokenRefused(FAILED_TO_VALIDATE)
 
     def receive(
         self,
@@ -96,33 +128,62 @@ class StatusServiceStandIn:
         transport: str,
         interaction: str,
     ) -> int:
-        """Validate, apply the reject faults, store (unless ack-only); return the event count.
+        """Take one authorised request's data; return the number of events stored.
 
-        Raises ValueError (relay.event.EventError is one) with the text to answer.
+        Over RSocket the real service acknowledges before it decodes: what it cannot use (an
+        array, bad JSON, no or another logger_name) is acknowledged and dropped, so here it is
+        counted in ``dropped`` and answered like anything else. Over HTTP the data is bound
+        first: a ValueError (relay.event.EventError is one) carries the text to answer with.
+        Reject faults raise ValueError(reject_message) on either transport.
         """
-        value = decode(data or b"")
+        unpack = self._usable_events if transport == "rsocket" else self._bound_events
+        events = unpack(data)
+        if events and self.faults.rejects(events):
+            raise ValueError(self.faults.reject_message)
+        if events and not self.faults.ack_only:
+            self.store.add(events, transport=transport, interaction=interaction, claims=claims)
+        self.acked.add(len(events))
+        return len(events)
+
+    def _usable_events(self, data: bytes | None) -> list[dict]:
+        try:
+            value = decode(data or b"")
+        except ValueError:
+            self.dropped.add("invalid_json")
+            return []
         if isinstance(value, list):
             if not self.faults.accept_arrays:
-                raise ValueError("a JSON array is not accepted: send one event per request")
-            if not value:
-                raise ValueError("the JSON array is empty")
+                self.dropped.add("array")
+                return []
             items = value
         else:
             items = [value]
         events = []
         for item in items:
-            # Over RSocket the real service drops an event without logger_name (it cannot
-            # route it to a topic); answering an error lets the sender notice. Over HTTP the
-            # service defaults it to STATUS, as normalise does.
-            if transport == "rsocket" and isinstance(item, dict) and "logger_name" not in item:
-                raise ValueError("logger_name missing")
-            events.append(normalise(item))
-        if self.faults.rejects(events):
-            raise ValueError(self.faults.reject_message)
-        if not self.faults.ack_only:
-            self.store.add(events, transport=transport, interaction=interaction, claims=claims)
-        self.acked.add(len(events))
-        return len(events)
+            if not isinstance(item, dict):
+                self.dropped.add("not_an_object")
+            elif "logger_name" not in item:
+                self.dropped.add("no_logger_name")
+            elif item["logger_name"] != "STATUS":
+                # The service sends it to its general log topic: it never becomes a status.
+                self.dropped.add("not_status")
+            else:
+                try:
+                    events.append(normalise(item))
+                except ValueError:
+                    # The service would pass it on unread; no consumer of statuses can use it.
+                    self.dropped.add("invalid_status")
+        return events
+
+    def _bound_events(self, data: bytes | None) -> list[dict]:
+        value = decode(data or b"")
+        if isinstance(value, list):
+            if not self.faults.accept_arrays:
+                raise EventError("a JSON array cannot be bound to one status")
+            if not value:
+                raise EventError("the JSON array is empty")
+            return [_bind(item) for item in value]
+        return [_bind(value)]
 
     def stats(self) -> dict:
         """Counters; the store's figures only when storing (ack-only mode answers without SQL)."""
@@ -130,6 +191,10 @@ class StatusServiceStandIn:
         return {
             **({} if self.faults.ack_only else self.store.stats()),
             "acked": self.acked.as_dict(),
+            # acknowledged but unusable (what the real service drops after its ack): an
+            # end-to-end test asserts this stays 0.
+            "dropped": self.dropped.total,
+            "dropped_by_reason": dict(self.dropped.by_reason),
             "rsocket": {
                 "connections_open": rs.connections_open if rs else 0,
                 "connections_total": rs.connections_total if rs else 0,
@@ -179,6 +244,31 @@ class StatusServiceStandIn:
             await self._http_runner.cleanup()
             self._http_runner = None
         self.store.close()
+
+
+# A date-time with a zone (Z or +hh:mm) cannot bind to the service's LocalDateTime.
+_ZONED = re.compile(r".*T.*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)")
+
+
+def _bind(item: object) -> dict:
+    """normalise(), plus the binding rules of the service's HTTP path that it may not check."""
+    if isinstance(item, dict):
+        timestamp = item.get("timestamp")
+        if isinstance(timestamp, str) and _ZONED.fullmatch(timestamp):
+            raise EventError(f"timestamp ({timestamp}) has an offset: it cannot bind")
+    return normalise(item)
+
+
+class DropCounter:
+    """Requests (or array elements) acknowledged and then dropped, by reason."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, reason: str) -> None:
+        self.total += 1
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
 
 
 class AckCounter:

@@ -2,6 +2,10 @@
 
 A throwaway PKI is made on first use; the status service trusts only tokens of this Maskinporten
 stand-in. `relay.toml` in the data folder is a relay configuration that points at them.
+
+Like the real service, the status stand-in drops JSON arrays after acknowledging them;
+``accept_arrays`` (``--accept-arrays``) plays an upstream that takes them, and only then does
+the generated configuration say ``upstream.accepts_arrays = true``.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.dev.certs import TEST_KID, TestPki, make_test_pki
 from relay.dev.faults import StatusFaults
 from relay.dev.maskinporten import ClientRegistration, MaskinportenFaults, MaskinportenStandIn
 from relay.dev.status_service import StatusServiceStandIn
+from relay.dev.status_tokens import CLOCK_SKEW
 
 log = logging.getLogger("relay.dev")
 
@@ -51,6 +58,7 @@ class DevUpstream:
         scope: str = DEFAULT_SCOPE,
         token_lifetime: float = 120.0,
         ack_only: bool = False,
+        accept_arrays: bool = False,
     ) -> None:
         self.data = Path(data)
         self.host = host
@@ -64,6 +72,7 @@ class DevUpstream:
         self.addresses: UpstreamAddresses | None = None
         self._token_lifetime = token_lifetime
         self._ack_only = ack_only
+        self._accept_arrays = accept_arrays
         self._runner: web.AppRunner | None = None
 
     async def start(
@@ -84,6 +93,7 @@ class DevUpstream:
             clients={self.client_id: registration},
             trusted_ca_pems=[self.pki.ca_cert_pem],
             faults=MaskinportenFaults(token_lifetime=self._token_lifetime),
+            signing_key=_load_or_make_signing_key(self.data / "pki" / "token-signing.key"),
         )
         app = self.maskinporten.app()
         app.router.add_get("/admin/faults", self._get_mp_faults)
@@ -94,11 +104,11 @@ class DevUpstream:
         await web.SockSite(self._runner, sock).start()
 
         mp = self.maskinporten
+        # No scope check: the real service checks only signature and expiry (60 s skew).
         self.status = StatusServiceStandIn(
             store_path=self.data / "received.db",
-            verify_token=lambda token: mp.verify_access_token(token),
-            faults=StatusFaults(ack_only=self._ack_only),
-            scope=self.scope,
+            verify_token=lambda token: mp.verify_access_token(token, leeway=CLOCK_SKEW),
+            faults=StatusFaults(ack_only=self._ack_only, accept_arrays=self._accept_arrays),
         )
         rs_port = await self.status.start_rsocket(self.host, rsocket_port)
         st_port = await self.status.start_http(self.host, http_port)
@@ -115,7 +125,9 @@ class DevUpstream:
             f'transport = "{transport}"\n'
             f'host = "{a.host}"\n'
             f"port = {a.rsocket_port}\n"
-            f'http_url = "{a.status_url}/api/status"\n\n'
+            f'http_url = "{a.status_url}/api/status"\n'
+            + ("accepts_arrays = true\n" if self._accept_arrays else "")
+            + "\n"
             "[maskinporten]\n"
             f'token_url = "{a.maskinporten_url}/token"\n'
             f'audience = "{a.maskinporten_url}/"\n'
@@ -148,6 +160,27 @@ class DevUpstream:
             await self.status.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _load_or_make_signing_key(path: Path) -> rsa.RSAPrivateKey:
+    """The Maskinporten stand-in's token-signing key, kept so that a restarted stand-in still
+    accepts the tokens it issued before (a status-service restart does not change the real
+    Maskinporten's keys)."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if isinstance(key, rsa.RSAPrivateKey):
+            return key
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    return key
 
 
 def _load_or_make_pki(directory: Path, orgnr: str) -> TestPki:

@@ -5,11 +5,16 @@
  *
  *   node tests/node/status-server.js --port 0 --jwks-url http://127.0.0.1:PORT/jwk \
  *        --out events.jsonl [--scope eformidling:dpo] [--host 127.0.0.1] [--route log-fire]
- *        [--clock-skew 0] [--no-server-keepalive] [--append]
+ *        [--clock-skew 60] [--no-server-keepalive] [--append] [--accept-arrays]
  *
  * Prints exactly one line to stdout, `LISTENING <port>`, once it accepts connections; everything
  * else (diagnostics) goes to stderr. --out is a JSON-lines file: one `{"setup": {...}}` line per
- * SETUP frame received (accepted or rejected) and one `{"event": ...}` line per accepted event.
+ * SETUP frame received (accepted or rejected), one `{"event": ...}` line per accepted event and
+ * one `{"dropped": reason}` line per request (or array element) acknowledged but unusable.
+ *
+ * Like the real service it acknowledges every authenticated request to its route before looking
+ * at the data, then drops what it cannot use (an array unless --accept-arrays, bad JSON, no
+ * `logger_name`, a `logger_name` other than STATUS); its errors carry Spring Security's texts.
  * See README.md beside this file.
  */
 "use strict";
@@ -50,7 +55,7 @@ function usage(message) {
     `${message ? `status-server: ${message}\n` : ""}` +
       "usage: node status-server.js --port N --jwks-url URL --out FILE [--scope SCOPE]\n" +
       "       [--host 127.0.0.1] [--route log-fire] [--clock-skew SECONDS]\n" +
-      "       [--no-server-keepalive] [--append]\n",
+      "       [--no-server-keepalive] [--append] [--accept-arrays]\n",
   );
   process.exit(2);
 }
@@ -65,7 +70,8 @@ try {
       out: { type: "string" },
       scope: { type: "string" },
       route: { type: "string", default: "log-fire" },
-      "clock-skew": { type: "string", default: "0" },
+      "clock-skew": { type: "string", default: "60" },
+      "accept-arrays": { type: "boolean", default: false },
       "no-server-keepalive": { type: "boolean", default: false },
       append: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
@@ -86,6 +92,7 @@ if (!Number.isFinite(CLOCK_SKEW) || CLOCK_SKEW < 0) usage(`bad --clock-skew ${ar
 const OUT = args.out;
 const ROUTE = args.route;
 const SCOPE = args.scope;
+const ACCEPT_ARRAYS = args["accept-arrays"];
 
 function log(...parts) {
   process.stderr.write(`[status-server ${new Date().toISOString()}] ${parts.join(" ")}\n`);
@@ -114,7 +121,13 @@ function rsocketError(code, message) {
   return e;
 }
 const appError = (message) => rsocketError(ErrorCodes.APPLICATION_ERROR, message);
-const accessDenied = (reason) => appError(`Access Denied: ${reason}`);
+
+// Spring Security 5.5's texts (the exception's message is what the service sends).
+const accessDenied = () => appError("Access Denied");
+const notValidated = () => appError("Failed to validate the token");
+const decodeError = (why) => appError(`An error occurred while attempting to decode the Jwt: ${why}`);
+// java.time.Instant.toString() of a whole-second instant
+const instant = (seconds) => new Date(Math.floor(seconds) * 1000).toISOString().replace(".000Z", "Z");
 
 // ---------------------------------------------------------------------------------------------
 // JWKS and JWT (RS256) with node:crypto only
@@ -180,40 +193,53 @@ function b64urlJson(part) {
 
 async function verifyJwt(token) {
   const parts = token.split(".");
-  if (parts.length !== 3) throw accessDenied("malformed JWT");
+  if (parts.length < 3) throw decodeError("Invalid JWT serialization: Missing dot delimiter(s)");
   let header;
   let claims;
   try {
     header = b64urlJson(parts[0]);
+  } catch {
+    throw decodeError("Invalid unsecured/JWS/JWE header: Invalid JSON");
+  }
+  try {
     claims = b64urlJson(parts[1]);
   } catch {
-    throw accessDenied("malformed JWT");
+    throw decodeError("Payload of JWS object is not a valid JSON object");
   }
-  if (!header || typeof claims !== "object" || claims === null) throw accessDenied("malformed JWT");
-  if (header.alg !== "RS256") throw accessDenied(`unsupported JWT alg ${header.alg}`);
+  if (!header || typeof header !== "object" || !("alg" in header)) {
+    throw decodeError('Invalid unsecured/JWS/JWE header: Missing "alg" in header JSON object');
+  }
+  if (typeof claims !== "object" || claims === null || Array.isArray(claims)) {
+    throw decodeError("Payload of JWS object is not a valid JSON object");
+  }
+  // Nimbus' "Signed JWT rejected: ..." (another alg, no matching key, bad signature) is what
+  // Spring's reactive decoder words as "Failed to validate the token".
+  if (header.alg !== "RS256" || parts.length !== 3) throw notValidated();
   let keys;
   try {
     keys = await jwks.keysFor(header.kid);
   } catch (e) {
-    throw accessDenied(`cannot fetch JWKS: ${e.message}`);
+    log(`cannot fetch the JWKS: ${e.message}`);
+    throw decodeError("Couldn't retrieve remote JWK set");
   }
-  if (!keys.length) throw accessDenied(`no key with kid ${header.kid} in the JWKS`);
+  if (!keys.length) throw notValidated();
   const signed = Buffer.from(`${parts[0]}.${parts[1]}`, "ascii");
   const signature = Buffer.from(parts[2], "base64url");
-  if (!keys.some((k) => crypto.verify("sha256", signed, k, signature))) {
-    throw accessDenied("invalid JWT signature");
-  }
+  if (!keys.some((k) => crypto.verify("sha256", signed, k, signature))) throw notValidated();
   const now = Date.now() / 1000;
-  if (typeof claims.exp !== "number") throw accessDenied("JWT has no exp");
-  if (claims.exp + CLOCK_SKEW <= now) throw accessDenied(`JWT expired at ${claims.exp}`);
+  // JwtTimestampValidator: exp and nbf only when present, 60 s of skew by default
+  if (typeof claims.exp === "number" && claims.exp + CLOCK_SKEW <= now) {
+    throw appError(`Jwt expired at ${instant(claims.exp)}`);
+  }
   if (typeof claims.nbf === "number" && claims.nbf - CLOCK_SKEW > now) {
-    throw accessDenied("JWT not valid yet");
+    throw appError(`Jwt used before ${instant(claims.nbf)}`);
   }
   if (SCOPE) {
+    // not a check of the public service: what a Spring authorisation rule would answer
     const scopes = Array.isArray(claims.scope)
       ? claims.scope
       : String(claims.scope || "").split(/\s+/);
-    if (!scopes.includes(SCOPE)) throw accessDenied(`scope ${SCOPE} missing from JWT`);
+    if (!scopes.includes(SCOPE)) throw accessDenied();
   }
   return claims;
 }
@@ -244,16 +270,18 @@ function findToken(entries) {
       try {
         auth = decodeAuthMetadata(content);
       } catch (e) {
-        throw accessDenied(`malformed authentication metadata: ${e.message}`);
+        log(`malformed authentication metadata: ${e.message}`);
+        throw accessDenied();
       }
       if (auth.type.string !== WellKnownAuthType.BEARER.string) {
-        throw accessDenied(`unsupported authentication type ${auth.type.string}`);
+        log(`unsupported authentication type ${auth.type.string}`);
+        throw accessDenied();
       }
       return auth.payload.toString("utf8");
     }
     if (mime === LEGACY_BEARER_MIME) return content.toString("utf8");
   }
-  throw accessDenied("no bearer token in the metadata");
+  throw accessDenied();
 }
 
 function findRoute(entries) {
@@ -270,21 +298,25 @@ function findRoute(entries) {
   return "";
 }
 
+// What the service keeps: { events, dropped: [reason, ...] }. Never an error: the service has
+// acknowledged the request before it decodes the data, and drops what it cannot use.
 function parseEvents(data) {
-  if (!data || data.length === 0) throw appError("Empty payload: expected a JSON object");
   let value;
   try {
-    value = JSON.parse(data.toString("utf8"));
-  } catch (e) {
-    throw appError(`Invalid JSON payload: ${e.message}`);
+    value = JSON.parse((data || Buffer.alloc(0)).toString("utf8"));
+  } catch {
+    return { events: [], dropped: ["invalid_json"] };
   }
-  const events = Array.isArray(value) ? value : [value];
-  for (const ev of events) {
-    if (typeof ev !== "object" || ev === null || Array.isArray(ev)) {
-      throw appError("Invalid payload: expected a JSON object or an array of objects");
-    }
+  if (Array.isArray(value) && !ACCEPT_ARRAYS) return { events: [], dropped: ["array"] };
+  const events = [];
+  const dropped = [];
+  for (const ev of Array.isArray(value) ? value : [value]) {
+    if (typeof ev !== "object" || ev === null || Array.isArray(ev)) dropped.push("not_an_object");
+    else if (!("logger_name" in ev)) dropped.push("no_logger_name");
+    else if (ev.logger_name !== "STATUS") dropped.push("not_status");
+    else events.push(ev);
   }
-  return events;
+  return { events, dropped };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,10 +328,11 @@ async function handleRequest(conn, payload, interaction, state) {
   const claims = await verifyJwt(findToken(entries));
   const route = findRoute(entries);
   if (route !== ROUTE) throw appError(`No handler for destination '${route}'`);
-  const events = parseEvents(payload.data);
+  const { events, dropped } = parseEvents(payload.data);
   if (state.cancelled) throw new Error("cancelled before the write");
-  appendLines(
-    events.map((event) => ({
+  for (const reason of dropped) log(`conn ${conn}: acknowledged and dropped: ${reason}`);
+  appendLines([
+    ...events.map((event) => ({
       event,
       client_id: claims.client_id === undefined ? null : claims.client_id,
       jti: claims.jti === undefined ? null : claims.jti,
@@ -307,7 +340,8 @@ async function handleRequest(conn, payload, interaction, state) {
       interaction,
       conn,
     })),
-  );
+    ...dropped.map((reason) => ({ dropped: reason, interaction, conn })),
+  ]);
   return events.length;
 }
 
