@@ -297,7 +297,6 @@ def test_dev_upstream_accept_arrays_switch_and_the_config_it_writes(tmp_path: Pa
         assert ("accepts_arrays = true" in config) is arrays
 
 
-@pytest.mark.xfail(reason="needs delivery branch", strict=False)
 def test_a_service_refusing_the_first_token_costs_no_event(upstream_factory, relay_factory) -> None:
     """Acceptance 3: a Spring-faithful peer refuses the first token it sees."""
     up = upstream_factory()
@@ -313,7 +312,6 @@ def test_a_service_refusing_the_first_token_costs_no_event(upstream_factory, rel
     assert spool_stats(relay)["dead_letters"] == 0
 
 
-@pytest.mark.xfail(reason="needs delivery branch", strict=False)
 def test_a_service_refusing_every_token_keeps_the_events_and_says_why(
     upstream_factory, relay_factory
 ) -> None:
