@@ -238,3 +238,45 @@ def test_stalled_connections_close_while_producers_are_served(relay_factory) -> 
     finally:
         for s in stalled:
             s.close()
+
+
+# --------------------------------------------------------------------------- 5. no hammering
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"refuse_tokens_text": "Failed to validate the token"},
+        {"refuse_tokens_text": "Access Denied"},
+        {"reject_code": "REJECTED", "reject_fraction": 1.0},
+        {"reject_code": "INVALID", "reject_fraction": 1.0},
+    ],
+    ids=["bad-token", "access-denied", "rejected", "invalid"],
+)
+def test_refusing_everything_is_met_at_the_backoffs_pace(
+    fault: dict, upstream_factory, relay_factory
+) -> None:
+    up = upstream_factory()
+    up.faults(**fault)
+    relay = relay_factory(
+        config=up.config,
+        env={"RELAY_RETRY__INITIAL_BACKOFF": "100ms", "RELAY_RETRY__MAX_BACKOFF": "1s"},
+    ).start()
+    body = b"\n".join(orjson.dumps(make_event()) for _ in range(2000))
+    assert post(relay, body, {"Content-Type": "application/x-ndjson"})[0] == 200
+
+    def requests() -> int:
+        return up.stats()["rsocket"]["requests"]
+
+    wait_until(lambda: requests() > 0, 20, "the relay to try")
+    time.sleep(3)  # settle: what was in flight when the refusals began has come back
+    start, began = requests(), time.monotonic()
+    time.sleep(5)
+    rate = (requests() - start) / (time.monotonic() - began)
+    # one probe at a time, at most one per backoff interval once it has grown to max_backoff
+    # (1 s): a handful per second at most, where an unpaced relay sends thousands
+    assert rate <= 5, f"{rate:.1f} requests/s against an upstream refusing everything"
+    stats = spool_stats(relay)
+    assert stats["depth"] == 2000 and stats["dead_letters"] == 0, stats
+    up.faults(refuse_tokens_text="", reject_fraction=0.0)
+    wait_until(lambda: up.stats()["total"] >= 2000, 60, "delivery once the refusals stop")
