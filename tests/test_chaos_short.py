@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("relay_kill", "disk_full", "upstream_kill", "upstream_freeze", "token_down", "reject")
 

@@ -33,6 +33,8 @@ from tests.fsync_trace import (
     shim_env,
 )
 
+pytestmark = pytest.mark.e2e
+
 KILLS = 12
 
 

@@ -18,6 +18,8 @@ import pytest
 from relay import event as event_model
 from tests.conftest import RelayProcess, UpstreamProcess, make_event
 
+pytestmark = pytest.mark.e2e
+
 FAST_RETRY = {"RELAY_RETRY__INITIAL_BACKOFF": "50ms", "RELAY_RETRY__MAX_BACKOFF": "1s"}
 
 

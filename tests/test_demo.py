@@ -10,8 +10,11 @@ import time
 import urllib.request
 
 import orjson
+import pytest
 
 from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
 
 
 def test_demo_curl_line_delivers_end_to_end() -> None:

@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import RelayProcess, make_event
 from tests.test_cli import post
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path):

@@ -18,6 +18,8 @@ NODE = shutil.which("node")
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
 pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.e2e,
     pytest.mark.skipif(NODE is None, reason="node is not installed"),
     pytest.mark.skipif(
         not (NODE_DIR / "node_modules").is_dir(),

@@ -46,6 +46,7 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 SERVER_JS = NODE_DIR / "status-server.js"
 
 pytestmark = [
+    pytest.mark.interop,
     pytest.mark.skipif(NODE is None, reason="node is not installed"),
     pytest.mark.skipif(
         not (NODE_DIR / "node_modules").is_dir(),

@@ -17,6 +17,8 @@ from relay.spool import Incoming, SpoolUnavailable, SqliteSpool
 from relay.spool.quarantine import CORRUPT_MARKER
 from tests.conftest import RelayProcess, make_event
 
+pytestmark = pytest.mark.e2e
+
 
 def _get(url: str) -> tuple[int, str]:
     try:

@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import RelayProcess, free_port, make_event
 from tests.test_delivery_e2e import spool_stats
 
+pytestmark = pytest.mark.e2e
+
 LOGGER = shutil.which("logger")
 
 

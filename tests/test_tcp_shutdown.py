@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.conftest import RelayProcess, make_event
 from tests.test_delivery_e2e import spool_stats
+
+pytestmark = pytest.mark.e2e
 
 
 def listening_port(relay: RelayProcess) -> int:
