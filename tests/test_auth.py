@@ -376,6 +376,7 @@ async def test_provider_gets_a_token(
     assert not jwt_logged(caplog)
 
 
+@pytest.mark.e2e
 async def test_steady_state_never_waits(endpoint: Endpoint, provider: TokenProvider) -> None:
     endpoint.standin.faults.token_lifetime = 3
     await provider.start()

@@ -99,6 +99,7 @@ async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None
 
 
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+@pytest.mark.e2e
 async def test_redirected_posts_keep_every_event(code: int, tmp_path: Path) -> None:
     upstream = RedirectingUpstream(code)
     url = await upstream.start()

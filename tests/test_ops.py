@@ -10,6 +10,7 @@ import urllib.request
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import make_event
 from tests.test_delivery_e2e import FAST_RETRY, received_ids, send, spool_stats, wait_until
@@ -78,6 +79,7 @@ def status(relay) -> dict:
     return orjson.loads(get(relay.url + "/status"))
 
 
+@pytest.mark.e2e
 def test_status_degrades_when_upstream_is_down_and_recovers(
     upstream_factory, relay_factory
 ) -> None:
@@ -113,6 +115,7 @@ async def _producer(url: str, acked: list[str], stop: asyncio.Event) -> None:
                 await asyncio.sleep(0.05)
 
 
+@pytest.mark.e2e
 def test_sigterm_under_load_exits_in_time_and_loses_nothing(
     upstream_factory, relay_factory
 ) -> None:

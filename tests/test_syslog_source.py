@@ -353,6 +353,7 @@ async def test_util_linux_logger(relay: Relay, args: list[str]) -> None:
     not os.access(RSYSLOGD, os.X_OK),
     reason=f"{RSYSLOGD} is not installed (Debian/Ubuntu: apt-get install rsyslog)",
 )
+@pytest.mark.interop
 async def test_rsyslog_forwards_with_the_shipped_config(tmp_path: Path) -> None:
     """rsyslogd with deploy/rsyslog/relay.conf (only the port changed) forwards status events,
     and keeps them in its queue while the relay is not there yet."""
