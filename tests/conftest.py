@@ -89,6 +89,15 @@ class RelayProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"relay did not come up:\n{self.output()}")
 
+    def listening(self, listener: str) -> int:
+        """The port a listener ("syslog tcp", "syslog udp", "json lines") got, as the last
+        "relay ready" line says: configure it with port 0 and read it back, race-free."""
+        ready = [line for line in self.output().splitlines() if "relay ready:" in line]
+        found = re.search(re.escape(listener) + r" [^ ,;]*:(\d+)", ready[-1]) if ready else None
+        if not found:
+            raise AssertionError(f"the relay does not say it listens for {listener}")
+        return int(found.group(1))
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)

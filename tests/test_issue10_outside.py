@@ -9,13 +9,10 @@ from __future__ import annotations
 import gzip
 import http.client
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,27 +20,9 @@ import orjson
 import pytest
 
 from tests.conftest import RelayProcess, make_event
+from tests.test_delivery_e2e import spool_stats, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def spool_stats(relay: RelayProcess) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "relay", "spool", "stats", "--json"],
-        env=relay.env,
-        capture_output=True,
-        timeout=30,
-    )
-    return orjson.loads(out.stdout)
 
 
 def post(

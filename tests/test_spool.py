@@ -508,3 +508,19 @@ async def test_counters_stay_exact_with_a_replay_from_another_process(tmp_path: 
     counted = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     conn.close()
     assert read_stats(tmp_path / "s", GiB).events == counted > 3000
+
+
+async def test_wait_for_events_keeps_a_cancellation_that_meets_an_event(tmp_path: Path) -> None:
+    # Python 3.11's asyncio.wait_for returns normally when the awaited event is set in the
+    # same loop iteration as the cancel: the delivery's lease loop then never stopped (a hung
+    # shutdown seen in CI). The cancellation must win.
+    spool = await SqliteSpool.open(tmp_path / "s", max_bytes=1 << 30, dedup_window=0)
+    try:
+        waiting = asyncio.create_task(spool.wait_for_events(30))
+        await asyncio.sleep(0)
+        spool._new_events.set()  # the writer thread's wake-up, at the worst moment
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    finally:
+        await spool.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import RelayProcess, free_port, make_event
+from tests.conftest import RelayProcess, make_event
 from tests.test_delivery_e2e import spool_stats
 
 pytestmark = pytest.mark.e2e
@@ -32,15 +32,16 @@ def wait_depth(relay: RelayProcess, n: int) -> None:
 
 @pytest.mark.skipif(LOGGER is None, reason="util-linux logger is not installed")
 def test_logger_over_tcp_and_udp_lands_in_the_spool(tmp_path: Path) -> None:
-    tcp, udp, jl = free_port(), free_port(), free_port()
     relay = RelayProcess(
         tmp_path / "spool",
         env={
-            "RELAY_INGEST__SYSLOG__TCP_LISTEN": f"127.0.0.1:{tcp}",
-            "RELAY_INGEST__SYSLOG__UDP_LISTEN": f"127.0.0.1:{udp}",
-            "RELAY_INGEST__JSON_LINES__TCP_LISTEN": f"127.0.0.1:{jl}",
+            "RELAY_INGEST__SYSLOG__TCP_LISTEN": "127.0.0.1:0",
+            "RELAY_INGEST__SYSLOG__UDP_LISTEN": "127.0.0.1:0",
+            "RELAY_INGEST__JSON_LINES__TCP_LISTEN": "127.0.0.1:0",
         },
     ).start()
+    tcp, udp = relay.listening("syslog tcp"), relay.listening("syslog udp")
+    jl = relay.listening("json lines")
     try:
         for n, args in enumerate(
             (

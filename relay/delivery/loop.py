@@ -386,8 +386,10 @@ class Delivery:
 
     async def _ack_loop(self) -> None:
         while True:
+            # asyncio.timeout: 3.11's wait_for can swallow the cancel that stops this loop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ack_due.wait(), _ACK_EVERY)
+                async with asyncio.timeout(_ACK_EVERY):
+                    await self._ack_due.wait()
             self._ack_due.clear()
             try:
                 await self._flush_acks()

@@ -250,8 +250,10 @@ class TcpIngest:
         return True
 
     async def _pause(self, seconds: float) -> None:
+        # asyncio.timeout: 3.11's wait_for can swallow a cancellation arriving with the event
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
 
 
 def show_address(host: str, port: int) -> str:

@@ -155,8 +155,11 @@ class SqliteSpool(Refusals):
             await self._submit("dead_letter", (items,))
 
     async def wait_for_events(self, timeout: float) -> None:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+        # arrives as the event is set, and a lease loop that swallowed its cancel never stopped
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._new_events.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._new_events.wait()
         self._new_events.clear()
 
     def stats(self) -> SpoolStats:
