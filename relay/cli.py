@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sqlite3
 import sys
 import time
@@ -17,6 +16,7 @@ import orjson
 from relay import __version__
 from relay.config import Config, load_config, render_config
 from relay.errors import UserError
+from relay.signals import until_signalled
 
 EXIT_USAGE = 2
 
@@ -407,11 +407,7 @@ def _dev_upstream(args: argparse.Namespace) -> int:
             f"maskinporten={a.maskinporten_url} config={Path(args.data) / 'relay.toml'}",
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_signalled()
         await upstream.close()
 
     asyncio.run(run())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
 from aiohttp import web
@@ -25,6 +24,7 @@ from relay.errors import UserError
 from relay.ops import collectors, endpoints
 from relay.ops.metrics import Metrics
 from relay.ops.status import StatusReport
+from relay.signals import until_signalled
 from relay.sources.http import HttpSource, read_auth_token
 from relay.sources.http_listener import LimitedTCPSite
 from relay.sources.intake import Intake
@@ -151,7 +151,7 @@ async def _serve(
             log.log(advice.level, "%s", advice.text)
         if delivery is not None:
             await delivery.start()
-            log.info("delivering to %s over %s", _upstream_address(cfg), cfg.upstream.transport)
+            log.info("delivering to %s over %s", cfg.upstream.address, cfg.upstream.transport)
         started = True
         thresholds = gc_tuning.tune()
         try:
@@ -220,14 +220,9 @@ def _log_ready(
         log.error("spool has %d quarantined file(s): %s", len(stats.quarantined), stats.quarantined)
 
 
-def _upstream_address(cfg: Config) -> str:
-    up = cfg.upstream
-    return f"{up.host}:{up.port}" if up.transport == "rsocket" else up.http_url
-
-
 async def _until_stopped(stop: asyncio.Event | None, supervisor: supervision.Supervisor) -> None:
     """Until a signal (or `stop`), or the first unexpected exit of a supervised task."""
-    asked = asyncio.ensure_future(stop.wait() if stop is not None else _until_signalled())
+    asked = asyncio.ensure_future(stop.wait() if stop is not None else until_signalled())
     failed = asyncio.ensure_future(supervisor.wait())
     try:
         await asyncio.wait((asked, failed), return_when=asyncio.FIRST_COMPLETED)
@@ -245,15 +240,3 @@ async def _watch_spool(spool: Spool) -> None:
         supervision.report_failure("spool writer", stopped)
     # returning would count as a second, vaguer failure; wait to be cancelled at shutdown
     await asyncio.Event().wait()
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

@@ -23,6 +23,7 @@ from relay import supervision
 from relay.auth.credentials import Credentials
 from relay.auth.grant import GRANT_TYPE, make_assertion
 from relay.config.model import MaskinportenConfig
+from relay.errors import one_line
 
 __all__ = [
     "OAuthError",
@@ -116,7 +117,7 @@ async def request_token(
             f"cannot reach token endpoint {cfg.token_url}: no answer within {timeout:g} s"
         ) from None
     except (aiohttp.ClientError, OSError) as e:
-        reason = _one_line(str(e)) or type(e).__name__
+        reason = one_line(str(e), _MAX_DESCRIPTION) or type(e).__name__
         raise TokenNetworkError(f"cannot reach token endpoint {cfg.token_url}: {reason}") from None
 
     try:
@@ -126,7 +127,11 @@ async def request_token(
     if isinstance(answer, dict) and isinstance(answer.get("error"), str):
         # an endpoint that echoed the grant back must not get it into a log line
         description = str(answer.get("error_description") or "").replace(assertion, "<grant>")
-        raise OAuthError(_one_line(answer["error"]), _one_line(description), status)
+        raise OAuthError(
+            one_line(answer["error"], _MAX_DESCRIPTION),
+            one_line(description, _MAX_DESCRIPTION),
+            status,
+        )
     if status != 200:
         raise TokenHttpError(f"token endpoint {cfg.token_url} answered HTTP {status}", status)
     if not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
@@ -375,8 +380,3 @@ class TokenProvider:
             else ""
         )
         log.log(level, "%s (retrying%s)", message, still, exc_info=exc_info)
-
-
-def _one_line(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _MAX_DESCRIPTION else flat[: _MAX_DESCRIPTION - 3] + "..."

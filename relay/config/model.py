@@ -149,6 +149,11 @@ class UpstreamConfig:
     keepalive_interval: float = _duration("20s")
     keepalive_max_lifetime: float = _duration("90s")
 
+    @property
+    def address(self) -> str:
+        """Where events go, as logs and /status name it."""
+        return f"{self.host}:{self.port}" if self.transport == "rsocket" else self.http_url
+
 
 @dataclass(frozen=True)
 class RetryConfig:

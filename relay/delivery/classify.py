@@ -9,6 +9,7 @@ from rsocket.exceptions import RSocketProtocolError
 
 from relay.delivery.outcome import Outcome, Verdict
 from relay.delivery.rsocket_connection import ConnectionLost
+from relay.errors import one_line
 
 # The real service's texts for a refused bearer (Spring Security 5.5, see upstream-protocol.md):
 # "Access Denied", "Jwt expired at …", "Failed to validate the token", "An error occurred while
@@ -22,11 +23,6 @@ _TOKEN_REFUSED = re.compile(
 )
 # rsocket-java's answer to a route no handler serves: the configuration is wrong, not the events
 _NO_HANDLER = re.compile(r"no handler for destination", re.IGNORECASE)
-
-
-def one_line(text: str, limit: int = 500) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def token_refused(text: str) -> bool:

@@ -12,9 +12,10 @@ import aiohttp
 from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
-from relay.delivery.classify import classify_http_status, one_line
+from relay.delivery.classify import classify_http_status
 from relay.delivery.outcome import Outcome, Verdict
 from relay.delivery.payload import request_data
+from relay.errors import one_line
 
 log = logging.getLogger("relay.delivery.http")
 

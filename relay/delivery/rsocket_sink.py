@@ -12,10 +12,11 @@ from relay import supervision
 from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
-from relay.delivery.classify import classify_rsocket_error, one_line
+from relay.delivery.classify import classify_rsocket_error
 from relay.delivery.outcome import DELIVERED, Outcome, Verdict
 from relay.delivery.payload import request_data, status_data
 from relay.delivery.rsocket_connection import RSocketConnection
+from relay.errors import one_line
 
 log = logging.getLogger("relay.delivery.rsocket")
 

@@ -3,10 +3,14 @@
 The library writes a frame in two or three pieces, each a system call; here frames go into one
 buffer that is written when rsocket-py's send queue runs empty (or the buffer grows large), so a
 burst of requests costs one write. A frame is never split across writes either: rsocket-js's
-server is known to mishandle a SETUP frame split across TCP reads.
+server is known to mishandle a SETUP frame split across TCP reads. The relay's connection and the
+status stand-in's server both use it.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from rsocket.frame import Frame, serialize_prefix_with_frame_size_header
 from rsocket.helpers import wrap_transport_exception
@@ -18,7 +22,7 @@ _DRAIN_ABOVE = 1 << 20  # wait for the kernel only when this much is unsent: in-
 
 
 class SingleWriteTCP(TransportTCP):
-    def __init__(self, reader, writer) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(reader, writer, read_buffer_size=READ_BUFFER)
         self._out = bytearray()
 
@@ -26,7 +30,9 @@ class SingleWriteTCP(TransportTCP):
         out = self._out
         out += serialize_prefix_with_frame_size_header(frame)
         frame.write_data_metadata(out.extend)
-        if len(out) >= _WRITE_AT:
+        # a frame someone waits to see sent (the last one before a close, say) cannot wait for
+        # the queue to run empty
+        if len(out) >= _WRITE_AT or frame.sent_future is not None:
             await self._write()
 
     async def on_send_queue_empty(self) -> None:
@@ -34,6 +40,12 @@ class SingleWriteTCP(TransportTCP):
         if self._out:
             await self._write()
         await super().on_send_queue_empty()  # a drain, which also reports a broken connection
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._out:
+                await self._write()
+        await super().close()
 
     async def _write(self) -> None:
         # a fresh buffer each time: the transport may keep the one it is given

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import tempfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from relay.config import load_config
 from relay.dev.example import SEED_EVENT
 from relay.dev.upstream import DevUpstream
 from relay.server import serve
+from relay.signals import until_signalled
 
 EXAMPLE = SEED_EVENT
 
@@ -37,10 +37,8 @@ async def run_demo(listen: str = "127.0.0.1:8080", folder: Path | None = None) -
     )
     cfg = load_config(config_path)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     relay = asyncio.create_task(serve(cfg, stop))
+    signals = asyncio.create_task(until_signalled(stop))
     watcher = asyncio.create_task(_show_deliveries(upstream))
     try:
         await asyncio.sleep(0.5)
@@ -71,6 +69,7 @@ async def run_demo(listen: str = "127.0.0.1:8080", folder: Path | None = None) -
         await relay
     finally:
         stop.set()
+        await signals  # returns at once now that stop is set, with the handlers removed
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher

@@ -13,7 +13,7 @@ wait (the delay fault) runs in its own task and the handler returns at once: a s
 must not hold up the others on the connection. Without a delay it is served on the spot.
 
 rsocket-py's TCP transport reads 1 KiB at a time (less than one request with its token) and
-makes a send system call per answer; _BatchingTCP reads 64 KiB and writes the answers queued
+makes a send system call per answer; SingleWriteTCP reads 64 KiB and writes the answers queued
 together at once. The bytes on the wire are the same.
 """
 
@@ -31,13 +31,12 @@ from rsocket.frame import (
     ErrorFrame,
     Frame,
     KeepAliveFrame,
-    serialize_prefix_with_frame_size_header,
 )
-from rsocket.helpers import wrap_transport_exception
 from rsocket.payload import Payload
 from rsocket.request_handler import BaseRequestHandler
 from rsocket.rsocket_server import RSocketServer
-from rsocket.transports.tcp import TransportTCP
+
+from relay.delivery.rsocket_transport import SingleWriteTCP
 
 if TYPE_CHECKING:
     from relay.dev.status_service import StatusServiceStandIn
@@ -58,8 +57,6 @@ _LEGACY_BEARER_MIME = "message/x.rsocket.authentication.bearer.v0"
 _BEARER_ID = 0x01
 _SIMPLE_ID = 0x00
 
-_READ_BUFFER = 64 * 1024
-_WRITE_BATCH = 256 * 1024
 
 # How long to wait for a last frame (REJECTED_SETUP, the final answer) to leave before closing.
 _FLUSH_TIMEOUT = 1.0
@@ -150,38 +147,6 @@ def _auth_extension_token(entry: bytes) -> str:
     return _utf8(entry[end:], "bearer token")
 
 
-class _BatchingTCP(TransportTCP):
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        super().__init__(reader, writer, read_buffer_size=_READ_BUFFER)
-        self._pending = bytearray()
-
-    async def send_frame(self, frame: Frame) -> None:
-        pending = self._pending
-        pending += serialize_prefix_with_frame_size_header(frame)
-        frame.write_data_metadata(pending.extend)
-        # rsocket-py calls on_send_queue_empty once its queue is empty; a frame someone waits
-        # to see sent (the last one before a close) cannot wait for that.
-        if frame.sent_future is not None or len(pending) >= _WRITE_BATCH:
-            await self._flush()
-
-    async def on_send_queue_empty(self) -> None:
-        await self._flush()
-
-    async def _flush(self) -> None:
-        if not self._pending:
-            return
-        # a fresh buffer rather than clear(): the stream may keep a view of what it was given
-        data, self._pending = self._pending, bytearray()
-        with wrap_transport_exception():
-            self._writer.write(data)
-            await self._writer.drain()
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._flush()
-        await super().close()
-
-
 # Returned by the handler for "acknowledge": sent as COMPLETE without NEXT (identity matters).
 _ACK = Payload()
 
@@ -225,7 +190,7 @@ class RSocketStandIn:
             writer.close()
             return
         handler = _ConnectionHandler(self)
-        handler.socket = _Server(_BatchingTCP(reader, writer), handler_factory=lambda: handler)
+        handler.socket = _Server(SingleWriteTCP(reader, writer), handler_factory=lambda: handler)
         self._connections.add(handler.socket)
         self.connections_total += 1
 

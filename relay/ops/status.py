@@ -91,7 +91,7 @@ class StatusReport:
     ) -> dict[str, Any]:
         sink, stats, tokens = parts.sink, parts.delivery.stats, parts.tokens
         up = self._upstream
-        address = f"{up.host}:{up.port}" if up.transport == "rsocket" else up.http_url
+        address = up.address
         down_for = now - sink.down_since if sink.down_since is not None else None
         if down_for is not None and down_for > self._stall_after:
             reasons.append(f"upstream {address} unreachable for {down_for:.0f} s")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from relay.errors import one_line
 from relay.event import EventError
 
 __all__ = ["Message", "decode_event", "parse", "payload"]
@@ -96,7 +97,7 @@ def decode_event(frame: bytes) -> object:
         return others[0]  # JSON, but not an object: Intake says why that is no event
     if not msg:
         raise EventError("syslog message has no MSG (the event goes in the MSG part)")
-    raise EventError(f"syslog MSG is not a JSON event: {_one_line(first_error or 'empty')}")
+    raise EventError(f"syslog MSG is not a JSON event: {one_line(first_error or 'empty', 200)}")
 
 
 def _rfc5424(frame: bytes, m: re.Match[bytes]) -> Message:
@@ -136,7 +137,3 @@ def _rfc3164(frame: bytes) -> Message:
 
 def _nil(field: bytes) -> str | None:
     return None if field == b"-" else field.decode("utf-8", "replace")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:200]
