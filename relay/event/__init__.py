@@ -3,8 +3,8 @@
 The rules are those of the national status service's HTTP path (efm-kafka-status-proxy: the
 Kotlin data class ``StatusMessage`` bound by Spring Boot's Jackson, then ``MessageProcessor``),
 so the relay refuses at ingest, with the service's own words where it has them, what the service
-would refuse, and accepts what it accepts. ``tests/event/test_event_parity.py`` lists every rule with
-its source. Where the relay is stricter on purpose, the table says why.
+would refuse, and accepts what it accepts. ``tests/event/test_event_parity.py`` lists every rule
+with its source. Where the relay is stricter on purpose, the table says why.
 """
 
 from __future__ import annotations
