@@ -49,6 +49,9 @@ ROUTE = "log-fire"
 COMPOSITE_MIME = b"message/x.rsocket.composite-metadata.v0"
 JSON_MIME = b"application/json"
 
+# The attributes reported by counters(), in the order /api/stats has always shown them.
+_COUNTERS = ("connections_open", "connections_total", "requests", "errors", "max_in_flight")
+
 # How long to wait for a last frame (REJECTED_SETUP, the final answer) to leave before closing.
 _FLUSH_TIMEOUT = 1.0
 
@@ -88,13 +91,8 @@ class RSocketStandIn:
         return len(self._connections)
 
     def counters(self) -> dict[str, int]:
-        return {
-            "connections_open": self.connections_open,
-            "connections_total": self.connections_total,
-            "requests": self.requests,
-            "errors": self.errors,
-            "max_in_flight": self.max_in_flight,
-        }
+        """What the service's stats report for this transport (see StatusServiceStandIn)."""
+        return {name: getattr(self, name) for name in _COUNTERS}
 
     async def listen(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._accept, host, port)
