@@ -397,6 +397,8 @@ async def test_a_setup_split_across_tcp_reads_and_a_disconnect_do_not_kill_it(
     payload = request(make_event(), make_token(rsa_key))
     reader, writer = await asyncio.open_connection("127.0.0.1", peer.port)
     try:
+        # The pauses are the test, not a wait for a condition: each part must reach the peer
+        # in a read of its own (there is nothing the peer does in between to wait for).
         for part in (setup[:2], setup[2:20], setup[20:]):
             writer.write(part)
             await writer.drain()
