@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,59 +89,46 @@ class StatusFaults:
         return self.http_status, headers
 
 
-def _fraction(name: str, value: Any) -> float:
-    # bool is an int subclass; true/false as a fraction is almost certainly a mistake.
-    if type(value) not in (int, float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"fault {name} must be a number from 0 to 1, got {value!r}")
-    return float(value)
+def _rule(
+    described: str, ok: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v
+) -> Callable[[str, Any], Any]:
+    """A check of one fault's value: ``convert(value)`` if ``ok(value)``, else a ValueError
+    naming the fault and what it must be (the admin endpoint answers it as the reason)."""
+
+    def check(name: str, value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(f"fault {name} must be {described}, got {value!r}")
+        return convert(value)
+
+    return check
 
 
-def _seconds(name: str, value: Any) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"fault {name} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+def _number(value: Any) -> bool:
+    # bool is an int subclass; true/false as a number is almost certainly a mistake.
+    return type(value) in (int, float)
 
 
-def _count(name: str, value: Any) -> int:
-    if type(value) is not int or value < 0:
-        raise ValueError(f"fault {name} must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _http_status(name: str, value: Any) -> int:
-    if type(value) is not int or not (value == 0 or 100 <= value <= 599):
-        raise ValueError(f"fault {name} must be 0 (off) or an HTTP status 100-599, got {value!r}")
-    return value
-
-
-def _text(name: str, value: Any) -> str:
-    if type(value) is not str:
-        raise ValueError(f"fault {name} must be a string, got {value!r}")
-    return value
+def _string_map(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        type(k) is str and type(v) is str for k, v in value.items()
+    )
 
 
 REJECT_CODES = ("APPLICATION_ERROR", "REJECTED", "INVALID")
 
-
-def _reject_code(name: str, value: Any) -> str:
-    if value not in REJECT_CODES:
-        raise ValueError(f"fault {name} must be one of {', '.join(REJECT_CODES)}, got {value!r}")
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if type(value) is not bool:
-        raise ValueError(f"fault {name} must be true or false, got {value!r}")
-    return value
-
-
-def _match(name: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(
-        type(k) is str and type(v) is str for k, v in value.items()
-    ):
-        raise ValueError(f"fault {name} must be an object of field names to strings, got {value!r}")
-    return dict(value)
-
+_fraction = _rule("a number from 0 to 1", lambda v: _number(v) and 0.0 <= v <= 1.0, float)
+_seconds = _rule(
+    "a number of seconds >= 0", lambda v: _number(v) and math.isfinite(v) and v >= 0, float
+)
+_count = _rule("an integer >= 0", lambda v: type(v) is int and v >= 0)
+_http_status = _rule(
+    "0 (off) or an HTTP status 100-599",
+    lambda v: type(v) is int and (v == 0 or 100 <= v <= 599),
+)
+_text = _rule("a string", lambda v: type(v) is str)
+_flag = _rule("true or false", lambda v: type(v) is bool)
+_reject_code = _rule(f"one of {', '.join(REJECT_CODES)}", lambda v: v in REJECT_CODES)
+_match = _rule("an object of field names to strings", _string_map, dict)
 
 _CHECKS = {
     "reject_fraction": _fraction,

@@ -7,6 +7,9 @@ unknown status, a missing or null field, a timestamp with an offset, ...); 401 w
 body and ``WWW-Authenticate: Bearer`` for a missing or refused token, as Spring Security's
 bearer-token entry point answers. The read and admin
 endpoints have no authentication: this is a development tool meant for 127.0.0.1.
+
+``/api/stats`` reports every transport registered in the service's ``listeners``, RSocket
+included, without this module knowing about it.
 """
 
 from __future__ import annotations
@@ -15,20 +18,21 @@ import asyncio
 import logging
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from relay.dev.status_service import StatusServiceStandIn
+from relay.dev.status_service import StatusServiceStandIn
 
-__all__ = ["STATUS_PATHS", "add_routes"]
+__all__ = ["NAME", "STATUS_PATHS", "HttpStandIn", "start"]
 
 log = logging.getLogger("relay.dev.status_http")
 
 # The app serves /api/status; /logging is the public reverse-proxy prefix.
 STATUS_PATHS = ("/api/status", "/logging/api/status")
+
+# The key of this transport's counters in the service's stats.
+NAME = "http"
 
 _MAX_LIMIT = 100_000
 
@@ -42,25 +46,64 @@ _VALIDATION = re.compile(
 )
 
 
-def add_routes(app: web.Application, service: StatusServiceStandIn) -> None:
-    routes = _Routes(service)
-    for path in STATUS_PATHS:
-        app.router.add_post(path, routes.post_status)
-    app.router.add_get("/api/statuses", routes.get_statuses)
-    app.router.add_get("/api/stats", routes.get_stats)
-    app.router.add_get("/admin/faults", routes.get_faults)
-    app.router.add_post("/admin/faults", routes.post_faults)
-    app.router.add_post("/admin/stats/reset", routes.reset_stats)
+class HttpStandIn:
+    """The HTTP server of one service; ``port`` is the bound port once listening."""
+
+    def __init__(self, service: StatusServiceStandIn) -> None:
+        self.service = service
+        self.port = 0
+        self.requests = 0  # POSTs of statuses, answered or refused
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        routes = _Routes(self)
+        for path in STATUS_PATHS:
+            app.router.add_post(path, routes.post_status)
+        app.router.add_get("/api/statuses", routes.get_statuses)
+        app.router.add_get("/api/stats", routes.get_stats)
+        app.router.add_get("/admin/faults", routes.get_faults)
+        app.router.add_post("/admin/faults", routes.post_faults)
+        app.router.add_post("/admin/stats/reset", routes.reset_stats)
+        return app
+
+    def counters(self) -> dict[str, int]:
+        return {"requests": self.requests}
+
+    async def listen(self, host: str, port: int) -> None:
+        runner = web.AppRunner(self.app())
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def start(host: str, port: int, service: StatusServiceStandIn) -> HttpStandIn:
+    """Serve ``service`` on host:port (0 = any free port) and register it for its stats."""
+    server = HttpStandIn(service)
+    await server.listen(host, port)
+    service.listeners[NAME] = server
+    return server
 
 
 class _Routes:
-    def __init__(self, service: StatusServiceStandIn) -> None:
-        self.service = service
+    def __init__(self, owner: HttpStandIn) -> None:
+        self.owner = owner
+        self.service = owner.service
 
     async def post_status(self, request: web.Request) -> web.Response:
         service = self.service
         faults = service.faults
-        service.http_requests += 1
+        self.owner.requests += 1
         if faults.delay > 0:
             await asyncio.sleep(faults.delay)
         fault = faults.http_fault()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 from rsocket.error_codes import ErrorCode
 from rsocket.exceptions import RSocketApplicationError, RSocketProtocolError
@@ -37,114 +36,24 @@ from rsocket.request_handler import BaseRequestHandler
 from rsocket.rsocket_server import RSocketServer
 
 from relay.delivery.rsocket_transport import SingleWriteTCP
+from relay.dev.rsocket_metadata import MetadataError, parse_metadata
+from relay.dev.status_service import StatusServiceStandIn
 
-if TYPE_CHECKING:
-    from relay.dev.status_service import StatusServiceStandIn
-
-__all__ = ["ROUTE", "MetadataError", "RSocketStandIn", "parse_metadata", "start"]
+__all__ = ["NAME", "ROUTE", "RSocketStandIn", "start"]
 
 log = logging.getLogger("relay.dev.status_rsocket")
 
+# The key of this transport's counters in the service's stats.
+NAME = "rsocket"
 ROUTE = "log-fire"
 COMPOSITE_MIME = b"message/x.rsocket.composite-metadata.v0"
 JSON_MIME = b"application/json"
 
-_ROUTING_ID = 0x7E
-_AUTH_ID = 0x7C
-_ROUTING_MIME = "message/x.rsocket.routing.v0"
-_AUTH_MIME = "message/x.rsocket.authentication.v0"
-_LEGACY_BEARER_MIME = "message/x.rsocket.authentication.bearer.v0"
-_BEARER_ID = 0x01
-_SIMPLE_ID = 0x00
-
+# The attributes reported by counters(), in the order /api/stats has always shown them.
+_COUNTERS = ("connections_open", "connections_total", "requests", "errors", "max_in_flight")
 
 # How long to wait for a last frame (REJECTED_SETUP, the final answer) to leave before closing.
 _FLUSH_TIMEOUT = 1.0
-
-
-class MetadataError(ValueError):
-    """Per-request composite metadata that cannot be read."""
-
-
-def parse_metadata(metadata: bytes | None) -> tuple[list[str], str | None]:
-    """(routing tags, bearer token or None) from composite metadata.
-
-    The token is accepted in the three forms Spring's server accepts: the authentication
-    extension with its MIME as well-known id 0x7C or as the full string, and the legacy
-    ``message/x.rsocket.authentication.bearer.v0`` entry holding the raw token.
-    """
-    tags: list[str] = []
-    token: str | None = None
-    buf = metadata or b""
-    offset = 0
-    while offset < len(buf):
-        first = buf[offset]
-        offset += 1
-        if first & 0x80:
-            mime: int | str = first & 0x7F
-        else:
-            end = offset + first + 1  # a MIME string's length is stored minus one
-            mime = _ascii(buf[offset:end], end <= len(buf), "MIME type")
-            offset = end
-        if offset + 3 > len(buf):
-            raise MetadataError("truncated entry length")
-        length = int.from_bytes(buf[offset : offset + 3], "big")
-        offset += 3
-        if offset + length > len(buf):
-            raise MetadataError("entry longer than the metadata")
-        entry = buf[offset : offset + length]
-        offset += length
-        if mime in (_ROUTING_ID, _ROUTING_MIME):
-            tags.extend(_routing_tags(entry))
-        elif mime in (_AUTH_ID, _AUTH_MIME):
-            token = _auth_extension_token(entry)
-        elif mime == _LEGACY_BEARER_MIME:
-            token = _utf8(entry, "bearer token")
-    return tags, token
-
-
-def _ascii(raw: bytes, complete: bool, what: str) -> str:
-    if not complete:
-        raise MetadataError(f"truncated {what}")
-    try:
-        return raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise MetadataError(f"{what} is not ASCII") from None
-
-
-def _utf8(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MetadataError(f"{what} is not UTF-8") from None
-
-
-def _routing_tags(entry: bytes) -> list[str]:
-    tags, offset = [], 0
-    while offset < len(entry):
-        end = offset + 1 + entry[offset]
-        if end > len(entry):
-            raise MetadataError("truncated routing tag")
-        tags.append(_utf8(entry[offset + 1 : end], "routing tag"))
-        offset = end
-    return tags
-
-
-def _auth_extension_token(entry: bytes) -> str:
-    if not entry:
-        raise MetadataError("empty authentication entry")
-    first = entry[0]
-    if first & 0x80:
-        auth_id = first & 0x7F
-        if auth_id != _BEARER_ID:
-            name = "simple" if auth_id == _SIMPLE_ID else f"id {auth_id:#x}"
-            raise MetadataError(f"authentication type {name} is not supported; use bearer")
-        return _utf8(entry[1:], "bearer token")
-    end = 1 + first + 1
-    auth_type = _ascii(entry[1:end], end <= len(entry), "authentication type")
-    if auth_type != "bearer":
-        raise MetadataError(f"authentication type {auth_type} is not supported; use bearer")
-    return _utf8(entry[end:], "bearer token")
 
 
 # Returned by the handler for "acknowledge": sent as COMPLETE without NEXT (identity matters).
@@ -180,6 +89,10 @@ class RSocketStandIn:
     @property
     def connections_open(self) -> int:
         return len(self._connections)
+
+    def counters(self) -> dict[str, int]:
+        """What the service's stats report for this transport (see StatusServiceStandIn)."""
+        return {name: getattr(self, name) for name in _COUNTERS}
 
     async def listen(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._accept, host, port)
@@ -372,7 +285,9 @@ async def _close_quietly(socket: RSocketServer) -> None:
 
 
 async def start(host: str, port: int, service: StatusServiceStandIn) -> RSocketStandIn:
-    """Listen on host:port (0 = any free port) for ``service``; see RSocketStandIn.port."""
+    """Listen on host:port (0 = any free port) for ``service`` and register it for its stats;
+    see RSocketStandIn.port."""
     server = RSocketStandIn(service)
     await server.listen(host, port)
+    service.listeners[NAME] = server
     return server

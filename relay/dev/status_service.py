@@ -8,6 +8,10 @@ The transports (status_rsocket, status_http) share the rules here and only trans
 outcomes: TokenRefused (a PermissionError) carries Spring Security's text for the token,
 ValueError means "the request is refused" and carries the text to send back. Over RSocket
 what the service cannot use is acknowledged and counted as ``dropped`` (see receive).
+The transports import this module, never the other way round: which of them run, and on
+which ports, is decided in relay.dev.upstream (as uvicorn's server.py picks its protocols).
+Each running transport registers itself in ``listeners`` so that stats() can report its
+counters without knowing what it is.
 
 A sender uses one token for many requests, so each distinct token is verified once
 (signature verification was over half the stand-in's CPU) and afterwards only its expiry is
@@ -20,17 +24,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from aiohttp import web
-
-from relay.dev import status_http, status_rsocket, status_tokens
+from relay.dev import status_tokens
 from relay.dev.faults import StatusFaults
 from relay.dev.status_store import StatusStore
 from relay.dev.status_tokens import ACCESS_DENIED, FAILED_TO_VALIDATE, TokenRefused
 from relay.event import EventError, decode, normalise
 
-__all__ = ["DropCounter", "StatusServiceStandIn", "VerifyToken"]
+__all__ = ["DropCounter", "Listener", "StatusServiceStandIn", "VerifyToken"]
 
 VerifyToken = Callable[[str], Mapping[str, Any]]
 
@@ -38,6 +40,12 @@ VerifyToken = Callable[[str], Mapping[str, Any]]
 _VERIFIED_TOKENS = 8
 # refuse_first_tokens remembers this many tokens' fates; beyond it a token is judged afresh.
 _REMEMBERED_TOKENS = 4096
+
+
+class Listener(Protocol):
+    """A running transport of the service, as stats() sees it."""
+
+    def counters(self) -> dict[str, int]: ...
 
 
 class StatusServiceStandIn:
@@ -52,8 +60,8 @@ class StatusServiceStandIn:
     ) -> None:
         self.faults = faults if faults is not None else StatusFaults()
         self.store = StatusStore(store_path)
-        self.rsocket: status_rsocket.RSocketStandIn | None = None
-        self.http_requests = 0
+        # by transport name ("rsocket", "http"); filled by the transports as they start
+        self.listeners: dict[str, Listener] = {}
         self.acked = AckCounter(clock)
         self.dropped = DropCounter()
         self._first_tokens: dict[str, bool] = {}
@@ -62,7 +70,6 @@ class StatusServiceStandIn:
         self._verified: dict[str, Mapping[str, Any]] = {}
         self._clock = clock
         self._scope = scope
-        self._http_runner: web.AppRunner | None = None
 
     # -- the rules shared by both transports --------------------------------------------
 
@@ -186,7 +193,6 @@ class StatusServiceStandIn:
 
     def stats(self) -> dict:
         """Counters; the store's figures only when storing (ack-only mode answers without SQL)."""
-        rs = self.rsocket
         return {
             **({} if self.faults.ack_only else self.store.stats()),
             "acked": self.acked.as_dict(),
@@ -194,54 +200,11 @@ class StatusServiceStandIn:
             # end-to-end test asserts this stays 0.
             "dropped": self.dropped.total,
             "dropped_by_reason": dict(self.dropped.by_reason),
-            "rsocket": {
-                "connections_open": rs.connections_open if rs else 0,
-                "connections_total": rs.connections_total if rs else 0,
-                "requests": rs.requests if rs else 0,
-                "errors": rs.errors if rs else 0,
-                "max_in_flight": rs.max_in_flight if rs else 0,
-            },
-            "http": {"requests": self.http_requests},
+            **{name: listener.counters() for name, listener in self.listeners.items()},
         }
 
-    # -- transports -----------------------------------------------------------------------
-
-    async def start_rsocket(self, host: str = "127.0.0.1", port: int = 7070) -> int:
-        """Listen for RSocket over TCP; return the bound port (useful with port 0)."""
-        if self.rsocket is not None:
-            raise RuntimeError("the RSocket listener is already running")
-        self.rsocket = await status_rsocket.start(host, port, self)
-        return self.rsocket.port
-
-    def add_routes(self, app: web.Application) -> None:
-        status_http.add_routes(app, self)
-
-    def http_app(self) -> web.Application:
-        app = web.Application()
-        self.add_routes(app)
-        return app
-
-    async def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve http_app() on host:port; return the bound port."""
-        if self._http_runner is not None:
-            raise RuntimeError("the HTTP listener is already running")
-        runner = web.AppRunner(self.http_app())
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._http_runner = runner
-        return runner.addresses[0][1]
-
-    async def close(self) -> None:
-        if self.rsocket is not None:
-            await self.rsocket.close()
-            self.rsocket = None
-        if self._http_runner is not None:
-            await self._http_runner.cleanup()
-            self._http_runner = None
+    def close(self) -> None:
+        """Close the store; the transports are closed first by whoever started them."""
         self.store.close()
 
 

@@ -1,5 +1,10 @@
 """`relay dev-upstream`: the Maskinporten and status-service stand-ins, wired to each other.
 
+This is where the stand-ins are put together: StatusServer starts the status service's
+transports (status_rsocket, status_http) on their ports around the transport-free core
+(status_service), the way uvicorn's server.py starts the protocols its configuration names;
+DevUpstream adds Maskinporten, whose tokens the status service verifies.
+
 A throwaway PKI is made on first use; the status service trusts only tokens of this Maskinporten
 stand-in. `relay.toml` in the data folder is a relay configuration that points at them.
 
@@ -20,9 +25,12 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from relay.dev import status_http, status_rsocket
 from relay.dev.certs import TEST_KID, TestPki, make_test_pki
 from relay.dev.faults import StatusFaults
 from relay.dev.maskinporten import ClientRegistration, MaskinportenFaults, MaskinportenStandIn
+from relay.dev.status_http import HttpStandIn
+from relay.dev.status_rsocket import RSocketStandIn
 from relay.dev.status_service import StatusServiceStandIn
 from relay.dev.status_tokens import CLOCK_SKEW
 
@@ -30,6 +38,38 @@ log = logging.getLogger("relay.dev")
 
 DEFAULT_ORGNR = "991825827"
 DEFAULT_SCOPE = "eformidling:dpo"
+
+
+class StatusServer:
+    """A status-service stand-in and the transports it listens on.
+
+    close() closes the transports, then the service (its store): the server owns the service
+    it is given.
+    """
+
+    def __init__(self, service: StatusServiceStandIn) -> None:
+        self.service = service
+        self.rsocket: RSocketStandIn | None = None
+        self.http: HttpStandIn | None = None
+
+    async def start(
+        self, host: str = "127.0.0.1", *, rsocket_port: int | None = 7070, http_port: int | None = 0
+    ) -> None:
+        """Listen with each transport whose port is given (0 = any free port); the bound ports
+        are ``.rsocket.port`` and ``.http.port``. After a failure, close() still cleans up."""
+        if self.rsocket is not None or self.http is not None:
+            raise RuntimeError("the status stand-in is already listening")
+        if rsocket_port is not None:
+            self.rsocket = await status_rsocket.start(host, rsocket_port, self.service)
+        if http_port is not None:
+            self.http = await status_http.start(host, http_port, self.service)
+
+    async def close(self) -> None:
+        if self.rsocket is not None:
+            await self.rsocket.close()
+        if self.http is not None:
+            await self.http.close()
+        self.service.close()
 
 
 @dataclass(frozen=True)
@@ -69,6 +109,7 @@ class DevUpstream:
         self.pki: TestPki = _load_or_make_pki(self.data / "pki", orgnr)
         self.maskinporten: MaskinportenStandIn | None = None
         self.status: StatusServiceStandIn | None = None
+        self.status_server: StatusServer | None = None
         self.addresses: UpstreamAddresses | None = None
         self._token_lifetime = token_lifetime
         self._ack_only = ack_only
@@ -110,9 +151,12 @@ class DevUpstream:
             verify_token=lambda token: mp.verify_access_token(token, leeway=CLOCK_SKEW),
             faults=StatusFaults(ack_only=self._ack_only, accept_arrays=self._accept_arrays),
         )
-        rs_port = await self.status.start_rsocket(self.host, rsocket_port)
-        st_port = await self.status.start_http(self.host, http_port)
-        self.addresses = UpstreamAddresses(self.host, rs_port, st_port, mp_port)
+        server = self.status_server = StatusServer(self.status)
+        await server.start(self.host, rsocket_port=rsocket_port, http_port=http_port)
+        assert server.rsocket is not None and server.http is not None
+        self.addresses = UpstreamAddresses(
+            self.host, server.rsocket.port, server.http.port, mp_port
+        )
         (self.data / "relay.toml").write_text(self.relay_config())
         return self.addresses
 
@@ -156,8 +200,8 @@ class DevUpstream:
         return web.json_response(vars(self.maskinporten.faults))
 
     async def close(self) -> None:
-        if self.status is not None:
-            await self.status.close()
+        if self.status_server is not None:
+            await self.status_server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 

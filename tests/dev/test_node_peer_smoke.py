@@ -41,6 +41,9 @@ from rsocket.payload import Payload
 from rsocket.rsocket_client import RSocketClient
 from rsocket.transports.tcp import TransportTCP
 
+from tests import helpers
+from tests.helpers import eventually
+
 NODE = shutil.which("node")
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SERVER_JS = NODE_DIR / "status-server.js"
@@ -62,19 +65,8 @@ TIMEOUT = 15.0
 
 
 def make_event(**overrides: object) -> dict:
-    event = {
-        "conversation_id": str(uuid.uuid4()),
-        "message_id": str(uuid.uuid4()),
-        "status": "LEVERT",
-        "orgnr": "971203420",
-        "sender": "0192:971203420",
-        "receiver": "0192:991825827",
-        "process_identifier": "urn:no:difi:profile:arkivmelding:administrasjon:ver1.0",
-        "service_identifier": "DPO",
-        "logger_name": "STATUS",
-    }
-    event.update(overrides)
-    return event
+    """An event as the relay sends it over RSocket: the real route stores only STATUS."""
+    return helpers.make_event(**{"logger_name": "STATUS", **overrides})
 
 
 # --- keys, tokens, JWKS ---------------------------------------------------------------------
@@ -160,11 +152,11 @@ class NodePeer:
         return self.stderr_path.read_text(errors="replace")
 
     async def wait_for_events(self, count: int, timeout: float = TIMEOUT) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(events := self.events()) < count:
-            assert time.monotonic() < deadline, f"{len(events)}/{count} events:\n{self.stderr()}"
-            await asyncio.sleep(0.02)
-        return events
+        try:
+            await eventually(lambda: len(self.events()) >= count, timeout, f"{count} events")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; {len(self.events())} came:\n{self.stderr()}") from None
+        return self.events()
 
 
 @pytest.fixture
@@ -405,6 +397,8 @@ async def test_a_setup_split_across_tcp_reads_and_a_disconnect_do_not_kill_it(
     payload = request(make_event(), make_token(rsa_key))
     reader, writer = await asyncio.open_connection("127.0.0.1", peer.port)
     try:
+        # The pauses are the test, not a wait for a condition: each part must reach the peer
+        # in a read of its own (there is nothing the peer does in between to wait for).
         for part in (setup[:2], setup[2:20], setup[20:]):
             writer.write(part)
             await writer.drain()

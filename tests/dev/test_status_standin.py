@@ -28,7 +28,8 @@ from rsocket.transports.tcp import TransportTCP
 
 from relay.dev.faults import StatusFaults
 from relay.dev.status_service import StatusServiceStandIn
-from tests.helpers import make_event
+from relay.dev.upstream import StatusServer
+from tests.helpers import eventually, make_event
 
 SCOPE = "eformidling:dpo"
 CLIENT_ID = "MOVE_IP_971203420"
@@ -137,18 +138,14 @@ async def refused(client: RSocketClient, event: object, **kw: Any) -> str:
     return str(info.value)
 
 
-async def until(predicate, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 class StandIn:
-    def __init__(self, service: StatusServiceStandIn, rsocket_port: int, http_url: str) -> None:
-        self.service = service
-        self.port = rsocket_port
-        self.url = http_url
+    def __init__(self, server: StatusServer) -> None:
+        assert server.rsocket is not None and server.http is not None
+        self.server = server
+        self.service = server.service
+        self.rsocket = server.rsocket
+        self.port = server.rsocket.port
+        self.url = f"http://127.0.0.1:{server.http.port}"
         self.session: aiohttp.ClientSession
 
     async def post(self, body: object, token: str | None = None, *, raw: bytes | None = None):
@@ -170,13 +167,15 @@ async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
     service = StatusServiceStandIn(
         store_path=tmp_path / "status.db", verify_token=verify_token, scope=SCOPE
     )
-    rsocket_port = await service.start_rsocket("127.0.0.1", 0)
-    http_port = await service.start_http("127.0.0.1", 0)
-    s = StandIn(service, rsocket_port, f"http://127.0.0.1:{http_port}")
-    async with aiohttp.ClientSession() as session:
-        s.session = session
-        yield s
-    await service.close()
+    server = StatusServer(service)
+    try:
+        await server.start("127.0.0.1", rsocket_port=0, http_port=0)
+        s = StandIn(server)
+        async with aiohttp.ClientSession() as session:
+            s.session = session
+            yield s
+    finally:
+        await server.close()
 
 
 # -- RSocket ---------------------------------------------------------------------------------
@@ -204,7 +203,9 @@ async def test_fire_and_forget_is_stored(standin: StandIn) -> None:
         payload = Payload(orjson.dumps(event), metadata(make_token()))
         await asyncio.wait_for(client.fire_and_forget(payload), TIMEOUT)
         store = standin.service.store
-        await until(lambda: store.statuses(message_id=event["message_id"]))
+        await eventually(
+            lambda: bool(store.statuses(message_id=event["message_id"])), TIMEOUT, "the event"
+        )
     (row,) = store.statuses(message_id=event["message_id"])
     assert row["_received"]["interaction"] == "fire-and-forget"
 
@@ -281,8 +282,11 @@ async def test_a_token_is_verified_once_and_refused_once_it_expires(tmp_path: Pa
     service = StatusServiceStandIn(
         store_path=tmp_path / "status.db", verify_token=verify_on_clock, scope=SCOPE, clock=clock
     )
-    port = await service.start_rsocket("127.0.0.1", 0)
+    server = StatusServer(service)
     try:
+        await server.start("127.0.0.1", rsocket_port=0, http_port=None)
+        assert server.rsocket is not None
+        port = server.rsocket.port
         token = make_token(exp=int(clock()) + 100)
         async with rsocket_client(port) as client:
             for _ in range(3):
@@ -314,7 +318,7 @@ async def test_a_token_is_verified_once_and_refused_once_it_expires(tmp_path: Pa
             assert verified.count(token) == 1
         assert service.store.stats()["total"] == 4
     finally:
-        await service.close()
+        await server.close()
 
 
 async def test_wrong_route_is_an_error(standin: StandIn) -> None:
@@ -345,7 +349,9 @@ async def test_what_the_service_cannot_use_is_acked_then_dropped(standin: StandI
             )
             assert not answer.data
         await client.fire_and_forget(Payload(b"[]", metadata(make_token())))
-        await until(lambda: standin.service.dropped.total == len(unusable) + 1)
+        await eventually(
+            lambda: standin.service.dropped.total == len(unusable) + 1, TIMEOUT, "the drops"
+        )
     stats = await standin.get("/api/stats")
     assert stats["total"] == 0
     assert stats["dropped"] == len(unusable) + 1
@@ -440,8 +446,8 @@ async def test_drop_after_closes_the_connection(standin: StandIn) -> None:
         for _ in range(3):
             await send(client, status_event())
         await asyncio.wait_for(events.closed.wait(), TIMEOUT)
-    rs = standin.service.rsocket
-    await until(lambda: rs.connections_open == 0)
+    rs = standin.rsocket
+    await eventually(lambda: rs.connections_open == 0, TIMEOUT, "the connection closed")
     assert (rs.connections_total, rs.requests) == (1, 3)
     # A new connection gets its own count.
     async with rsocket_client(standin.port) as client:
@@ -462,8 +468,8 @@ async def test_close_closes_client_connections(standin: StandIn) -> None:
     events = Events()
     async with rsocket_client(standin.port, events) as client:
         await send(client, status_event())
-        assert standin.service.rsocket.connections_open == 1
-        await standin.service.rsocket.close()
+        assert standin.rsocket.connections_open == 1
+        await standin.rsocket.close()
         await asyncio.wait_for(events.closed.wait(), TIMEOUT)
 
 
@@ -603,7 +609,7 @@ async def test_ack_only_checks_and_counts_but_stores_nothing(standin: StandIn) -
         text = await refused(client, status_event(), meta=metadata(make_token(_OTHER_KEY)))
         assert text == "Failed to validate the token"
         await client.fire_and_forget(Payload(orjson.dumps(status_event()), metadata(token)))
-        await until(lambda: standin.service.acked.requests == 4)
+        await eventually(lambda: standin.service.acked.requests == 4, TIMEOUT, "4 acks")
     assert (await standin.post(status_event(), token))[0] == 200
     assert (await standin.post(status_event(message_id="42"), token))[0] == 400
 
