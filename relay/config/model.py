@@ -79,7 +79,6 @@ class HttpIngestConfig:
 
     listen: str = _listen("127.0.0.1:8080")
     max_body_bytes: int = _size("10MiB")
-    max_event_bytes: int = _size("64KiB")
     auth_token_file: str = ""
     # a request whose body has not arrived by then is answered 408 and closed (slow clients)
     read_timeout: float = _duration("30s")
@@ -115,6 +114,8 @@ class IngestConfig:
     # events (array elements or lines) in one request; a request with more is refused whole
     # (413) before anything is stored, so a small compressed body cannot become millions of rows
     max_items_per_request: int = 10000
+    # one event from any source; syslog and JSON-lines frames get room for headers around it
+    max_event_bytes: int = _size("64KiB")
     http: HttpIngestConfig = field(default_factory=HttpIngestConfig)
     syslog: SyslogIngestConfig = field(default_factory=SyslogIngestConfig)
     json_lines: JsonLinesIngestConfig = field(default_factory=JsonLinesIngestConfig)
@@ -217,6 +218,11 @@ class Config:
 
 
 _Key = tuple[str, ...]
+
+# Settings that moved, by their old name: the old name still loads, with a warning.
+_MOVED: dict[_Key, _Key] = {
+    ("ingest", "http", "max_event_bytes"): ("ingest", "max_event_bytes"),
+}
 
 
 class _Setting(NamedTuple):

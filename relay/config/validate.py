@@ -73,11 +73,12 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
             f"{name('ingest.http.listen')} must not be empty; the HTTP listener also serves "
             'health checks and metrics, so give it an address such as "127.0.0.1:8080"'
         )
-    if http.max_event_bytes > http.max_body_bytes:
+    max_event = cfg.ingest.max_event_bytes
+    if max_event > http.max_body_bytes:
         raise _error(
-            f"{name('ingest.http.max_event_bytes')} ({format_size(http.max_event_bytes)}) must "
-            f"not exceed ingest.http.max_body_bytes ({format_size(http.max_body_bytes)}); "
-            "raise max_body_bytes or lower max_event_bytes"
+            f"{name('ingest.max_event_bytes')} ({format_size(max_event)}) must not exceed "
+            f"ingest.http.max_body_bytes ({format_size(http.max_body_bytes)}); raise "
+            "max_body_bytes or lower max_event_bytes"
         )
 
     spool = cfg.spool
