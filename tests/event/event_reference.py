@@ -1,6 +1,6 @@
 """relay.event.normalise without the values it remembers between calls: the plain statement of
-the rules (those of the status service's HTTP path, see tests/event/test_event_parity.py), kept as the
-reference the faster one must match exactly, error texts included."""
+the rules (those of the status service's HTTP path, see tests/event/test_event_parity.py), kept as
+the reference the faster one must match exactly, error texts included."""
 
 from __future__ import annotations
 
