@@ -98,13 +98,16 @@ class InProcessRelay:
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         return self.url
 
-    async def start_syslog(self, tcp: str = LOCAL, udp: str = LOCAL) -> SyslogSource:
-        cfg = SyslogIngestConfig(tcp_listen=tcp, udp_listen=udp)
-        self.syslog = await start_syslog(cfg, self.intake)
+    async def start_syslog(self, tcp: str = LOCAL, udp: str = LOCAL, **cfg: Any) -> SyslogSource:
+        """Syslog over TCP and UDP (an empty address is off); `cfg`: more of [ingest.syslog]."""
+        settings = SyslogIngestConfig(tcp_listen=tcp, udp_listen=udp, **cfg)
+        self.syslog = await start_syslog(settings, self.intake)
         return self.syslog
 
-    async def start_json_lines(self, listen: str = LOCAL) -> JsonLinesSource:
-        self.json_lines = await start_json_lines(JsonLinesIngestConfig(listen), self.intake)
+    async def start_json_lines(self, listen: str = LOCAL, **cfg: Any) -> JsonLinesSource:
+        """JSON lines over TCP; `cfg`: more of [ingest.json_lines]."""
+        settings = JsonLinesIngestConfig(tcp_listen=listen, **cfg)
+        self.json_lines = await start_json_lines(settings, self.intake)
         return self.json_lines
 
     # -- talking to it ---------------------------------------------------------------------------
