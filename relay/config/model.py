@@ -4,6 +4,7 @@ The dataclasses below are the single source of truth: the loader, the environmen
 the "did you mean" suggestions and the renderer all walk ``dataclasses.fields`` (through
 :func:`_schema`), so a field added to a section is immediately loadable, overridable and
 printed. Every setting has a default, so ``Config()`` is a complete, valid configuration.
+Import the public names from ``relay.config``; the underscored ones are for its submodules.
 """
 
 from __future__ import annotations
@@ -16,25 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from relay.config.units import parse_duration, parse_size
-
-__all__ = [
-    "ENV_PREFIX",
-    "ENV_SEPARATOR",
-    "LOG_FORMATS",
-    "LOG_LEVELS",
-    "TRANSPORTS",
-    "WHEN_FULL_POLICIES",
-    "Config",
-    "HttpIngestConfig",
-    "IngestConfig",
-    "JsonLinesIngestConfig",
-    "LogConfig",
-    "MaskinportenConfig",
-    "RetryConfig",
-    "SpoolConfig",
-    "SyslogIngestConfig",
-    "UpstreamConfig",
-]
 
 # The environment names of settings. Defined with the schema rather than in the loader because
 # validation also needs them, to keep keystore_password_env from being read as an override.
@@ -50,6 +32,8 @@ _SIZE = "size"
 _LISTEN = "listen"
 # A word operators write in any case ("INFO"); stored lower-case so code compares one spelling.
 _CASE_INSENSITIVE = "case-insensitive"
+# Field metadata key: the only values a str field may take (validation checks them all alike).
+_CHOICES = "choices"
 
 TRANSPORTS = ("rsocket", "http")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -69,8 +53,11 @@ def _listen(default: str) -> str:
     return field(default=default, metadata={_KIND: _LISTEN})
 
 
-def _case_insensitive(default: str) -> str:
-    return field(default=default, metadata={_KIND: _CASE_INSENSITIVE})
+def _one_of(default: str, allowed: tuple[str, ...], *, any_case: bool = False) -> str:
+    metadata: dict[str, Any] = {_CHOICES: allowed}
+    if any_case:
+        metadata[_KIND] = _CASE_INSENSITIVE
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -135,7 +122,7 @@ class SpoolConfig:
 class UpstreamConfig:
     """``[upstream]``: the national status service events are delivered to."""
 
-    transport: str = "rsocket"
+    transport: str = _one_of("rsocket", TRANSPORTS)
     host: str = "qa-meldingsutveksling.difi.no"
     port: int = 7070
     tls: bool = False
@@ -185,8 +172,8 @@ class MaskinportenConfig:
 class LogConfig:
     """``[log]``: the relay's own logging."""
 
-    level: str = _case_insensitive("info")
-    format: str = "text"
+    level: str = _one_of("info", LOG_LEVELS, any_case=True)
+    format: str = _one_of("text", LOG_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -229,6 +216,7 @@ class _Setting(NamedTuple):
     path: _Key
     type: type
     kind: str | None
+    choices: tuple[str, ...] = ()
 
     @property
     def dotted(self) -> str:
@@ -253,7 +241,9 @@ def _schema() -> tuple[dict[_Key, type], dict[_Key, _Setting]]:
         if dataclasses.is_dataclass(hint):
             sections[path] = hint
         else:
-            settings[path] = _Setting(path, hint, f.metadata.get(_KIND))
+            settings[path] = _Setting(
+                path, hint, f.metadata.get(_KIND), f.metadata.get(_CHOICES, ())
+            )
     return sections, settings
 
 
