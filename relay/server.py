@@ -228,8 +228,8 @@ def _log_ready(
     cfg: Config,
     spool: Spool,
     http_address: str,
-    syslog: SyslogSource | None,
-    json_lines: JsonLinesSource | None,
+    syslog: SyslogSource,
+    json_lines: JsonLinesSource,
 ) -> None:
     stats = spool.stats()
     ingest = cfg.ingest
@@ -241,9 +241,9 @@ def _log_ready(
     listeners = [f"http {http_address}"] + [
         f"{name} {bound(address, port)}"
         for name, address, port in (
-            ("syslog tcp", ingest.syslog.tcp_listen, syslog.tcp_port if syslog else None),
-            ("syslog udp", ingest.syslog.udp_listen, syslog.udp_port if syslog else None),
-            ("json lines", ingest.json_lines.tcp_listen, json_lines.port if json_lines else None),
+            ("syslog tcp", ingest.syslog.tcp_listen, syslog.tcp_port),
+            ("syslog udp", ingest.syslog.udp_listen, syslog.udp_port),
+            ("json lines", ingest.json_lines.tcp_listen, json_lines.port),
         )
         if address
     ]
