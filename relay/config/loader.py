@@ -107,10 +107,6 @@ def _collect_env(environ: Mapping[str, str], out: _Values) -> None:
         out[path] = (environ[name], origin)
 
 
-def _env_name(path: _Key) -> str:
-    return ENV_PREFIX + ENV_SEPARATOR.join(path).upper()
-
-
 def _resolve_moved(values: _Values) -> _Values:
     """`values` (from one place: the file, or the environment) with old names of moved settings
     replaced by the new ones; warns once per old name, and refuses both names at odds."""
@@ -120,22 +116,6 @@ def _resolve_moved(values: _Values) -> _Values:
             continue
         raw, origin = values.pop(old)
         old_name, new_name = ".".join(old), ".".join(new)
-        if origin.from_env:
-            log.warning(
-                "%s is deprecated: use %s (the setting is now %s)",
-                origin.label.removeprefix("from "),
-                _env_name(new),
-                new_name,
-            )
-        else:
-            log.warning(
-                "%s %s is deprecated: write it as %s under [%s] (the setting is now %s)",
-                old_name,
-                origin.label,
-                new[-1],
-                ".".join(new[:-1]),
-                new_name,
-            )
         moved = _Origin(f"{origin.label} (as {old_name})", origin.from_env)
         if new in values:
             other_raw, other_origin = values[new]
@@ -146,8 +126,17 @@ def _resolve_moved(values: _Values) -> _Values:
                     f"{other_origin.label} ({_show(other_raw)}) differ; {old_name} is the old "
                     f"name of {new_name}: keep only {new_name}"
                 )
-            continue
-        values[new] = (raw, moved)
+        else:
+            values[new] = (raw, moved)
+        if origin.from_env:
+            new_env = ENV_PREFIX + ENV_SEPARATOR.join(new).upper()
+            instead = f"use {new_env}"
+        else:
+            instead = f"write it as {new[-1]} under [{'.'.join(new[:-1])}]"
+        where = (
+            origin.label.removeprefix("from ") if origin.from_env else f"{old_name} {origin.label}"
+        )
+        log.warning("%s is deprecated: %s (the setting is now %s)", where, instead, new_name)
     return values
 
 

@@ -997,9 +997,12 @@ def test_old_max_event_bytes_still_loads_and_warns_once(
     assert [r.levelname for r in caplog.records if r.getMessage() == warning] == ["WARNING"]
 
 
-def test_old_and_new_max_event_bytes_at_odds_are_an_error(tmp_path: Path) -> None:
+def test_old_and_new_max_event_bytes_at_odds_are_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     both = '[ingest]\nmax_event_bytes = "8KiB"\n[ingest.http]\nmax_event_bytes = "%s"\n'
     message = config_error(tmp_path, both % "16KiB")
+    assert deprecations(caplog) == []  # the error is the one line said
     assert (
         "ingest.http.max_event_bytes" in message and "keep only ingest.max_event_bytes" in message
     )
