@@ -10,8 +10,10 @@ failure `serve` raises `BackgroundFailure`, so `relay run` exits non-zero and is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -41,10 +43,12 @@ def build_app(
     auth_token: str | None = None,
     delivery: DeliveryParts | None = None,
     intake: Intake | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The HTTP application: ingest paths and the operator's endpoints."""
     http = cfg.ingest.http
-    intake = intake or Intake(spool, http.max_event_bytes)
+    intake = intake or Intake(spool, cfg.ingest.max_event_bytes)
+    metrics = metrics or Metrics()
     # auto_decompress off: the source inflates bodies itself, bounded by max_body_bytes.
     # keepalive_timeout also closes a connection that never completes its request headers.
     app = web.Application(
@@ -58,11 +62,11 @@ def build_app(
         max_items=cfg.ingest.max_items_per_request,
         read_timeout=http.read_timeout,
     ).add_routes(app)
-    collectors.register(intake.metrics, spool, delivery, intake)
+    collectors.register(metrics, spool, delivery, intake.counters)
     endpoints.add_routes(
         app,
         spool,
-        intake.metrics,
+        metrics,
         StatusReport(cfg, spool, delivery),
         [delivery.sink.not_ready] if delivery else [],
     )
@@ -100,87 +104,122 @@ async def _serve(
     creds: Credentials | None,
 ) -> None:
     metrics = Metrics()
-    spool = await SqliteSpool.open(
-        cfg.spool.path,
-        max_bytes=cfg.spool.max_bytes,
-        dedup_window=cfg.spool.dedup_window,
-        on_commit=metrics.commit_seconds.observe,
-    )
-    intake = Intake(spool, cfg.ingest.http.max_event_bytes, metrics)
-    delivery: DeliveryParts | None = None
-    runner: web.AppRunner | None = None
-    syslog: SyslogSource | None = None
-    json_lines: JsonLinesSource | None = None
-    started = False
-    # a thread cannot be awaited: a writer that died without reporting is noticed by polling
-    spool_watch = supervision.watch(
-        asyncio.create_task(_watch_spool(spool), name="spool watchdog"), "spool watchdog"
-    )
-    try:
-        if creds is not None:
-            delivery = build_delivery(cfg, spool, creds, on_delivered=metrics.observe_delivered)
-        app = build_app(cfg, spool, auth_token, delivery, intake)
-        # the drain below bounds shutdown; the HTTP side only finishes the requests it holds
-        runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=min(cfg.lifecycle.shutdown_timeout, 5.0)
+    shutdown = _Shutdown(cfg.lifecycle.shutdown_timeout, supervisor)
+    # Each part is stopped by a callback pushed right after it starts: they run in reverse order,
+    # so the phases come out as stop accepting, stop delivery, close the spool.
+    async with contextlib.AsyncExitStack() as stack:
+        spool = await SqliteSpool.open(
+            cfg.spool.path,
+            max_bytes=cfg.spool.max_bytes,
+            dedup_window=cfg.spool.dedup_window,
+            on_commit=metrics.commit_seconds.observe,
         )
-        await runner.setup()
-        site = LimitedTCPSite(runner, host, port, max_connections=cfg.ingest.http.max_connections)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise UserError(
-                f"cannot listen on {cfg.ingest.http.listen} (ingest.http.listen): "
-                f"{exc.strerror}; choose a free address"
-            ) from None
-        max_event = cfg.ingest.http.max_event_bytes
-        syslog = await start_syslog(cfg.ingest.syslog, intake, max_event)
-        json_lines = await start_json_lines(cfg.ingest.json_lines, intake, max_event)
-        metrics.add_collector(lambda: collectors.udp_drops(syslog))
-        metrics.add_collector(
-            lambda: collectors.tcp_connections(
-                {
-                    "syslog_tcp": syslog.tcp if syslog else None,
-                    "json_lines": json_lines.tcp if json_lines else None,
-                }
+        stack.push_async_callback(shutdown.close_spool, spool)
+        # a thread cannot be awaited: a writer that died without reporting is noticed by polling
+        shutdown.cancel_on_stop(
+            supervision.watch(
+                asyncio.create_task(_watch_spool(spool), name="spool watchdog"), "spool watchdog"
             )
         )
+        delivery = None
+        if creds is not None:
+            delivery = build_delivery(cfg, spool, creds, on_delivered=metrics.observe_delivered)
+            stack.push_async_callback(shutdown.stop_delivery, delivery)
+
+        stack.push_async_callback(shutdown.close_listeners)
+        intake = Intake(spool, cfg.ingest.max_event_bytes)
+        app = build_app(cfg, spool, auth_token, delivery, intake, metrics)
+        http_port = await _start_http(cfg, app, host, port, shutdown)
+        syslog = await start_syslog(cfg.ingest.syslog, intake)
+        shutdown.listeners.append(syslog.close)
+        json_lines = await start_json_lines(cfg.ingest.json_lines, intake)
+        shutdown.listeners.append(json_lines.close)
+        collectors.register_listeners(
+            metrics, {"syslog_tcp": syslog.tcp, "json_lines": json_lines.tcp}, syslog.kernel_drops
+        )
+
         shown_host = f"[{host}]" if ":" in host else host
-        _log_ready(cfg, spool, f"{shown_host}:{site.port}", syslog, json_lines)
+        _log_ready(cfg, spool, f"{shown_host}:{http_port}", syslog, json_lines)
         for advice in config_advice(cfg, delivering=delivery is not None):
             log.log(advice.level, "%s", advice.text)
         if delivery is not None:
             await delivery.start()
             log.info("delivering to %s over %s", cfg.upstream.address, cfg.upstream.transport)
-        started = True
+        shutdown.started = True
         thresholds = gc_tuning.tune()
         try:
             await _until_stopped(stop, supervisor)
         finally:
             gc_tuning.restore(thresholds)
-    finally:
-        # from here on every task that ends was told to (or the failure is already recorded)
-        supervision.stopping()
-        spool_watch.cancel()
-        why = f"after a failure: {supervisor.failed}" if supervisor.failed else "on request"
-        log.info("shutting down %s", why)
-        deadline = time.monotonic() + cfg.lifecycle.shutdown_timeout
+
+
+async def _start_http(
+    cfg: Config, app: web.Application, host: str, port: int, shutdown: _Shutdown
+) -> int:
+    """Serve `app` on host:port; returns the port (the one the OS chose for port 0)."""
+    # the drain of delivery bounds shutdown; the HTTP side only finishes the requests it holds
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=min(cfg.lifecycle.shutdown_timeout, 5.0)
+    )
+    await runner.setup()
+    shutdown.listeners.append(runner.cleanup)
+    site = LimitedTCPSite(runner, host, port, max_connections=cfg.ingest.http.max_connections)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise UserError(
+            f"cannot listen on {cfg.ingest.http.listen} (ingest.http.listen): "
+            f"{exc.strerror}; choose a free address"
+        ) from None
+    return site.port
+
+
+class _Shutdown:
+    """The stop in named phases. Whichever phase runs first (the stack unwinds from where start-up
+    got to) first marks the relay as stopping, so supervised tasks ending now are expected."""
+
+    def __init__(self, timeout: float, supervisor: supervision.Supervisor) -> None:
+        self.timeout = timeout
+        self.supervisor = supervisor
+        self.listeners: list[Callable[[], Awaitable[object]]] = []  # what stops each one
+        self.started = False  # start-up completed: worth a "stopped" line with the backlog
+        self._deadline: float | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    def cancel_on_stop(self, task: asyncio.Task) -> None:
+        self._tasks.append(task)
+
+    def _begin(self) -> float:
+        """The deadline for delivery to finish what it holds."""
+        if self._deadline is None:
+            # from here on every task that ends was told to (or the failure is already recorded)
+            supervision.stopping()
+            for task in self._tasks:
+                task.cancel()
+            failed = self.supervisor.failed
+            log.info("shutting down %s", f"after a failure: {failed}" if failed else "on request")
+            self._deadline = time.monotonic() + self.timeout
+        return self._deadline
+
+    async def close_listeners(self) -> None:
+        self._begin()
         # the sources close before the spool: what they have read is still stored
         log.info("shutdown phase 1/3: closing listeners, no longer accepting events")
-        closing = [src.close() for src in (syslog, json_lines) if src is not None]
-        if runner is not None:
-            closing.append(runner.cleanup())
+        closing = [close() for close in self.listeners]
         for result in await asyncio.gather(*closing, return_exceptions=True):
             if isinstance(result, Exception):
                 log.error("error while stopping a listener: %s", result)
-        try:
-            if delivery is not None:
-                log.info("shutdown phase 2/3: stopping delivery")
-                await delivery.stop(max(0.0, deadline - time.monotonic()))
-        finally:
-            log.info("shutdown phase 3/3: closing the spool")
-            await spool.close()
-        if started:
+
+    async def stop_delivery(self, delivery: DeliveryParts) -> None:
+        deadline = self._begin()
+        log.info("shutdown phase 2/3: stopping delivery")
+        await delivery.stop(max(0.0, deadline - time.monotonic()))
+
+    async def close_spool(self, spool: Spool) -> None:
+        self._begin()
+        log.info("shutdown phase 3/3: closing the spool")
+        await spool.close()
+        if self.started:
             stats = spool.stats()
             log.info("stopped; %d undelivered event(s) stay in the spool", stats.events)
 
@@ -189,8 +228,8 @@ def _log_ready(
     cfg: Config,
     spool: Spool,
     http_address: str,
-    syslog: SyslogSource | None,
-    json_lines: JsonLinesSource | None,
+    syslog: SyslogSource,
+    json_lines: JsonLinesSource,
 ) -> None:
     stats = spool.stats()
     ingest = cfg.ingest
@@ -202,9 +241,9 @@ def _log_ready(
     listeners = [f"http {http_address}"] + [
         f"{name} {bound(address, port)}"
         for name, address, port in (
-            ("syslog tcp", ingest.syslog.tcp_listen, syslog.tcp_port if syslog else None),
-            ("syslog udp", ingest.syslog.udp_listen, syslog.udp_port if syslog else None),
-            ("json lines", ingest.json_lines.tcp_listen, json_lines.port if json_lines else None),
+            ("syslog tcp", ingest.syslog.tcp_listen, syslog.tcp_port),
+            ("syslog udp", ingest.syslog.udp_listen, syslog.udp_port),
+            ("json lines", ingest.json_lines.tcp_listen, json_lines.port),
         )
         if address
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import re
 import tomllib
@@ -20,6 +21,7 @@ from relay.config.errors import _error, _show
 from relay.config.model import (
     _CASE_INSENSITIVE,
     _DURATION,
+    _MOVED,
     _SIZE,
     ENV_PREFIX,
     ENV_SEPARATOR,
@@ -33,6 +35,8 @@ from relay.config.validate import _validate
 from relay.errors import ConfigError
 
 __all__ = ["load_config"]
+
+log = logging.getLogger("relay.config")
 
 _ENV_TRUE = frozenset({"true", "1", "yes"})
 _ENV_FALSE = frozenset({"false", "0", "no"})
@@ -77,7 +81,7 @@ def _collect_file(table: dict[str, Any], origin: _Origin, out: _Values, prefix: 
                     f"{dotted} {origin.label} must be a table ([{dotted}]), got {_show(value)}"
                 )
             _collect_file(value, origin, out, path)
-        elif path in settings:
+        elif path in settings or path in _MOVED:
             out[path] = (value, origin)
         else:
             raise _unknown(path, origin, section=isinstance(value, dict))
@@ -98,9 +102,42 @@ def _collect_env(environ: Mapping[str, str], out: _Values) -> None:
                 f"environment variable {name} names the section {'.'.join(path)}, not a "
                 f"setting; set one setting per variable, e.g. {example}"
             )
-        if path not in settings:
+        if path not in settings and path not in _MOVED:
             raise _unknown(path, origin, section=False)
         out[path] = (environ[name], origin)
+
+
+def _resolve_moved(values: _Values) -> _Values:
+    """`values` (from one place: the file, or the environment) with old names of moved settings
+    replaced by the new ones; warns once per old name, and refuses both names at odds."""
+    _, settings = _schema()
+    for old, new in _MOVED.items():
+        if old not in values:
+            continue
+        raw, origin = values.pop(old)
+        old_name, new_name = ".".join(old), ".".join(new)
+        moved = _Origin(f"{origin.label} (as {old_name})", origin.from_env)
+        if new in values:
+            other_raw, other_origin = values[new]
+            setting = settings[new]
+            if _convert(setting, raw, moved) != _convert(setting, other_raw, other_origin):
+                raise _error(
+                    f"{old_name} {origin.label} ({_show(raw)}) and {new_name} "
+                    f"{other_origin.label} ({_show(other_raw)}) differ; {old_name} is the old "
+                    f"name of {new_name}: keep only {new_name}"
+                )
+        else:
+            values[new] = (raw, moved)
+        if origin.from_env:
+            new_env = ENV_PREFIX + ENV_SEPARATOR.join(new).upper()
+            instead = f"use {new_env}"
+        else:
+            instead = f"write it as {new[-1]} under [{'.'.join(new[:-1])}]"
+        where = (
+            origin.label.removeprefix("from ") if origin.from_env else f"{old_name} {origin.label}"
+        )
+        log.warning("%s is deprecated: %s (the setting is now %s)", where, instead, new_name)
+    return values
 
 
 def _convert(setting: _Setting, raw: Any, origin: _Origin) -> Any:
@@ -181,8 +218,12 @@ def load_config(
     values: _Values = {}
     if path is not None:
         name = os.fsdecode(path)
-        _collect_file(_read_toml(name), _Origin(f"in {name}", False), values)
-    _collect_env(environ, values)
+        from_file: _Values = {}
+        _collect_file(_read_toml(name), _Origin(f"in {name}", False), from_file)
+        values.update(_resolve_moved(from_file))
+    from_env: _Values = {}
+    _collect_env(environ, from_env)
+    values.update(_resolve_moved(from_env))
     cfg: Config = _build(Config, (), values)
     _validate(cfg, {".".join(p): origin.label for p, (_, origin) in values.items()})
     return cfg

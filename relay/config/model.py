@@ -4,6 +4,7 @@ The dataclasses below are the single source of truth: the loader, the environmen
 the "did you mean" suggestions and the renderer all walk ``dataclasses.fields`` (through
 :func:`_schema`), so a field added to a section is immediately loadable, overridable and
 printed. Every setting has a default, so ``Config()`` is a complete, valid configuration.
+Import the public names from ``relay.config``; the underscored ones are for its submodules.
 """
 
 from __future__ import annotations
@@ -16,25 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from relay.config.units import parse_duration, parse_size
-
-__all__ = [
-    "ENV_PREFIX",
-    "ENV_SEPARATOR",
-    "LOG_FORMATS",
-    "LOG_LEVELS",
-    "TRANSPORTS",
-    "WHEN_FULL_POLICIES",
-    "Config",
-    "HttpIngestConfig",
-    "IngestConfig",
-    "JsonLinesIngestConfig",
-    "LogConfig",
-    "MaskinportenConfig",
-    "RetryConfig",
-    "SpoolConfig",
-    "SyslogIngestConfig",
-    "UpstreamConfig",
-]
 
 # The environment names of settings. Defined with the schema rather than in the loader because
 # validation also needs them, to keep keystore_password_env from being read as an override.
@@ -50,6 +32,8 @@ _SIZE = "size"
 _LISTEN = "listen"
 # A word operators write in any case ("INFO"); stored lower-case so code compares one spelling.
 _CASE_INSENSITIVE = "case-insensitive"
+# Field metadata key: the only values a str field may take (validation checks them all alike).
+_CHOICES = "choices"
 
 TRANSPORTS = ("rsocket", "http")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -69,8 +53,11 @@ def _listen(default: str) -> str:
     return field(default=default, metadata={_KIND: _LISTEN})
 
 
-def _case_insensitive(default: str) -> str:
-    return field(default=default, metadata={_KIND: _CASE_INSENSITIVE})
+def _one_of(default: str, allowed: tuple[str, ...], *, any_case: bool = False) -> str:
+    metadata: dict[str, Any] = {_CHOICES: allowed}
+    if any_case:
+        metadata[_KIND] = _CASE_INSENSITIVE
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -79,7 +66,6 @@ class HttpIngestConfig:
 
     listen: str = _listen("127.0.0.1:8080")
     max_body_bytes: int = _size("10MiB")
-    max_event_bytes: int = _size("64KiB")
     auth_token_file: str = ""
     # a request whose body has not arrived by then is answered 408 and closed (slow clients)
     read_timeout: float = _duration("30s")
@@ -115,6 +101,8 @@ class IngestConfig:
     # events (array elements or lines) in one request; a request with more is refused whole
     # (413) before anything is stored, so a small compressed body cannot become millions of rows
     max_items_per_request: int = 10000
+    # one event from any source; syslog and JSON-lines frames get room for headers around it
+    max_event_bytes: int = _size("64KiB")
     http: HttpIngestConfig = field(default_factory=HttpIngestConfig)
     syslog: SyslogIngestConfig = field(default_factory=SyslogIngestConfig)
     json_lines: JsonLinesIngestConfig = field(default_factory=JsonLinesIngestConfig)
@@ -134,7 +122,7 @@ class SpoolConfig:
 class UpstreamConfig:
     """``[upstream]``: the national status service events are delivered to."""
 
-    transport: str = "rsocket"
+    transport: str = _one_of("rsocket", TRANSPORTS)
     host: str = "qa-meldingsutveksling.difi.no"
     port: int = 7070
     tls: bool = False
@@ -184,8 +172,8 @@ class MaskinportenConfig:
 class LogConfig:
     """``[log]``: the relay's own logging."""
 
-    level: str = _case_insensitive("info")
-    format: str = "text"
+    level: str = _one_of("info", LOG_LEVELS, any_case=True)
+    format: str = _one_of("text", LOG_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -218,11 +206,17 @@ class Config:
 
 _Key = tuple[str, ...]
 
+# Settings that moved, by their old name: the old name still loads, with a warning.
+_MOVED: dict[_Key, _Key] = {
+    ("ingest", "http", "max_event_bytes"): ("ingest", "max_event_bytes"),
+}
+
 
 class _Setting(NamedTuple):
     path: _Key
     type: type
     kind: str | None
+    choices: tuple[str, ...] = ()
 
     @property
     def dotted(self) -> str:
@@ -247,7 +241,9 @@ def _schema() -> tuple[dict[_Key, type], dict[_Key, _Setting]]:
         if dataclasses.is_dataclass(hint):
             sections[path] = hint
         else:
-            settings[path] = _Setting(path, hint, f.metadata.get(_KIND))
+            settings[path] = _Setting(
+                path, hint, f.metadata.get(_KIND), f.metadata.get(_CHOICES, ())
+            )
     return sections, settings
 
 

@@ -11,9 +11,6 @@ from relay.config.model import (
     _SIZE,
     ENV_PREFIX,
     ENV_SEPARATOR,
-    LOG_FORMATS,
-    LOG_LEVELS,
-    TRANSPORTS,
     WHEN_FULL_POLICIES,
     Config,
     _get,
@@ -34,11 +31,6 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
         label = where.get(dotted)
         return f"{dotted} {label}" if label else dotted
 
-    def one_of(dotted: str, value: str, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            options = ", ".join(_toml_string(a) for a in allowed)
-            raise _error(f"{name(dotted)} must be one of {options}, got {_show(value)}")
-
     def at_least(dotted: str, value: int, minimum: int) -> None:
         if value < minimum:
             raise _error(f"{name(dotted)} must be at least {minimum}, got {value}")
@@ -53,6 +45,9 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
     for setting in settings.values():
         value = _get(cfg, setting.path)
         dotted = setting.dotted
+        if setting.choices and value not in setting.choices:
+            options = ", ".join(_toml_string(a) for a in setting.choices)
+            raise _error(f"{name(dotted)} must be one of {options}, got {_show(value)}")
         if setting.kind == _SIZE and value <= 0:
             raise _error(f'{name(dotted)} must be larger than 0, e.g. "64KiB", got {value}')
         if setting.kind == _LISTEN and value:
@@ -73,11 +68,12 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
             f"{name('ingest.http.listen')} must not be empty; the HTTP listener also serves "
             'health checks and metrics, so give it an address such as "127.0.0.1:8080"'
         )
-    if http.max_event_bytes > http.max_body_bytes:
+    max_event = cfg.ingest.max_event_bytes
+    if max_event > http.max_body_bytes:
         raise _error(
-            f"{name('ingest.http.max_event_bytes')} ({format_size(http.max_event_bytes)}) must "
-            f"not exceed ingest.http.max_body_bytes ({format_size(http.max_body_bytes)}); "
-            "raise max_body_bytes or lower max_event_bytes"
+            f"{name('ingest.max_event_bytes')} ({format_size(max_event)}) must not exceed "
+            f"ingest.http.max_body_bytes ({format_size(http.max_body_bytes)}); raise "
+            "max_body_bytes or lower max_event_bytes"
         )
 
     spool = cfg.spool
@@ -91,7 +87,6 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
         )
 
     up = cfg.upstream
-    one_of("upstream.transport", up.transport, TRANSPORTS)
     if up.transport == "rsocket" and not up.host:
         raise _error(
             f'{name("upstream.host")} must not be empty when upstream.transport is "rsocket"'
@@ -158,6 +153,3 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
             f'"{ENV_SEPARATOR}" are read as setting overrides; choose a name without '
             f'"{ENV_SEPARATOR}", e.g. "RELAY_KEYSTORE_PASSWORD"'
         )
-
-    one_of("log.level", cfg.log.level, LOG_LEVELS)
-    one_of("log.format", cfg.log.format, LOG_FORMATS)

@@ -33,6 +33,8 @@ __all__ = [
     "encode",
     "hash_personal_number",
     "normalise",
+    "not_status",
+    "other_logger",
     "parse",
     "scrub_personal_numbers",
 ]
@@ -225,10 +227,7 @@ def normalise(obj: object) -> dict:
     elif type(logger_name) is not str:
         raise EventError("logger_name must be a string")
     elif logger_name != STATUS_LOGGER:
-        raise NotStatusError(
-            f'logger_name must be "STATUS" (got "{show(logger_name)}"): the status service'
-            " acknowledges other loggers and then files them as general logs, not statuses"
-        )
+        raise not_status(logger_name)
 
     # Last, so that the rules above report first; this is what keeps encode() total.
     # Nearly every item is an ASCII string key with an ASCII string value: one test each.
@@ -236,6 +235,26 @@ def normalise(obj: object) -> dict:
         if not (type(key) is str and type(value) is str and key.isascii() and value.isascii()):
             _check_item(key, value)
     return out
+
+
+def other_logger(value: object) -> str | None:
+    """The `logger_name` of a decoded object that names another logger than STATUS, else None.
+
+    Sources that read application logs look at this before validating: such a line is a log
+    line, whatever else is wrong with it."""
+    if isinstance(value, dict):
+        name = value.get("logger_name")
+        if isinstance(name, str) and name != STATUS_LOGGER:
+            return name
+    return None
+
+
+def not_status(logger_name: str) -> NotStatusError:
+    """The refusal of an event that names another logger than STATUS."""
+    return NotStatusError(
+        f'logger_name must be "STATUS" (got "{show(logger_name)}"): the status service'
+        " acknowledges other loggers and then files them as general logs, not statuses"
+    )
 
 
 def decode(raw: bytes | str) -> object:

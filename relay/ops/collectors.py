@@ -1,34 +1,84 @@
-"""Scrape-time metrics: numbers the spool, delivery and token provider already keep."""
+"""Scrape-time metrics: numbers the sources, spool, delivery and token provider already keep."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from relay.delivery.setup import DeliveryParts
 from relay.ops.metrics import Metrics, counter, gauge
-from relay.sources.intake import Intake
-from relay.sources.syslog import SyslogSource
+from relay.sources.counters import ListenerCounts, SourceCounters
 from relay.spool import Spool
 
 
 def register(
-    metrics: Metrics, spool: Spool, delivery: DeliveryParts | None, intake: Intake
+    metrics: Metrics, spool: Spool, delivery: DeliveryParts | None, sources: SourceCounters
 ) -> None:
+    metrics.add_collector(_source_metrics(sources))
     metrics.add_collector(_spool_metrics(spool))
-    metrics.add_collector(_dead_letter_metrics(delivery, intake))
+    metrics.add_collector(_dead_letter_metrics(delivery, sources))
     if delivery is not None:
         metrics.add_collector(_delivery_metrics(delivery))
 
 
+def register_listeners(
+    metrics: Metrics,
+    tcp: Mapping[str, ListenerCounts | None],
+    udp_drops: Callable[[], int | None],
+) -> None:
+    """The listeners' own numbers: `tcp` by source name (None for a listener that is off), and
+    how to read the kernel's drops on the syslog UDP socket."""
+    metrics.add_collector(lambda: udp_kernel_drops(udp_drops()))
+    metrics.add_collector(lambda: tcp_connections(tcp))
+
+
+def _source_metrics(sources: SourceCounters) -> Callable[[], Iterable[Metric]]:
+    # the counters start with the relay: their _created sample says so, as for any counter
+    started = time.time()
+
+    def collect() -> Iterable[Metric]:
+        yield counter(
+            "relay_received_events",
+            "Events received from producers",
+            sources.received,
+            "source",
+            created=started,
+        )
+        yield counter(
+            "relay_rejected_events",
+            "Events refused at ingest (invalid, too large, or the spool refused them)",
+            sources.rejected,
+            "source",
+            "reason",
+            created=started,
+        )
+        yield counter(
+            "relay_duplicate_events",
+            "Exact duplicates acknowledged but stored once",
+            sources.duplicates,
+            "source",
+            created=started,
+        )
+        yield counter(
+            "relay_skipped_lines",
+            "Lines that are not status events (another logger_name), skipped on purpose",
+            sources.skipped,
+            "source",
+            "reason",
+            created=started,
+        )
+
+    return collect
+
+
 def _dead_letter_metrics(
-    delivery: DeliveryParts | None, intake: Intake
+    delivery: DeliveryParts | None, sources: SourceCounters
 ) -> Callable[[], Iterable[Metric]]:
     def collect() -> Iterable[Metric]:
-        by_reason = Counter(intake.dead_lettered)
+        by_reason = Counter(sources.dead_lettered)
         if delivery is not None:
             by_reason.update(delivery.delivery.stats.dead_lettered)
         yield counter(
@@ -118,9 +168,8 @@ def _delivery_metrics(parts: DeliveryParts) -> Callable[[], Iterable[Metric]]:
     return collect
 
 
-def udp_drops(syslog: SyslogSource | None) -> Iterable[Metric]:
+def udp_kernel_drops(drops: int | None) -> Iterable[Metric]:
     """Datagrams the kernel dropped before the relay read them: UDP's own, silent losses."""
-    drops = syslog.kernel_drops() if syslog is not None else None
     if drops is not None:
         yield counter(
             "relay_syslog_udp_kernel_drops",
@@ -129,10 +178,10 @@ def udp_drops(syslog: SyslogSource | None) -> Iterable[Metric]:
         )
 
 
-def tcp_connections(listeners: dict[str, object]) -> Iterable[Metric]:
+def tcp_connections(listeners: Mapping[str, ListenerCounts | None]) -> Iterable[Metric]:
     """Per TCP listener (by source name): connections open, refused over the limit, broken off.
 
-    `listeners` maps a source name to its TcpIngest, or None when that listener is off."""
+    `listeners` maps a source name to its counts, or None when that listener is off."""
     running = {name: tcp for name, tcp in listeners.items() if tcp is not None}
     if not running:
         return

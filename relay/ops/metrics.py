@@ -1,17 +1,18 @@
 """Prometheus metrics (`GET /metrics`).
 
-Counters that sources bump as things happen live here; numbers other parts already keep (spool
-depth, delivery totals, token state) are read at scrape time, so nothing is counted twice.
+The parts keep their own plain numbers (sources, spool, delivery, tokens) and
+`relay.ops.collectors` reads them at scrape time, so nothing is counted twice; only the spool's
+commit durations and the delivery latency histogram are observed here.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -28,28 +29,6 @@ _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.received = Counter(
-            "relay_received_events", "Events received from producers", ["source"], registry=r
-        )
-        self.rejected = Counter(
-            "relay_rejected_events",
-            "Events refused at ingest (invalid, too large, or the spool refused them)",
-            ["source", "reason"],
-            registry=r,
-        )
-        self.duplicates = Counter(
-            "relay_duplicate_events",
-            "Exact duplicates acknowledged but stored once",
-            ["source"],
-            registry=r,
-        )
-        self.skipped = Counter(
-            "relay_skipped_lines",
-            "Lines that are not status events (another logger_name), skipped on purpose",
-            ["source", "reason"],
-            registry=r,
-        )
         # counted here and exported at scrape time: prometheus-client's Histogram takes a lock
         # per observation, which showed in profiles at tens of thousands of events a second
         self._latency_counts = [0] * (len(_LATENCY_BUCKETS) + 1)
@@ -59,7 +38,7 @@ class Metrics:
             "relay_spool_commit_seconds",
             "Duration of one spool group commit (write and fsync)",
             buckets=_COMMIT_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
 
     def observe_delivered(self, received_at: Iterable[float], now: float) -> None:
@@ -112,11 +91,18 @@ def gauge(name: str, doc: str, value: float | None, **labels: Any) -> GaugeMetri
     return family
 
 
-def counter(name: str, doc: str, values: dict[str, float] | float, label: str = "") -> Metric:
-    """A counter family; `values` is one number, or a number per value of `label`."""
-    if isinstance(values, dict):
-        family = CounterMetricFamily(name, doc, labels=[label])
+def counter(
+    name: str,
+    doc: str,
+    values: Mapping[Any, float] | float,
+    *labels: str,
+    created: float | None = None,
+) -> Metric:
+    """A counter family; `values` is one number, or a number per value of `labels` (a tuple of
+    values when there are several labels). `created`: since when it counts (Unix time)."""
+    if isinstance(values, Mapping):
+        family = CounterMetricFamily(name, doc, labels=list(labels))
         for key, value in values.items():
-            family.add_metric([key], value)
+            family.add_metric(key if isinstance(key, tuple) else (key,), value, created=created)
         return family
-    return CounterMetricFamily(name, doc, value=values)
+    return CounterMetricFamily(name, doc, value=values, created=created)

@@ -13,7 +13,7 @@ from typing import Any
 from relay import __version__
 from relay.config import Config
 from relay.delivery.setup import DeliveryParts
-from relay.spool import Spool
+from relay.spool import Spool, SpoolStats
 
 
 class StatusReport:
@@ -34,24 +34,9 @@ class StatusReport:
     def report(self) -> dict[str, Any]:
         now = self._clock()
         stall = self._stall_after
-        reasons: list[str] = []
         spool = self._spool.stats()
         oldest_age = now - spool.oldest_received_at if spool.oldest_received_at else None
-        if spool.refusing:
-            reasons.append(f"spool refuses new events: {spool.refusing}")
-        if spool.quarantined:
-            reasons.append(
-                f"spool quarantine present ({len(spool.quarantined)}): "
-                f"{', '.join(spool.quarantined)}"
-            )
-        if spool.dead_letters:
-            reasons.append(f"{spool.dead_letters} dead letter(s): see `relay dlq list`")
-        if spool.invalid_not_kept:
-            reasons.append(
-                f"{spool.invalid_not_kept} invalid item(s) not kept: invalid input fills its "
-                f"share of the spool ({spool.invalid_bytes} of {spool.invalid_capacity_bytes} "
-                "bytes); fix the producer, or `relay dlq purge`"
-            )
+        reasons = _spool_reasons(spool)
         body: dict[str, Any] = {
             "status": "ok",
             "reasons": reasons,
@@ -127,6 +112,29 @@ class StatusReport:
         last = parts.delivery.stats.last_delivery_at
         since = last if last is not None else self._started
         return now - since > self._stall_after
+
+
+def _spool_reasons(spool: SpoolStats) -> list[str]:
+    """What makes the spool a reason for "degraded", in the order an operator should look."""
+    shares = f"{spool.invalid_bytes} of {spool.invalid_capacity_bytes} bytes"
+    return [
+        reason
+        for present, reason in (
+            (spool.refusing, f"spool refuses new events: {spool.refusing}"),
+            (
+                spool.quarantined,
+                f"spool quarantine present ({len(spool.quarantined)}): "
+                f"{', '.join(spool.quarantined)}",
+            ),
+            (spool.dead_letters, f"{spool.dead_letters} dead letter(s): see `relay dlq list`"),
+            (
+                spool.invalid_not_kept,
+                f"{spool.invalid_not_kept} invalid item(s) not kept: invalid input fills its "
+                f"share of the spool ({shares}); fix the producer, or `relay dlq purge`",
+            ),
+        )
+        if present
+    ]
 
 
 def _round(value: float | None) -> float | None:

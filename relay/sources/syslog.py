@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from relay.config import SyslogIngestConfig, parse_listen
 from relay.errors import UserError
-from relay.event import EventError
+from relay.event import EventError, not_status, other_logger
 from relay.sources.intake import Intake
 from relay.sources.syslog_framing import HEAD_BYTES, Frame
 from relay.sources.syslog_header import decode_event
@@ -47,7 +47,6 @@ SOURCE_TCP = "syslog_tcp"
 SOURCE_UDP = "syslog_udp"
 # Room for the syslog header (and structured data) around an event of max_event_bytes.
 HEADER_ALLOWANCE = 8 * 1024
-STATUS_LOGGER = "STATUS"
 
 UDP_BATCH_SECONDS = 0.005
 UDP_BATCH_DATAGRAMS = 500
@@ -64,24 +63,19 @@ def syslog_converter(intake: Intake, source: str) -> Convert:
 
     Unlike a JSON-lines appender, a syslog sender forwards what was meant as a status event, so
     one with another `logger_name` is dead-lettered (the service would acknowledge it and then
-    file it as a general log), never skipped."""
+    file it as a general log), never skipped; that is said before any other fault it has."""
 
     def convert(frame: Frame) -> Item:
         if frame.problem is not None:
             return intake.reject(frame.evidence, frame.problem, source, frame.reason)
         try:
             value = decode_event(frame.data)
-            if isinstance(value, dict):
-                name = value.get("logger_name")
-                if isinstance(name, str) and name != STATUS_LOGGER:
-                    raise EventError(
-                        f'logger_name must be "STATUS" (got "{name[:80]}"): the status service '
-                        "acknowledges other loggers and then files them as general logs, not "
-                        "statuses"
-                    )
-            return Incoming(intake.check(value), source)
         except EventError as exc:
             return intake.reject(frame.data, str(exc), source)
+        name = other_logger(value)
+        if name is not None:
+            return intake.reject(frame.data, str(not_status(name)), source)
+        return intake.item(value, frame.data, source)
 
     return convert
 
@@ -110,12 +104,10 @@ class SyslogSource:
         await asyncio.gather(*(part.close() for part in (self.tcp, self.udp) if part is not None))
 
 
-async def start_syslog(
-    cfg: SyslogIngestConfig, intake: Intake, max_event_bytes: int
-) -> SyslogSource:
+async def start_syslog(cfg: SyslogIngestConfig, intake: Intake) -> SyslogSource:
     """Start the listeners `cfg` enables (an empty address is off); raises UserError when one
     cannot listen."""
-    max_frame = max_event_bytes + HEADER_ALLOWANCE
+    max_frame = intake.max_event_bytes + HEADER_ALLOWANCE
     tcp = udp = None
     if cfg.tcp_listen:
         tcp = TcpIngest(

@@ -64,9 +64,9 @@ def test_defaults() -> None:
     assert cfg.ingest.http == HttpIngestConfig(
         listen="127.0.0.1:8080",
         max_body_bytes=10 * MiB,
-        max_event_bytes=64 * KiB,
         auth_token_file="",
     )
+    assert cfg.ingest.max_event_bytes == 64 * KiB
     assert cfg.ingest.syslog == SyslogIngestConfig(tcp_listen="", udp_listen="")
     assert cfg.ingest.json_lines == JsonLinesIngestConfig(tcp_listen="")
     assert cfg.spool == SpoolConfig(
@@ -315,10 +315,12 @@ def test_file_values(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         """
+        [ingest]
+        max_event_bytes = 1024
+
         [ingest.http]
         listen = "0.0.0.0:9090"
         max_body_bytes = "20MiB"
-        max_event_bytes = 1024
 
         [ingest.syslog]
         udp_listen = "127.0.0.1:514"
@@ -339,7 +341,7 @@ def test_file_values(tmp_path: Path) -> None:
     cfg = load_config(path, environ={})
     assert cfg.ingest.http.listen == "0.0.0.0:9090"
     assert cfg.ingest.http.max_body_bytes == 20 * MiB
-    assert cfg.ingest.http.max_event_bytes == 1024
+    assert cfg.ingest.max_event_bytes == 1024
     assert cfg.ingest.syslog.udp_listen == "127.0.0.1:514"
     assert cfg.spool.dedup_window == 1800.0
     assert cfg.upstream.transport == "http"
@@ -499,7 +501,7 @@ def test_every_dataclass_field_is_a_known_setting() -> None:
         return out
 
     paths = leaves(Config(), ())
-    assert ("ingest", "http", "max_event_bytes") in paths
+    assert ("ingest", "max_event_bytes") in paths
     for path in paths:
         name = "RELAY_" + "__".join(path).upper()
         try:
@@ -706,10 +708,10 @@ def test_newlines_in_values_do_not_break_the_line(tmp_path: Path) -> None:
         ({"RELAY_UPSTREAM__PORT": "65536"}, ["upstream.port", "1 to 65535"]),
         ({"RELAY_SPOOL__MAX_BYTES": "0"}, ["spool.max_bytes", "larger than 0"]),
         ({"RELAY_INGEST__HTTP__MAX_BODY_BYTES": "0"}, ["ingest.http.max_body_bytes"]),
-        ({"RELAY_INGEST__HTTP__MAX_EVENT_BYTES": "0"}, ["ingest.http.max_event_bytes"]),
+        ({"RELAY_INGEST__MAX_EVENT_BYTES": "0"}, ["ingest.max_event_bytes"]),
         (
-            {"RELAY_INGEST__HTTP__MAX_EVENT_BYTES": "20MiB"},
-            ["ingest.http.max_event_bytes", "20MiB", "ingest.http.max_body_bytes", "10MiB"],
+            {"RELAY_INGEST__MAX_EVENT_BYTES": "20MiB"},
+            ["ingest.max_event_bytes", "20MiB", "ingest.http.max_body_bytes", "10MiB"],
         ),
         (
             {"RELAY_RETRY__INITIAL_BACKOFF": "1m"},
@@ -955,3 +957,79 @@ def test_loopback_egress_and_tls_are_quiet() -> None:
     plain = load_config(None, environ={})  # the real service's host, plain RSocket
     notes = config_advice(plain)
     assert [a.level for a in notes] == [20] and "plain RSocket" in notes[0].text
+
+
+# --------------------------------------------------------------------------- moved settings
+
+
+def deprecations(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+def test_max_event_bytes_is_an_ingest_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, '[ingest]\nmax_event_bytes = "8KiB"\n')
+    assert load_config(path, environ={}).ingest.max_event_bytes == 8 * KiB
+    cfg = load_config(None, environ={"RELAY_INGEST__MAX_EVENT_BYTES": "16KiB"})
+    assert cfg.ingest.max_event_bytes == 16 * KiB
+    assert deprecations(caplog) == []
+    assert 'max_event_bytes = "64KiB"' in render_config(Config()).split("[ingest.http]")[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "named"),
+    [
+        ('[ingest.http]\nmax_event_bytes = "8KiB"\n', {}, "under [ingest]"),
+        ("", {"RELAY_INGEST__HTTP__MAX_EVENT_BYTES": "8KiB"}, "RELAY_INGEST__MAX_EVENT_BYTES"),
+    ],
+    ids=["file", "environment"],
+)
+def test_old_max_event_bytes_still_loads_and_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, environ: dict, named: str
+) -> None:
+    cfg = load_config(write(tmp_path, text), environ=environ)
+    assert cfg.ingest.max_event_bytes == 8 * KiB
+    [warning] = deprecations(caplog)
+    old = "RELAY_INGEST__HTTP__MAX_EVENT_BYTES" if environ else "ingest.http.max_event_bytes"
+    assert old in warning and "ingest.max_event_bytes" in warning
+    assert named in warning and "\n" not in warning
+    assert [r.levelname for r in caplog.records if r.getMessage() == warning] == ["WARNING"]
+
+
+def test_old_and_new_max_event_bytes_at_odds_are_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    both = '[ingest]\nmax_event_bytes = "8KiB"\n[ingest.http]\nmax_event_bytes = "%s"\n'
+    message = config_error(tmp_path, both % "16KiB")
+    assert deprecations(caplog) == []  # the error is the one line said
+    assert (
+        "ingest.http.max_event_bytes" in message and "keep only ingest.max_event_bytes" in message
+    )
+    env = {"RELAY_INGEST__HTTP__MAX_EVENT_BYTES": "1KiB", "RELAY_INGEST__MAX_EVENT_BYTES": "2KiB"}
+    assert "differ" in config_error(tmp_path, None, env)
+    # the same value twice is only redundant; and the environment still wins over the file
+    assert load_config(write(tmp_path, both % "8192"), environ={}).ingest.max_event_bytes == 8192
+    cfg = load_config(
+        write(tmp_path, '[ingest.http]\nmax_event_bytes = "8KiB"\n'),
+        environ={"RELAY_INGEST__MAX_EVENT_BYTES": "4KiB"},
+    )
+    assert cfg.ingest.max_event_bytes == 4 * KiB
+
+
+def test_old_max_event_bytes_errors_name_where_it_was_written(tmp_path: Path) -> None:
+    message = config_error(tmp_path, None, {"RELAY_INGEST__HTTP__MAX_EVENT_BYTES": "lots"})
+    assert "ingest.max_event_bytes" in message and "RELAY_INGEST__HTTP__MAX_EVENT_BYTES" in message
+
+
+def test_check_config_says_the_old_name_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    from relay.cli import main
+
+    path = write(tmp_path, '[ingest.http]\nmax_event_bytes = "8KiB"\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert len(deprecations(caplog)) == 1
+    out = capsys.readouterr().out
+    assert 'max_event_bytes = "8KiB"' in out.split("[ingest.http]")[0]
+    assert "max_event_bytes" not in out.split("[ingest.http]")[1].split("\n[")[0]

@@ -29,13 +29,12 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 import pytest
 
 from relay.dev.example import SEED_EVENT
 from relay.event import STATUSES, EventError, NotStatusError, normalise
-from tests.sources.test_http_source import start
+from tests.helpers import inprocess_relay
 
 PERSON = "01017012345"  # made up
 PERSON_HASH = hashlib.sha256(PERSON.encode()).hexdigest()
@@ -386,19 +385,14 @@ THROUGH_HTTP = [
 
 async def test_http_source_answers_as_the_table(tmp_path) -> None:
     rows = {r.id: r for r in ROWS}
-    runner, spool, url = await start(tmp_path)
-    try:
-        async with aiohttp.ClientSession() as session:
-            for row_id in THROUGH_HTTP:
-                row = rows[row_id]
-                body = orjson.dumps(row.event())
-                headers = {"Content-Type": "application/json"}
-                async with session.post(url + "/api/status", data=body, headers=headers) as r:
-                    text = await r.text()
-                    if isinstance(row.relay, dict):
-                        assert r.status == 200, (row_id, text)
-                    else:
-                        assert (r.status, r.content_type, text) == (400, "text/plain", row.relay)
-    finally:
-        await runner.cleanup()
-        await spool.close()
+    async with inprocess_relay(tmp_path) as relay:
+        await relay.start_http()
+        for row_id in THROUGH_HTTP:
+            row = rows[row_id]
+            body = orjson.dumps(row.event())
+            status, text, headers = await relay.post(body, **{"Content-Type": "application/json"})
+            if isinstance(row.relay, dict):
+                assert status == 200, (row_id, text)
+            else:
+                content_type = headers["Content-Type"].split(";")[0]
+                assert (status, content_type, text.decode()) == (400, "text/plain", row.relay)

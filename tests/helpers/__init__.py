@@ -4,6 +4,7 @@ Test modules import from here, never from one another.
 """
 
 from tests.helpers.events import SEED_EVENT, make_event
+from tests.helpers.inprocess import InProcessRelay, inprocess_relay
 from tests.helpers.processes import (
     FAST_RETRY,
     RelayProcess,
@@ -19,10 +20,12 @@ from tests.helpers.waiting import eventually, wait_until
 __all__ = [
     "FAST_RETRY",
     "SEED_EVENT",
+    "InProcessRelay",
     "RelayProcess",
     "UpstreamProcess",
     "eventually",
     "free_port",
+    "inprocess_relay",
     "make_event",
     "post",
     "received_ids",

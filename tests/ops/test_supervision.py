@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ from relay import supervision
 from relay.config import Config, load_config
 from relay.server import build_app, serve
 from relay.spool import SqliteSpool
-from tests.helpers import free_port
+from tests.helpers import eventually, free_port
 
 
 def _healthz(url: str) -> int:
@@ -34,11 +33,8 @@ def _healthz(url: str) -> int:
 
 
 async def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(predicate):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    """`predicate` blocks (it makes an HTTP request): it runs in a thread."""
+    await eventually(lambda: asyncio.to_thread(predicate), timeout, what)
 
 
 def _environ(tmp_path: Path, port: int) -> dict[str, str]:

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 
 from relay.sources import body
 from relay.spool.dead_letters import list_dead_letters
-from tests.helpers import make_event
-from tests.sources.test_http_source import Relay, start
+from tests.helpers import InProcessRelay as Relay
+from tests.helpers import eventually, inprocess_relay, make_event
 
 JSON = {"Content-Type": "application/json"}
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -27,14 +26,10 @@ GZIP = {"Content-Encoding": "gzip"}
 
 
 @asynccontextmanager
-async def relay_with(tmp_path: Path, **kw) -> AsyncIterator[Relay]:
-    runner, spool, url = await start(tmp_path, **kw)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Relay(url, spool, session)
-    finally:
-        await runner.cleanup()
-        await spool.close()
+async def relay_with(tmp_path: Path, max_bytes: int = 1 << 30, **http) -> AsyncIterator[Relay]:
+    async with inprocess_relay(tmp_path, max_bytes=max_bytes) as relay:
+        await relay.start_http(**http)
+        yield relay
 
 
 @pytest.fixture
@@ -206,7 +201,7 @@ async def _healthz_latencies(
 async def test_tiny_body_inflating_to_millions_of_lines(tmp_path: Path) -> None:
     bomb = gzip.compress(b"{}\n" * 3_000_000, 9)  # 9 MB of lines in about 10 KiB
     assert len(bomb) < 64 * 1024
-    async with relay_with(tmp_path, http={"max_body_bytes": 10 << 20}) as relay:
+    async with relay_with(tmp_path, max_body_bytes=10 << 20) as relay:
         _peak_rss_reset()
         before = _rss_kib("VmRSS")
         done = asyncio.Event()
@@ -231,16 +226,14 @@ async def test_tiny_body_inflating_to_millions_of_lines(tmp_path: Path) -> None:
 
 async def test_healthz_answers_while_a_10_mib_body_is_parsed(tmp_path: Path) -> None:
     # many small items, most of them invalid: the costliest 10 MiB to decode, check and answer
-    http = {"max_body_bytes": 10 << 20}
-    async with relay_with(tmp_path, http=http, max_items=300_000) as relay:
+    async with relay_with(tmp_path, max_body_bytes=10 << 20, max_items=300_000) as relay:
         data = b"".join(line() for _ in range(2_000))
         data += b'{"status": "LEVERT", "pad": "%s"}\n' % (b"p" * 14) * 200_000
         assert 9 << 20 < len(data) < 10 << 20
         done = asyncio.Event()
         latencies: list[float] = []
         polling = asyncio.create_task(_healthz_latencies(relay, done, latencies))
-        while not latencies:  # polling runs before the body arrives
-            await asyncio.sleep(0.01)
+        await eventually(lambda: latencies, what="/healthz polled before the body arrives")
         status, answer, _ = await relay.post(data, **NDJSON)
         done.set()
         await polling
@@ -273,7 +266,7 @@ async def _closed_by_server(reader: asyncio.StreamReader, deadline: float) -> by
 
 
 async def test_stalled_bodies_are_answered_408_and_closed(tmp_path: Path) -> None:
-    async with relay_with(tmp_path, http={"read_timeout": 1.0}) as relay:
+    async with relay_with(tmp_path, read_timeout=1.0) as relay:
         stalled = [await _open(relay.url) for _ in range(300)]
         for _, writer in stalled:
             writer.write(STALLED_REQUEST)
@@ -292,7 +285,7 @@ async def test_stalled_bodies_are_answered_408_and_closed(tmp_path: Path) -> Non
 
 
 async def test_idle_connections_close_after_keepalive_timeout(tmp_path: Path) -> None:
-    async with relay_with(tmp_path, http={"keepalive_timeout": 0.5}) as relay:
+    async with relay_with(tmp_path, keepalive_timeout=0.5) as relay:
         silent_reader, silent = await _open(relay.url)  # never sends a request
         reader, writer = await _open(relay.url)
         event = orjson.dumps(make_event())
@@ -309,7 +302,7 @@ async def test_idle_connections_close_after_keepalive_timeout(tmp_path: Path) ->
 
 
 async def test_connections_beyond_the_limit_wait_their_turn(tmp_path: Path) -> None:
-    async with relay_with(tmp_path, http={"max_connections": 5}) as relay:
+    async with relay_with(tmp_path, max_connections=5) as relay:
         held = [await _open(relay.url) for _ in range(5)]
         for _, writer in held:
             writer.write(STALLED_REQUEST)

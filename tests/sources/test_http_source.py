@@ -7,75 +7,26 @@ import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
-from relay.config import Config, HttpIngestConfig, IngestConfig, SpoolConfig
-from relay.server import build_app
-from relay.sources.http import read_auth_token
-from relay.sources.http_listener import LimitedTCPSite
-from relay.spool import SqliteSpool
-from tests.helpers import make_event
+from tests.helpers import InProcessRelay, inprocess_relay, make_event
 
 PERSONAL_NUMBER = "12345678901"
 
 
-class Relay:
-    def __init__(self, url: str, spool: SqliteSpool, session: aiohttp.ClientSession) -> None:
-        self.url, self.spool, self.session = url, spool, session
-
-    async def post(self, data: bytes | str, path: str = "/api/status", **headers: str):
-        async with self.session.post(self.url + path, data=data, headers=headers) as r:
-            return r.status, await r.read(), r.headers
-
-
-async def start(
-    tmp_path: Path,
-    *,
-    auth_token_file: str = "",
-    max_bytes: int = 1 << 30,
-    http: dict | None = None,
-    max_items: int = 10_000,
-    **spool_kw,
-):
-    http_cfg = dict(
-        listen="127.0.0.1:0",
-        max_body_bytes=1 << 20,
-        max_event_bytes=4096,
-        auth_token_file=auth_token_file,
-    )
-    http_cfg.update(http or {})
-    cfg = Config(
-        ingest=IngestConfig(http=HttpIngestConfig(**http_cfg), max_items_per_request=max_items),
-        spool=SpoolConfig(path=str(tmp_path / "spool"), max_bytes=max_bytes),
-    )
-    spool = await SqliteSpool.open(
-        cfg.spool.path, max_bytes=max_bytes, dedup_window=cfg.spool.dedup_window, **spool_kw
-    )
-    runner = web.AppRunner(build_app(cfg, spool, read_auth_token(auth_token_file)))
-    await runner.setup()
-    site = LimitedTCPSite(runner, "127.0.0.1", 0, max_connections=cfg.ingest.http.max_connections)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, spool, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    runner, spool, url = await start(tmp_path)
-    async with aiohttp.ClientSession() as session:
-        yield Relay(url, spool, session)
-    await runner.cleanup()
-    await spool.close()
+async def relay(tmp_path: Path) -> AsyncIterator[InProcessRelay]:
+    async with inprocess_relay(tmp_path) as r:
+        await r.start_http()
+        yield r
 
 
 JSON = {"Content-Type": "application/json"}
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
 
-async def test_one_event_is_accepted_then_a_duplicate(relay: Relay) -> None:
+async def test_one_event_is_accepted_then_a_duplicate(relay: InProcessRelay) -> None:
     event = orjson.dumps(make_event())
     status, body, _ = await relay.post(event, **JSON)
     assert (status, orjson.loads(body)) == (200, {"accepted": 1})
@@ -85,12 +36,12 @@ async def test_one_event_is_accepted_then_a_duplicate(relay: Relay) -> None:
 
 
 @pytest.mark.parametrize("path", ["/api/status", "/logging/api/status"])
-async def test_both_paths_of_the_real_service(relay: Relay, path: str) -> None:
+async def test_both_paths_of_the_real_service(relay: InProcessRelay, path: str) -> None:
     status, _, _ = await relay.post(orjson.dumps(make_event()), path=path, **JSON)
     assert status == 200
 
 
-async def test_invalid_event_gets_the_real_services_message(relay: Relay) -> None:
+async def test_invalid_event_gets_the_real_services_message(relay: InProcessRelay) -> None:
     status, body, headers = await relay.post(orjson.dumps(make_event(sender="971203420")), **JSON)
     assert status == 400
     assert headers["Content-Type"].startswith("text/plain")
@@ -100,7 +51,7 @@ async def test_invalid_event_gets_the_real_services_message(relay: Relay) -> Non
     assert relay.spool.stats().events == 0
 
 
-async def test_ndjson_with_invalid_lines(relay: Relay) -> None:
+async def test_ndjson_with_invalid_lines(relay: InProcessRelay) -> None:
     bad = {17, 500, 998}
     lines = [
         orjson.dumps(make_event(sender="bad") if i in bad else make_event()) for i in range(1000)
@@ -115,7 +66,7 @@ async def test_ndjson_with_invalid_lines(relay: Relay) -> None:
     assert (stats.events, stats.dead_letters) == (997, 3)
 
 
-async def test_json_array_and_jsonlines_type(relay: Relay) -> None:
+async def test_json_array_and_jsonlines_type(relay: InProcessRelay) -> None:
     events = [make_event(), make_event(status="BOGUS"), "not an object"]
     status, body, _ = await relay.post(orjson.dumps(events), **JSON)
     answer = orjson.loads(body)
@@ -127,7 +78,7 @@ async def test_json_array_and_jsonlines_type(relay: Relay) -> None:
     assert (status, orjson.loads(body)["accepted"]) == (200, 3)
 
 
-async def test_ndjson_line_that_is_not_json_is_dead_lettered(relay: Relay) -> None:
+async def test_ndjson_line_that_is_not_json_is_dead_lettered(relay: InProcessRelay) -> None:
     body = orjson.dumps(make_event()) + b"\n{not json\n"
     status, answer, _ = await relay.post(body, **NDJSON)
     answer = orjson.loads(answer)
@@ -143,13 +94,13 @@ async def test_ndjson_line_that_is_not_json_is_dead_lettered(relay: Relay) -> No
         ("deflate", lambda d: zlib.compress(d, wbits=-15)),
     ],
 )
-async def test_compressed_bodies(relay: Relay, encoding: str, compress) -> None:
+async def test_compressed_bodies(relay: InProcessRelay, encoding: str, compress) -> None:
     data = compress(orjson.dumps(make_event()))
     status, body, _ = await relay.post(data, **JSON, **{"Content-Encoding": encoding})
     assert (status, orjson.loads(body)) == (200, {"accepted": 1})
 
 
-async def test_error_statuses(relay: Relay) -> None:
+async def test_error_statuses(relay: InProcessRelay) -> None:
     event = orjson.dumps(make_event())
     assert (await relay.post(event, **JSON, **{"Content-Encoding": "br"}))[0] == 415
     assert (await relay.post(event, **{"Content-Type": "application/xml"}))[0] == 415
@@ -162,17 +113,17 @@ async def test_error_statuses(relay: Relay) -> None:
     assert (await relay.post(bomb, **JSON, **{"Content-Encoding": "gzip"}))[0] == 413
     large_event = orjson.dumps(make_event(description="x" * 5000))
     status, body, _ = await relay.post(large_event, **JSON)
-    assert status == 400 and b"max_event_bytes" in body
+    assert status == 400 and b"(ingest.max_event_bytes)" in body
     assert relay.spool.stats().events == 0
 
 
-async def test_curl_default_content_type_is_read_as_json(relay: Relay) -> None:
+async def test_curl_default_content_type_is_read_as_json(relay: InProcessRelay) -> None:
     event = orjson.dumps(make_event())
     ctype = {"Content-Type": "application/x-www-form-urlencoded"}
     assert (await relay.post(event, **ctype))[0] == 200
 
 
-async def test_personal_numbers_never_reach_the_spool_file(relay: Relay) -> None:
+async def test_personal_numbers_never_reach_the_spool_file(relay: InProcessRelay) -> None:
     valid = make_event(receiver=PERSONAL_NUMBER, service_identifier="DPI")
     invalid = make_event(receiver=PERSONAL_NUMBER, sender="nope")
     assert (await relay.post(orjson.dumps(valid), **JSON))[0] == 200
@@ -191,7 +142,7 @@ async def test_personal_numbers_never_reach_the_spool_file(relay: Relay) -> None
     assert PERSONAL_NUMBER.encode() not in blob
 
 
-async def test_healthz_and_readyz(relay: Relay) -> None:
+async def test_healthz_and_readyz(relay: InProcessRelay) -> None:
     async with relay.session.get(relay.url + "/healthz") as r:
         assert r.status == 200
     async with relay.session.get(relay.url + "/readyz") as r:
@@ -201,39 +152,33 @@ async def test_healthz_and_readyz(relay: Relay) -> None:
 async def test_auth_token(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    runner, spool, url = await start(tmp_path, auth_token_file=str(token_file))
     event = orjson.dumps(make_event())
-    async with aiohttp.ClientSession() as session:
-        r = Relay(url, spool, session)
+    async with inprocess_relay(tmp_path) as r:
+        await r.start_http(auth_token_file=str(token_file))
         assert (await r.post(event, **JSON))[0] == 401
         assert (await r.post(event, **JSON, Authorization="Bearer wrong"))[0] == 401
         assert (await r.post(event, **JSON, Authorization="Bearer s3cret-token"))[0] == 200
-    await runner.cleanup()
-    await spool.close()
-    assert spool.stats().events == 1
+    assert r.spool.stats().events == 1
 
 
 async def test_full_spool_answers_503_with_retry_after(tmp_path: Path) -> None:
-    runner, spool, url = await start(tmp_path, max_bytes=3000)
-    async with aiohttp.ClientSession() as session:
-        r = Relay(url, spool, session)
+    async with inprocess_relay(tmp_path, max_bytes=3000) as r:
+        await r.start_http()
         statuses = [(await r.post(orjson.dumps(make_event()), **JSON)) for _ in range(20)]
         codes = [s for s, _, _ in statuses]
         assert codes[0] == 200 and codes[-1] == 503
         refused = next(h for s, _, h in statuses if s == 503)
         assert int(refused["Retry-After"]) > 0
         accepted = codes.count(200)
-        async with session.get(url + "/readyz") as ready:
+        async with r.session.get(r.url + "/readyz") as ready:
             assert ready.status == 503
-    await runner.cleanup()
-    await spool.close()
-    assert spool.stats().events == accepted
+    assert r.spool.stats().events == accepted
+    assert r.rejected("http", "spool_full") == 20 - accepted
 
 
 async def test_failed_write_answers_503_and_no_ack(tmp_path: Path) -> None:
-    runner, spool, url = await start(tmp_path, max_page_count=30)
-    async with aiohttp.ClientSession() as session:
-        r = Relay(url, spool, session)
+    async with inprocess_relay(tmp_path, max_page_count=30) as r:
+        await r.start_http()
         accepted = 0
         for _ in range(2000):
             status, _, _ = await r.post(orjson.dumps(make_event(description="y" * 1500)), **JSON)
@@ -241,9 +186,21 @@ async def test_failed_write_answers_503_and_no_ack(tmp_path: Path) -> None:
                 break
             accepted += 1
         assert status == 503
-        async with session.get(url + "/readyz") as ready:
+        async with r.session.get(r.url + "/readyz") as ready:
             assert ready.status == 503
             assert "full" in (await ready.text())
-    await runner.cleanup()
-    await spool.close()
-    assert spool.stats().events == accepted
+    assert r.spool.stats().events == accepted
+
+
+async def test_counters_follow_what_happened(relay: InProcessRelay) -> None:
+    event = orjson.dumps(make_event())
+    await relay.post(event, **JSON)
+    await relay.post(event, **JSON)
+    await relay.post(orjson.dumps([make_event(), make_event(status="NOPE")]), **JSON)
+    counters = relay.intake.counters
+    assert counters.received["http"] == 4
+    assert counters.duplicates["http"] == 1
+    assert relay.rejected("http", "invalid") == 1
+    assert counters.dead_lettered["invalid"] == 1
+    # declared at zero when the source starts, so dashboards see them
+    assert relay.rejected("http", "not_kept") == 0 and ("http", "not_kept") in counters.rejected

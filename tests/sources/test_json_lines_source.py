@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
@@ -14,69 +14,39 @@ import pytest
 
 from relay.config import JsonLinesIngestConfig
 from relay.errors import UserError
-from relay.sources.intake import Intake
-from relay.sources.json_lines import JsonLinesSource, start_json_lines
-from relay.spool import SqliteSpool, list_dead_letters
-from tests.helpers import make_event
+from relay.sources.json_lines import start_json_lines
+from relay.spool import list_dead_letters
+from tests.helpers import InProcessRelay as Relay
+from tests.helpers import eventually, inprocess_relay, make_event
 
-MAX_EVENT = 4096
-
-
-class Relay:
-    def __init__(self, spool: SqliteSpool, intake: Intake, source: JsonLinesSource) -> None:
-        self.spool, self.intake, self.source = spool, intake, source
-        self.seen: list[dict] = []
-
-    async def collect(self, count: int, timeout: float = 10.0, ack: bool = False) -> list[dict]:
-        """Lease until `count` events have been seen; ack them when asked (frees space)."""
-        deadline = time.monotonic() + timeout
-        while len(self.seen) < count:
-            leased = await self.spool.lease(1000)
-            self.seen += [orjson.loads(item.body) for item in leased]
-            if ack and leased:
-                await self.spool.ack([item.id for item in leased])
-            if len(self.seen) >= count:
-                break
-            assert time.monotonic() < deadline, f"only {len(self.seen)} of {count} events arrived"
-            await asyncio.sleep(0.02)
-        return self.seen
-
-    def counted(self, reason: str) -> float:
-        m = self.intake.metrics
-        counter = m.skipped if reason == "not_status" else m.rejected
-        return counter.labels("json_lines", reason)._value.get()
-
-    async def wait_counted(self, reason: str, value: float) -> None:
-        """Counters move when `submit` returns, which may be just after a lease sees the events."""
-        deadline = time.monotonic() + 5
-        while self.counted(reason) != value:
-            assert time.monotonic() < deadline, f"{reason}: {self.counted(reason)} != {value}"
-            await asyncio.sleep(0.01)
-
-    async def send(self, data: bytes) -> None:
-        _, writer = await asyncio.open_connection("127.0.0.1", self.source.port)
-        writer.write(data)
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    async def close(self) -> None:
-        await self.source.close()
-        await self.spool.close()
+SOURCE = "json_lines"
 
 
-async def open_relay(tmp_path: Path, max_bytes: int = 1 << 30) -> Relay:
-    spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=max_bytes, dedup_window=3600)
-    intake = Intake(spool, MAX_EVENT)
-    cfg = JsonLinesIngestConfig(tcp_listen="127.0.0.1:0")
-    return Relay(spool, intake, await start_json_lines(cfg, intake, MAX_EVENT))
+@asynccontextmanager
+async def json_lines_relay(tmp_path: Path, **spool) -> AsyncIterator[Relay]:
+    async with inprocess_relay(tmp_path, **spool) as r:
+        await r.start_json_lines()
+        yield r
 
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    r = await open_relay(tmp_path)
-    yield r
-    await r.close()
+    async with json_lines_relay(tmp_path) as r:
+        yield r
+
+
+async def send(relay: Relay, data: bytes) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", relay.json_lines.port)
+    writer.write(data)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def counted(relay: Relay, reason: str, value: int) -> None:
+    """Counters move when `submit` returns, which may be just after a lease sees the events."""
+    count = relay.skipped if reason == "not_status" else relay.rejected
+    await eventually(lambda: count(SOURCE, reason) == value, 5, f"{value} {reason}")
 
 
 def logstash(logger: str = "STATUS", **fields: object) -> dict:
@@ -109,7 +79,7 @@ def ids(events: list[dict]) -> set[str]:
 
 async def test_logstash_status_lines_land_with_their_fields(relay: Relay) -> None:
     sent = [logstash() for _ in range(3)]
-    await relay.send(lines(*sent))
+    await send(relay, lines(*sent))
     got = {e["message_id"]: e for e in await relay.collect(3)}
     for line in sent:
         stored = got[line["message_id"]]
@@ -122,11 +92,11 @@ async def test_logstash_status_lines_land_with_their_fields(relay: Relay) -> Non
 async def test_other_loggers_are_skipped_and_counted(relay: Relay) -> None:
     other = logstash("no.difi.meldingsutveksling.NextMoveQueue", message="polling")
     bare = make_event()  # no logger_name: a status event
-    await relay.send(lines(other, logstash("org.springframework.web"), bare))
+    await send(relay, lines(other, logstash("org.springframework.web"), bare))
     assert ids(await relay.collect(1)) == {bare["message_id"]}
     # skipped before validation: a logger_name that validation refuses never makes them dead
     # letters (they precede the event, so they are counted by the time it is stored)
-    await relay.wait_counted("not_status", 2)
+    await counted(relay, "not_status", 2)
     assert (relay.spool.stats().events, relay.spool.stats().dead_letters) == (1, 0)
 
 
@@ -141,7 +111,7 @@ async def test_invalid_lines_are_dead_lettered_and_the_connection_goes_on(
         orjson.dumps(logstash(logger_name=5)),
         b"<13>May  1 10:00:00 host app: this is syslog",
     ]
-    await relay.send(b"\n".join(bad) + b"\r\n" + lines(good))
+    await send(relay, b"\n".join(bad) + b"\r\n" + lines(good))
     assert ids(await relay.collect(1)) == {good["message_id"]}
     letters = list_dead_letters(tmp_path / "spool")
     assert [d.body for d in letters] == bad
@@ -151,47 +121,52 @@ async def test_invalid_lines_are_dead_lettered_and_the_connection_goes_on(
     assert "NOPE" in errors[1]
     assert "JSON object" in errors[2]
     assert "logger_name must be a string" in errors[3]
-    await relay.wait_counted("invalid", 5)
+    await counted(relay, "invalid", 5)
 
 
 async def test_oversized_lines(relay: Relay, tmp_path: Path) -> None:
     trace = logstash("no.difi.Foo", level="ERROR", stack_trace="at x.y.Z\n" * 20_000)
     huge_status = logstash(description="d" * 20_000)
     good = logstash()
-    await relay.send(lines(trace, huge_status, good))
+    await send(relay, lines(trace, huge_status, good))
     assert ids(await relay.collect(1)) == {good["message_id"]}
     letters = list_dead_letters(tmp_path / "spool")
     assert [(d.reason, len(d.body)) for d in letters] == [("too_large", 1024)]
-    assert relay.counted("not_status") == 1  # the stack trace of another logger
-    await relay.wait_counted("too_large", 1)
+    assert relay.skipped(SOURCE, "not_status") == 1  # the stack trace of another logger
+    await counted(relay, "too_large", 1)
 
 
 async def test_last_line_without_newline_at_eof_is_stored(relay: Relay) -> None:
     line = logstash()
-    await relay.send(orjson.dumps(line))
+    await send(relay, orjson.dumps(line))
     assert ids(await relay.collect(1)) == {line["message_id"]}
 
 
 async def test_tiny_spool_loses_nothing(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING, "relay.sources")
-    r = await open_relay(tmp_path, max_bytes=6000)
-    sent = [logstash() for _ in range(15)]
-    await r.send(lines(*sent))
-    assert ids(await r.collect(15, timeout=20, ack=True)) == ids(sent)
-    assert len([m for m in caplog.messages if "json_lines: the spool refuses" in m]) == 1
-    await r.close()
+    async with json_lines_relay(tmp_path, max_bytes=6000) as r:
+        sent = [logstash() for _ in range(15)]
+        await send(r, lines(*sent))
+        assert ids(await r.collect(15, timeout=20, ack=True)) == ids(sent)
+        assert len([m for m in caplog.messages if "json_lines: the spool refuses" in m]) == 1
 
 
 async def test_listen_failure_names_the_setting(tmp_path: Path) -> None:
-    spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=1 << 20, dedup_window=0)
-    intake = Intake(spool, MAX_EVENT)
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        cfg = JsonLinesIngestConfig(tcp_listen=f"127.0.0.1:{busy.getsockname()[1]}")
-        with pytest.raises(UserError, match=r"ingest\.json_lines\.tcp_listen"):
-            await start_json_lines(cfg, intake, MAX_EVENT)
-    off = await start_json_lines(JsonLinesIngestConfig(), intake, MAX_EVENT)
-    assert off.port is None
-    await off.close()
-    await spool.close()
+    async with inprocess_relay(tmp_path) as relay:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            cfg = JsonLinesIngestConfig(tcp_listen=f"127.0.0.1:{busy.getsockname()[1]}")
+            with pytest.raises(UserError, match=r"ingest\.json_lines\.tcp_listen"):
+                await start_json_lines(cfg, relay.intake)
+        off = await start_json_lines(JsonLinesIngestConfig(), relay.intake)
+        assert off.port is None
+        await off.close()
+
+
+async def test_oversized_event_names_the_setting(relay: Relay, tmp_path: Path) -> None:
+    good = logstash()
+    await send(relay, lines(logstash(description="d" * 5000), good))
+    assert ids(await relay.collect(1)) == {good["message_id"]}
+    [letter] = list_dead_letters(tmp_path / "spool")
+    assert "over the limit of 4096 (ingest.max_event_bytes)" in letter.last_error

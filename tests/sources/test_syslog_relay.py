@@ -5,13 +5,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.helpers import RelayProcess, make_event, spool_stats
+from tests.helpers import RelayProcess, make_event, spool_stats, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -23,10 +22,7 @@ def depth(relay: RelayProcess) -> int:
 
 
 def wait_depth(relay: RelayProcess, n: int) -> None:
-    deadline = time.monotonic() + 15
-    while depth(relay) != n and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert depth(relay) == n
+    wait_until(lambda: depth(relay) == n, 15, f"{n} events in the spool")
 
 
 @pytest.mark.skipif(LOGGER is None, reason="util-linux logger is not installed")

@@ -8,7 +8,8 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
@@ -17,70 +18,29 @@ import pytest
 from relay.config import SyslogIngestConfig
 from relay.errors import UserError
 from relay.sources.intake import Intake
-from relay.sources.syslog import SyslogSource, start_syslog
-from relay.spool import Incoming, SpoolRefused, SqliteSpool, list_dead_letters
-from tests.helpers import free_port, make_event
+from relay.sources.syslog import start_syslog
+from relay.spool import Incoming, SpoolRefused, list_dead_letters
+from tests.helpers import InProcessRelay as Relay
+from tests.helpers import eventually, free_port, inprocess_relay, make_event
 
 REPO = Path(__file__).resolve().parents[2]
 RSYSLOG_EXAMPLE = REPO / "deploy" / "rsyslog" / "relay.conf"
 RSYSLOGD = "/usr/sbin/rsyslogd"
-MAX_EVENT = 4096
-LOCAL = "127.0.0.1:0"
+ANY_PORT = "127.0.0.1:0"
 
 
-class Relay:
-    def __init__(self, spool: SqliteSpool, intake: Intake, source: SyslogSource) -> None:
-        self.spool, self.intake, self.source = spool, intake, source
-        self.seen: list[dict] = []
-
-    async def collect(
-        self,
-        count: int,
-        timeout: float = 10.0,
-        ack: bool = False,
-        where: Callable[[dict], bool] = lambda event: True,
-    ) -> list[dict]:
-        """Lease until `count` events (that match `where`) have been seen; ack every leased
-        event when asked, which frees space in the spool."""
-        deadline = time.monotonic() + timeout
-        while len(self.seen) < count:
-            leased = await self.spool.lease(1000)
-            self.seen += [e for item in leased if where(e := orjson.loads(item.body))]
-            if ack and leased:
-                await self.spool.ack([item.id for item in leased])
-            if len(self.seen) >= count:
-                break
-            assert time.monotonic() < deadline, f"only {len(self.seen)} of {count} events arrived"
-            await asyncio.sleep(0.02)
-        return self.seen
-
-    def counted(self, source: str, reason: str) -> float:
-        return self.intake.metrics.rejected.labels(source, reason)._value.get()
-
-    async def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.02)
-
-
-async def open_relay(
-    tmp_path: Path, *, max_bytes: int = 1 << 30, tcp: str = LOCAL, udp: str = LOCAL
-) -> Relay:
-    spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=max_bytes, dedup_window=3600)
-    intake = Intake(spool, MAX_EVENT)
-    source = await start_syslog(
-        SyslogIngestConfig(tcp_listen=tcp, udp_listen=udp), intake, MAX_EVENT
-    )
-    return Relay(spool, intake, source)
+@asynccontextmanager
+async def syslog_relay(tmp_path: Path, **spool) -> AsyncIterator[Relay]:
+    """Syslog over TCP and UDP on free ports."""
+    async with inprocess_relay(tmp_path, **spool) as r:
+        await r.start_syslog()
+        yield r
 
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    r = await open_relay(tmp_path)
-    yield r
-    await r.source.close()
-    await r.spool.close()
+    async with syslog_relay(tmp_path) as r:
+        yield r
 
 
 async def send_tcp(port: int, data: bytes, *, close: bool = True) -> asyncio.StreamWriter:
@@ -130,7 +90,7 @@ async def test_tcp_frames_of_both_framings_land(relay: Relay) -> None:
         + orjson.dumps(events[3])
         + b"\r\n"
     )
-    await send_tcp(relay.source.tcp_port, stream)
+    await send_tcp(relay.syslog.tcp_port, stream)
     assert ids(await relay.collect(4)) == ids(events)
     assert relay.spool.stats().events == 4
     assert relay.spool.stats().dead_letters == 0
@@ -142,8 +102,8 @@ async def test_invalid_frame_is_dead_lettered_and_the_connection_goes_on(
     bad = b"<14>May  1 10:00:00 host app: this is no event, personal number 12345678901"
     invalid_event = orjson.dumps(make_event(status="NOPE"))
     good = make_event()
-    writer = await send_tcp(relay.source.tcp_port, bad + b"\n" + invalid_event + b"\n", close=False)
-    await relay.wait(lambda: relay.spool.stats().dead_letters == 2)
+    writer = await send_tcp(relay.syslog.tcp_port, bad + b"\n" + invalid_event + b"\n", close=False)
+    await eventually(lambda: relay.spool.stats().dead_letters == 2)
     writer.write(octets(rfc5424(good)))
     await writer.drain()
     assert ids(await relay.collect(1)) == {good["message_id"]}
@@ -155,7 +115,7 @@ async def test_invalid_frame_is_dead_lettered_and_the_connection_goes_on(
     assert "not a JSON event" in letters[0].last_error
     assert letters[1].body == invalid_event
     assert "NOPE" in letters[1].last_error
-    await relay.wait(lambda: relay.counted("syslog_tcp", "invalid") == 2)
+    await eventually(lambda: relay.rejected("syslog_tcp", "invalid") == 2)
 
 
 async def test_oversized_lines_are_dead_lettered_and_the_connection_goes_on(
@@ -166,7 +126,7 @@ async def test_oversized_lines_are_dead_lettered_and_the_connection_goes_on(
     long_line = b"l" * 30_000
     good = make_event()
     stream = huge + b"\n" + long_line + b"\n" + orjson.dumps(good) + b"\n"
-    writer = await send_tcp(relay.source.tcp_port, stream, close=False)
+    writer = await send_tcp(relay.syslog.tcp_port, stream, close=False)
     assert ids(await relay.collect(1)) == {good["message_id"]}
     letters = list_dead_letters(tmp_path / "spool")
     assert [(d.reason, d.body) for d in letters] == [
@@ -175,85 +135,79 @@ async def test_oversized_lines_are_dead_lettered_and_the_connection_goes_on(
     ]
     assert "200000 bytes" in letters[0].last_error
     assert "30000 bytes" in letters[1].last_error
-    await relay.wait(lambda: relay.counted("syslog_tcp", "too_large") == 2)
+    await eventually(lambda: relay.rejected("syslog_tcp", "too_large") == 2)
     writer.close()
 
 
 async def test_last_frame_without_newline_at_eof_is_stored(relay: Relay) -> None:
     event = make_event()
-    await send_tcp(relay.source.tcp_port, rfc3164(event))
+    await send_tcp(relay.syslog.tcp_port, rfc3164(event))
     assert ids(await relay.collect(1)) == {event["message_id"]}
 
 
-async def test_close_stores_what_was_read(tmp_path: Path) -> None:
-    r = await open_relay(tmp_path)
+async def test_close_stores_what_was_read(relay: Relay) -> None:
     event = make_event()
     # no newline and the connection stays open: only the relay's shutdown ends the frame
-    writer = await send_tcp(r.source.tcp_port, orjson.dumps(event), close=False)
-    await asyncio.sleep(0.2)
-    assert r.spool.stats().events == 0
-    await r.source.close()
-    assert r.spool.stats().events == 1
+    writer = await send_tcp(relay.syslog.tcp_port, orjson.dumps(event), close=False)
+    await eventually(lambda: relay.syslog.tcp.connections == 1, what="the connection")
+    assert relay.spool.stats().events == 0
+    await relay.close_sources()
+    assert relay.spool.stats().events == 1
     writer.close()
-    await r.spool.close()
 
 
 async def test_tiny_spool_loses_nothing_sent_over_tcp(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING, "relay.sources")
     # room for a handful of events: most of the stream waits in the relay and the kernel
-    r = await open_relay(tmp_path, max_bytes=6000)
-    events = [make_event() for _ in range(20)]
-    stream = b"".join(octets(rfc5424(e)) for e in events)
-    await send_tcp(r.source.tcp_port, stream)
-    assert ids(await r.collect(20, timeout=20, ack=True)) == ids(events)
-    assert r.counted("syslog_tcp", "spool_full") > 0  # refused attempts, all retried
-    refusals = [m for m in caplog.messages if "refuses events" in m]
-    assert len(refusals) == 1, refusals  # per episode, not per retry
-    await r.source.close()
-    await r.spool.close()
+    async with syslog_relay(tmp_path, max_bytes=6000) as r:
+        events = [make_event() for _ in range(20)]
+        stream = b"".join(octets(rfc5424(e)) for e in events)
+        await send_tcp(r.syslog.tcp_port, stream)
+        assert ids(await r.collect(20, timeout=20, ack=True)) == ids(events)
+        assert r.rejected("syslog_tcp", "spool_full") > 0  # refused attempts, all retried
+        refusals = [m for m in caplog.messages if "refuses events" in m]
+        assert len(refusals) == 1, refusals  # per episode, not per retry
 
 
 async def test_full_spool_blocks_the_tcp_sender_until_it_has_room(tmp_path: Path) -> None:
-    r = await open_relay(tmp_path, max_bytes=32 << 20)
-    padding = "p" * 3000
-    while True:  # fill the spool from another source until it refuses
-        batch = [
-            Incoming(orjson.dumps(make_event(description=padding)), "http") for _ in range(500)
-        ]
-        try:
-            await r.intake.submit("http", batch)
-        except SpoolRefused:
-            break
-    loop = asyncio.get_running_loop()
-    sock = socket.create_connection(("127.0.0.1", r.source.tcp_port))
-    sock.setblocking(False)
-    sent: set[str] = set()
-    pending = b""
-    total = 0
-    stalled_since: float | None = None
-    while stalled_since is None or time.monotonic() - stalled_since < 0.5:
-        assert total < 256 << 20, "the relay kept reading while the spool refused"
-        if not pending:
-            event = make_event(description="s" * 3000)
-            sent.add(event["message_id"])
-            pending = orjson.dumps(event) + b"\n"
-        try:
-            n = sock.send(pending)
-        except BlockingIOError:
-            stalled_since = stalled_since or time.monotonic()
-            await asyncio.sleep(0.02)
-            continue
-        pending, total, stalled_since = pending[n:], total + n, None
-    # the sender is blocked by TCP flow control; make room and every frame it sent arrives
-    rest = asyncio.create_task(loop.sock_sendall(sock, pending))
-    got = await r.collect(
-        len(sent), timeout=30, ack=True, where=lambda e: e["description"][0] == "s"
-    )
-    await rest
-    sock.close()
-    assert ids(got) == sent
-    await r.source.close()
-    await r.spool.close()
+    async with syslog_relay(tmp_path, max_bytes=32 << 20) as r:
+        padding = "p" * 3000
+        while True:  # fill the spool from another source until it refuses
+            batch = [
+                Incoming(orjson.dumps(make_event(description=padding)), "http") for _ in range(500)
+            ]
+            try:
+                await r.intake.submit("http", batch)
+            except SpoolRefused:
+                break
+        loop = asyncio.get_running_loop()
+        sock = socket.create_connection(("127.0.0.1", r.syslog.tcp_port))
+        sock.setblocking(False)
+        sent: set[str] = set()
+        pending = b""
+        total = 0
+        stalled_since: float | None = None
+        while stalled_since is None or time.monotonic() - stalled_since < 0.5:
+            assert total < 256 << 20, "the relay kept reading while the spool refused"
+            if not pending:
+                event = make_event(description="s" * 3000)
+                sent.add(event["message_id"])
+                pending = orjson.dumps(event) + b"\n"
+            try:
+                n = sock.send(pending)
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                await asyncio.sleep(0.02)
+                continue
+            pending, total, stalled_since = pending[n:], total + n, None
+        # the sender is blocked by TCP flow control; make room and every frame it sent arrives
+        rest = asyncio.create_task(loop.sock_sendall(sock, pending))
+        got = await r.collect(
+            len(sent), timeout=30, ack=True, where=lambda e: e["description"][0] == "s"
+        )
+        await rest
+        sock.close()
+        assert ids(got) == sent
 
 
 # -- UDP ------------------------------------------------------------------------------------------
@@ -262,7 +216,7 @@ async def test_full_spool_blocks_the_tcp_sender_until_it_has_room(tmp_path: Path
 async def test_udp_datagrams_land(relay: Relay, tmp_path: Path) -> None:
     events = [make_event() for _ in range(3)]
     send_udp(
-        relay.source.udp_port,
+        relay.syslog.udp_port,
         rfc5424(events[0]),
         rfc3164(events[1]) + b"\n",
         orjson.dumps(events[2]),
@@ -270,37 +224,39 @@ async def test_udp_datagrams_land(relay: Relay, tmp_path: Path) -> None:
         b"x" * 20_000,
     )
     assert ids(await relay.collect(3)) == ids(events)
-    await relay.wait(lambda: relay.spool.stats().dead_letters == 2)
+    await eventually(lambda: relay.spool.stats().dead_letters == 2)
     letters = list_dead_letters(tmp_path / "spool")
     assert {(d.source, d.reason, len(d.body)) for d in letters} == {
         ("syslog_udp", "invalid", 12),
         ("syslog_udp", "too_large", 1024),
     }
-    assert relay.source.kernel_drops() == 0
+    assert relay.syslog.kernel_drops() == 0
 
 
 async def test_udp_datagrams_are_lost_and_counted_when_the_spool_refuses(
     tmp_path: Path, caplog
 ) -> None:
     caplog.set_level(logging.WARNING, "relay.sources")
-    r = await open_relay(tmp_path, max_bytes=100)
-    for _ in range(3):
-        send_udp(r.source.udp_port, orjson.dumps(make_event()))
-        await asyncio.sleep(0.05)  # three batches, three refusals
-    await r.wait(lambda: r.counted("syslog_udp", "spool_full") == 3)
-    assert r.spool.stats().events == 0
-    assert len([m for m in caplog.messages if "syslog_udp: the spool refuses" in m]) == 1
-    await r.source.close()
-    assert r.source.kernel_drops() is None
-    await r.spool.close()
+    async with syslog_relay(tmp_path, max_bytes=100) as r:
+        source = r.syslog
+        for sent in range(1, 4):  # three batches, three refusals
+            send_udp(source.udp_port, orjson.dumps(make_event()))
+            await eventually(lambda n=sent: r.rejected("syslog_udp", "spool_full") == n)
+        assert r.spool.stats().events == 0
+        assert len([m for m in caplog.messages if "syslog_udp: the spool refuses" in m]) == 1
+        await r.close_sources()
+        assert source.kernel_drops() is None
 
 
 # -- listening ------------------------------------------------------------------------------------
 
 
 async def test_listen_failures_name_the_setting(tmp_path: Path) -> None:
-    spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=1 << 20, dedup_window=0)
-    intake = Intake(spool, MAX_EVENT)
+    async with inprocess_relay(tmp_path) as relay:
+        await _listen_failures_name_the_setting(relay.intake)
+
+
+async def _listen_failures_name_the_setting(intake: Intake) -> None:
     with socket.socket() as busy_tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy_udp:
         busy_tcp.bind(("127.0.0.1", 0))
         busy_tcp.listen()
@@ -310,16 +266,18 @@ async def test_listen_failures_name_the_setting(tmp_path: Path) -> None:
             (SyslogIngestConfig(udp_listen=f"127.0.0.1:{busy_udp.getsockname()[1]}"), "udp_listen"),
             (SyslogIngestConfig(tcp_listen="192.0.2.1:6514"), "tcp_listen"),  # not this host's
             (SyslogIngestConfig(udp_listen=":514"), "udp_listen"),
-            (SyslogIngestConfig(tcp_listen=LOCAL, udp_listen="192.0.2.1:514"), "udp_listen"),
+            (
+                SyslogIngestConfig(tcp_listen="127.0.0.1:0", udp_listen="192.0.2.1:514"),
+                "udp_listen",
+            ),
         ]
         for cfg, setting in cases:
             with pytest.raises(UserError, match=f"ingest\\.syslog\\.{setting}") as info:
-                await start_syslog(cfg, intake, MAX_EVENT)
+                await start_syslog(cfg, intake)
             assert "\n" not in str(info.value)
-    off = await start_syslog(SyslogIngestConfig(), intake, MAX_EVENT)
+    off = await start_syslog(SyslogIngestConfig(), intake)
     assert (off.tcp_port, off.udp_port, off.kernel_drops()) == (None, None, None)
     await off.close()
-    await spool.close()
 
 
 # -- real senders ---------------------------------------------------------------------------------
@@ -342,7 +300,7 @@ LOGGER = shutil.which("logger")
 )
 async def test_util_linux_logger(relay: Relay, args: list[str]) -> None:
     event = make_event()
-    port = relay.source.tcp_port if "--tcp" in args else relay.source.udp_port
+    port = relay.syslog.tcp_port if "--tcp" in args else relay.syslog.udp_port
     target = ["-n", "127.0.0.1", "-P", str(port), "-t", "relay-test"]
     proc = await asyncio.create_subprocess_exec(LOGGER, *args, *target, orjson.dumps(event))
     assert await proc.wait() == 0
@@ -376,7 +334,7 @@ async def test_rsyslog_forwards_with_the_shipped_config(tmp_path: Path) -> None:
         RSYSLOGD, "-n", "-f", conf, "-i", pidfile, stdout=log_file, stderr=log_file
     )
     log_file.close()
-    r: Relay | None = None
+    r = await Relay.open(tmp_path)
     try:
         producer = await connect_when_up(input_port, proc, work / "rsyslogd.log")
 
@@ -388,7 +346,7 @@ async def test_rsyslog_forwards_with_the_shipped_config(tmp_path: Path) -> None:
         producer.write(line("eformidling-status", early) + line("something-else", other))
         await producer.drain()
         await asyncio.sleep(0.5)
-        r = await open_relay(tmp_path, tcp=f"127.0.0.1:{relay_port}", udp="")
+        await r.start_syslog(tcp=f"127.0.0.1:{relay_port}", udp="")
         assert ids(await r.collect(1, timeout=20)) == {early["message_id"]}
         producer.write(line("eformidling-status", late))
         await producer.drain()
@@ -400,18 +358,29 @@ async def test_rsyslog_forwards_with_the_shipped_config(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
-        if r is not None:
-            await r.source.close()
-            await r.spool.close()
+        await r.close()
 
 
 async def connect_when_up(port: int, proc, log: Path) -> asyncio.StreamWriter:
-    deadline = time.monotonic() + 15
-    while True:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def connected() -> bool:
+        if proc.returncode is not None:
+            raise AssertionError(f"rsyslogd exited:\n{log.read_text()}")
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            return writer
+            writers.append((await asyncio.open_connection("127.0.0.1", port))[1])
         except OSError:
-            if proc.returncode is not None or time.monotonic() > deadline:
-                raise AssertionError(f"rsyslogd did not start:\n{log.read_text()}") from None
-            await asyncio.sleep(0.05)
+            return False
+        return True
+
+    await eventually(connected, 15, "rsyslogd to listen")
+    return writers[0]
+
+
+async def test_event_over_the_limit_names_the_ingest_setting(relay: Relay, tmp_path: Path) -> None:
+    big, good = make_event(description="d" * 5000), make_event()
+    await send_tcp(relay.syslog.tcp_port, octets(rfc5424(big)) + octets(rfc5424(good)))
+    assert ids(await relay.collect(1)) == {good["message_id"]}
+    [letter] = list_dead_letters(tmp_path / "spool")
+    assert "over the limit of 4096 (ingest.max_event_bytes)" in letter.last_error
+    assert "ingest.http" not in letter.last_error

@@ -11,40 +11,25 @@ import socket
 import struct
 import termios
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from relay.config import JsonLinesIngestConfig, SyslogIngestConfig
 from relay.sources import syslog
-from relay.sources.intake import Intake
-from relay.sources.json_lines import start_json_lines
-from relay.sources.syslog import SyslogSource, start_syslog
+from relay.sources.syslog import SyslogSource
 from relay.spool import SqliteSpool, list_dead_letters
-from tests.helpers import make_event
+from tests.helpers import InProcessRelay, eventually, make_event
 
 MAX_EVENT = 4096
 LOCAL = "127.0.0.1:0"
 
 
-async def wait(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting: {what}"
-        await asyncio.sleep(0.01)
-
-
 async def open_syslog(
     tmp_path: Path, *, max_event: int = MAX_EVENT, udp: str = "", **cfg: object
 ) -> tuple[SqliteSpool, SyslogSource]:
-    spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=1 << 30, dedup_window=3600)
-    intake = Intake(spool, max_event)
-    source = await start_syslog(
-        SyslogIngestConfig(tcp_listen=LOCAL, udp_listen=udp, **cfg), intake, max_event
-    )
-    return spool, source
+    relay = await InProcessRelay.open(tmp_path, max_event_bytes=max_event)
+    return relay.spool, await relay.start_syslog(LOCAL, udp, **cfg)
 
 
 async def closed_by_peer(reader: asyncio.StreamReader, timeout: float = 3.0) -> bool:
@@ -78,7 +63,7 @@ async def test_connections_over_the_limit_are_closed_at_once(tmp_path: Path, cap
     assert tcp is not None
     port = source.tcp_port
     held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
-    await wait(lambda: tcp.connections == 2, what="two connections open")
+    await eventually(lambda: tcp.connections == 2, what="two connections open")
     extra = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
     for reader, _ in extra:
         assert await closed_by_peer(reader), "a connection over the limit stayed open"
@@ -90,13 +75,13 @@ async def test_connections_over_the_limit_are_closed_at_once(tmp_path: Path, cap
     event = make_event()
     held[0][1].write(orjson.dumps(event) + b"\n")
     held[1][1].close()
-    await wait(lambda: tcp.connections == 1, what="a place freed")
+    await eventually(lambda: tcp.connections == 1, what="a place freed")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await wait(lambda: tcp.connections == 2, what="the new connection admitted")
+    await eventually(lambda: tcp.connections == 2, what="the new connection admitted")
     late = make_event()
     writer.write(orjson.dumps(late) + b"\n")
     await writer.drain()
-    await wait(lambda: spool.stats().events == 2, what="both events stored")
+    await eventually(lambda: spool.stats().events == 2, what="both events stored")
     for _, w in [*held, (reader, writer)]:
         w.close()
     await source.close()
@@ -104,13 +89,11 @@ async def test_connections_over_the_limit_are_closed_at_once(tmp_path: Path, cap
 
 
 async def test_json_lines_listener_has_its_own_connection_limit(tmp_path: Path) -> None:
-    spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=1 << 30, dedup_window=3600)
-    intake = Intake(spool, MAX_EVENT)
-    cfg = JsonLinesIngestConfig(tcp_listen=LOCAL, max_connections=1)
-    source = await start_json_lines(cfg, intake, MAX_EVENT)
+    relay = await InProcessRelay.open(tmp_path)
+    spool, source = relay.spool, await relay.start_json_lines(LOCAL, max_connections=1)
     assert source.tcp is not None
     _, first = await asyncio.open_connection("127.0.0.1", source.port)
-    await wait(lambda: source.tcp.connections == 1, what="one connection open")
+    await eventually(lambda: source.tcp.connections == 1, what="one connection open")
     reader, second = await asyncio.open_connection("127.0.0.1", source.port)
     assert await closed_by_peer(reader)
     assert source.tcp.refused_connections == 1
@@ -139,7 +122,7 @@ async def test_octet_count_over_the_limit_is_dead_lettered_and_closes(
             writer.write(orjson.dumps(after) + b"\n")
             await writer.drain()
             await asyncio.sleep(0.01)
-    await wait(lambda: spool.stats().dead_letters == 1, what="the dead letter")
+    await eventually(lambda: spool.stats().dead_letters == 1, what="the dead letter")
     (letter,) = list_dead_letters(tmp_path / "spool")
     assert letter.reason == "too_large"
     assert letter.body.startswith(prefix + b"hhh")
@@ -162,7 +145,7 @@ async def test_close_reads_what_the_kernel_already_holds(tmp_path: Path, framing
     assert tcp is not None
     sock = socket.create_connection(("127.0.0.1", source.tcp_port))
     try:
-        await wait(lambda: tcp.connections == 1, what="the connection accepted")
+        await eventually(lambda: tcp.connections == 1, what="the connection accepted")
         events = [make_event() for _ in range(300)]
         if framing == "lines":
             stream = b"".join(orjson.dumps(e) + b"\n" for e in events)
@@ -193,7 +176,7 @@ async def test_close_drain_is_bounded_for_a_sender_that_never_stops(tmp_path: Pa
                 await writer.drain()
 
     sender = asyncio.create_task(flood())
-    await wait(lambda: spool.stats().events > 0, what="the flood arriving")
+    await eventually(lambda: spool.stats().events > 0, what="the flood arriving")
     started = time.monotonic()
     await source.close()
     assert time.monotonic() - started < 5
@@ -225,7 +208,7 @@ async def test_udp_backlog_is_bounded_in_bytes(tmp_path: Path, monkeypatch) -> N
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for _ in range(40):
             s.sendto(datagram, ("127.0.0.1", source.udp_port))
-            await wait(
+            await eventually(
                 lambda: unread(udp._sock) == 0 or getattr(udp, "reading_paused", False),
                 timeout=2,
                 what="the datagram read or reading paused",
@@ -233,7 +216,7 @@ async def test_udp_backlog_is_bounded_in_bytes(tmp_path: Path, monkeypatch) -> N
     pending = sum(map(len, udp._pending))
     assert pending <= bound + len(datagram), f"{pending} bytes held, over the bound of {bound}"
     gate.set()
-    await wait(lambda: not udp._pending and not udp.reading_paused, what="the backlog stored")
+    await eventually(lambda: not udp._pending and not udp.reading_paused, what="the backlog stored")
     assert spool.stats().dead_letters >= bound // len(datagram)
     await source.close()
     await spool.close()
@@ -252,7 +235,7 @@ async def test_syslog_event_of_another_logger_is_dead_lettered_with_the_reason(
     writer.write(b"<14>1 - host app - - - " + other + b"\n" + orjson.dumps(status) + b"\n")
     await writer.drain()
     writer.close()
-    await wait(lambda: spool.stats().dead_letters == 1 and spool.stats().events == 1)
+    await eventually(lambda: spool.stats().dead_letters == 1 and spool.stats().events == 1)
     (letter,) = list_dead_letters(tmp_path / "spool")
     assert letter.reason == "invalid"
     assert 'logger_name must be "STATUS"' in letter.last_error
@@ -267,7 +250,7 @@ async def test_connection_counts_reach_the_metrics(tmp_path: Path) -> None:
     spool, source = await open_syslog(tmp_path, max_connections=1)
     try:
         first = await asyncio.open_connection("127.0.0.1", source.tcp_port)
-        await wait(lambda: source.tcp.connections == 1, what="the first connection")
+        await eventually(lambda: source.tcp.connections == 1, what="the first connection")
         second = await asyncio.open_connection("127.0.0.1", source.tcp_port)
         assert await closed_by_peer(second[0])
 
@@ -280,7 +263,7 @@ async def test_connection_counts_reach_the_metrics(tmp_path: Path) -> None:
                     assert sample.labels == {"source": "syslog_tcp"}
             return found
 
-        await wait(lambda: values().get("relay_tcp_connections_refused_total") == 1)
+        await eventually(lambda: values().get("relay_tcp_connections_refused_total") == 1)
         assert values()["relay_tcp_connections"] == 1
         assert values()["relay_tcp_connections_broken_total"] == 0
         first[1].close()

@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.helpers import RelayProcess, make_event, spool_stats
+from tests.helpers import RelayProcess, make_event, spool_stats, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def listening_port(relay: RelayProcess) -> int:
-    deadline = time.monotonic() + 10
-    while (m := re.search(r"syslog: listening on tcp 127\.0\.0\.1:(\d+)", relay.output())) is None:
-        assert time.monotonic() < deadline, relay.output()
-        time.sleep(0.05)
-    return int(m[1])
+    def found() -> re.Match | None:
+        return re.search(r"syslog: listening on tcp 127\.0\.0\.1:(\d+)", relay.output())
+
+    wait_until(lambda: found() is not None, 10, "the syslog listener in the relay's log")
+    return int(found()[1])
 
 
 def test_sigterm_stores_every_frame_the_kernel_accepted(tmp_path: Path) -> None:
