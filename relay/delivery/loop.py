@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from relay import supervision
 from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
-from relay.delivery.outcome import Outcome, Sink, Verdict
 from relay.delivery.pacing import Pacer
+from relay.delivery.sink import Outcome, Sink, Verdict
 from relay.spool import DeadLetter, Leased, Release, Spool, SpoolRefused
 
 log = logging.getLogger("relay.delivery")

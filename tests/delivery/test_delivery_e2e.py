@@ -423,7 +423,7 @@ def test_retry_after_is_honoured_within_max_backoff() -> None:
 
     from relay.config import RetryConfig, UpstreamConfig
     from relay.delivery.loop import Delivery
-    from relay.delivery.outcome import Outcome, Verdict
+    from relay.delivery.sink import Outcome, Verdict
     from relay.spool import Leased
 
     loop = Delivery(None, None, UpstreamConfig(), RetryConfig(max_backoff=30.0))

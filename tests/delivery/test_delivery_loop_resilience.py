@@ -15,7 +15,7 @@ import pytest
 from relay import supervision
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.loop import Delivery
-from relay.delivery.outcome import DELIVERED, Outcome, Verdict
+from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.spool import Incoming, SpoolUnavailable
 from relay.spool.sqlite import SqliteSpool
 

@@ -26,7 +26,7 @@ from relay.auth.credentials import Credentials
 from relay.auth.tokens import TokenProvider
 from relay.config import MaskinportenConfig, RetryConfig, UpstreamConfig
 from relay.delivery.loop import Delivery
-from relay.delivery.rsocket_sink import RSocketSink
+from relay.delivery.rsocket.sink import RSocketSink
 from relay.spool import Incoming
 from relay.spool.sqlite import SqliteSpool
 

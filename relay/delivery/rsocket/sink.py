@@ -12,10 +12,10 @@ from relay import supervision
 from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
-from relay.delivery.classify import classify_rsocket_error
-from relay.delivery.outcome import DELIVERED, Outcome, Verdict
 from relay.delivery.payload import request_data, status_data
-from relay.delivery.rsocket_connection import RSocketConnection
+from relay.delivery.rsocket.connection import RSocketConnection
+from relay.delivery.rsocket.errors import classify
+from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.errors import one_line
 
 log = logging.getLogger("relay.delivery.rsocket")
@@ -85,7 +85,7 @@ class RSocketSink:
         try:
             await conn.request(data, self._metadata_for(token), self._cfg.request_timeout)
         except Exception as exc:  # every failure becomes an Outcome; nothing escapes to the loop
-            outcome = classify_rsocket_error(exc)
+            outcome = classify(exc)
             if outcome.reason == "token":
                 return self._token_refused(token, outcome)
             if outcome.reason == "route":
