@@ -6,6 +6,8 @@ import random
 import time
 from collections.abc import Callable
 
+from relay.backoff import backoff_ceiling
+
 
 class Pacer:
     """While requests keep failing for reasons that are not the events' own (the upstream is
@@ -31,7 +33,7 @@ class Pacer:
         if self.failures and now < self._next_at:
             return
         self.failures += 1
-        ceiling = min(self._cap, self._initial * 2 ** min(self.failures - 1, 40))
+        ceiling = backoff_ceiling(self.failures - 1, self._initial, self._cap)
         # half jitter: relays restarted together spread out, and the pace never falls to zero
         self._next_at = now + random.uniform(0.5 * ceiling, ceiling)
 
