@@ -416,4 +416,3 @@ def test_a_refused_batch_is_judged_event_by_event(upstream_factory, relay_factor
     wait_until(lambda: up.stats()["total"] >= 30 + 90, 30, "the good events of the batches")
     wait_until(lambda: spool_stats(relay)["dead_letters"] == 10, 30, "only the FEIL ones to die")
     assert up.stats()["by_status"].get("FEIL", 0) == 0
-
