@@ -352,6 +352,23 @@ async def test_reconnects_back_off_when_connections_die_after_one_answer(
         await peer.close()
 
 
+async def test_a_connection_that_was_healthy_is_redialled_at_once(
+    tmp_path: Path, endpoint: TokenEndpoint, creds
+) -> None:
+    """The reconnect backoff starts over after a connection that stayed up `healthy_after`:
+    the same peer as above, with every connection counting as healthy, is redialled at once."""
+    peer = await started(ScriptedPeer(lambda token, metadata, data: None))
+    peer.close_after_answer = True
+    try:
+        retry = RetryConfig(initial_backoff=1.0, max_backoff=1.0)
+        async with Relay(tmp_path, peer, endpoint, creds, retry) as relay:
+            relay.sink.healthy_after = 0.0
+            await relay.add(1000)
+            await eventually(lambda: peer.connections >= 20, 3, "20 connections in 3 s")
+    finally:
+        await peer.close()
+
+
 @pytest.mark.parametrize("part", ["sink", "tokens"])
 async def test_the_connection_supervisor_and_token_refresher_are_supervised(
     endpoint: TokenEndpoint, creds, part: str
