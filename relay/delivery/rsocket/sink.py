@@ -27,8 +27,9 @@ _SWEEP_EVERY = 0.5  # seconds between looks for requests past upstream.request_t
 HEALTHY_AFTER = 30.0
 
 
-class _DiedEarly(Exception):
-    """A connection ended before it counted as healthy: the reconnect backoff goes on growing."""
+class _NotUp(Exception):
+    """The connect failed, or the connection ended before it counted as healthy: the reconnect
+    backoff goes on growing."""
 
 
 class RSocketSink:
@@ -146,16 +147,16 @@ class RSocketSink:
             wait=wait_random_exponential(
                 multiplier=self._retry.initial_backoff, max=self._retry.max_backoff
             ),
-            retry=retry_if_exception_type(Exception),  # the supervisor must never die
+            retry=retry_if_exception_type(_NotUp),  # anything else is a bug: supervision says so
         )
         while True:
             await retrying(self._hold_connection)
 
     async def _hold_connection(self) -> None:
-        """Connect and serve requests until the connection ends. Raises when the connect fails
-        or the connection died before `healthy_after` (SETUP refused, an event that kills it, a
-        flapping peer): such a connection must not be redialled at once, even if a request got
-        through on it."""
+        """Connect and serve requests until the connection ends. Raises _NotUp when the connect
+        fails or the connection died before `healthy_after` (SETUP refused, an event that kills
+        it, a flapping peer): such a connection must not be redialled at once, even if a request
+        got through on it."""
         try:
             conn = await RSocketConnection.open(
                 self._cfg.host,
@@ -167,7 +168,7 @@ class RSocketSink:
                 # a timed-out request fails at most a quarter of its timeout late
                 sweep_every=min(_SWEEP_EVERY, self._cfg.request_timeout / 4),
             )
-        except Exception as exc:
+        except Exception as exc:  # whatever stops the connect is retried, never fatal
             failure = one_line(str(exc) or type(exc).__name__)
             if failure != self._connect_failure:
                 log.warning(
@@ -176,7 +177,7 @@ class RSocketSink:
                     failure,
                 )
                 self._connect_failure = failure
-            raise
+            raise _NotUp(failure) from exc
         self.connects += 1
         log.info(
             "connected to the status service at %s (rsocket%s)",
@@ -200,7 +201,7 @@ class RSocketSink:
         )
         await conn.close()
         if lived < self.healthy_after:
-            raise _DiedEarly(reason)
+            raise _NotUp(reason)
 
     async def close(self) -> None:
         if self._supervisor is not None:
