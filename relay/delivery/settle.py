@@ -80,12 +80,8 @@ class Settler:
         on_delivered: Callable[[Iterable[float], float], None] | None,
         clock: Callable[[], float],
     ) -> None:
-        self._spool = spool
-        self._sink = sink
-        self._retry = retry
-        self._acks = acks
-        self._suspects = suspects
-        self._breaker = breaker
+        self._spool, self._sink, self._retry = spool, sink, retry
+        self._acks, self._suspects, self._breaker = acks, suspects, breaker
         self._on_delivered = on_delivered
         self._clock = clock
         self.stats = DeliveryStats()

@@ -6,11 +6,10 @@ import asyncio
 import base64
 import datetime as dt
 import logging
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jwt
@@ -27,7 +26,7 @@ from relay.config.model import MaskinportenConfig
 from relay.dev.certs import TestPki, make_test_pki
 from relay.dev.maskinporten import ClientRegistration, MaskinportenFaults, MaskinportenStandIn
 from relay.errors import UserError
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 AUDIENCE = "https://test.maskinporten.no/"
 CLIENT = "MOVE_IP_991825827"
@@ -526,17 +525,8 @@ async def test_fetch_and_describe_errors_are_one_line(endpoint: Endpoint, pki: T
         await fetch_and_describe(cfg, environ={})
     assert "invalid_client: Invalid client" in str(refused.value)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
-    unreachable = MaskinportenConfig(
-        token_url=f"http://127.0.0.1:{closed_port}/token",
-        audience=AUDIENCE,
-        client_id=CLIENT,
-        scope=SCOPE,
-        key_file=str(pki.leaf_key),
-        cert_file=str(pki.leaf_cert),
-    )
+    closed_port = free_port()
+    unreachable = replace(cfg, token_url=f"http://127.0.0.1:{closed_port}/token", client_id=CLIENT)
     with pytest.raises(UserError) as unreached:
         await fetch_and_describe(unreachable, environ={})
     message = str(unreached.value)
