@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from relay.spool.api import (
     INVALID_SHARE,
@@ -23,54 +23,32 @@ from relay.spool.api import (
     Leased,
     Reject,
     Release,
-    SalvageReport,
     SpoolFull,
     SpoolStats,
     SpoolUnavailable,
-    SpoolUnreadable,
+    bounded_delay,
+    dead_letter_size,
+    keep_rejects,
 )
 from relay.spool.dedup import digest
 
-_ROW_OVERHEAD = 64  # what a dead letter counts beyond its text, as in the SQLite spool
-_MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
+
+def _record_size(r: DeadLetterRecord) -> int:
+    return dead_letter_size(r.body, r.source, r.reason, r.first_error or "", r.last_error or "")
 
 
-def _bounded(delay: float) -> float:
-    if not math.isfinite(delay):
-        return _MAX_DELAY
-    return min(max(delay, 1e-6), _MAX_DELAY)
-
-
-def _dead_size(body: bytes, source: str, reason: str, first: str | None, last: str | None) -> int:
-    texts = (source, reason, first or "", last or "")
-    return len(body) + sum(len(t.encode()) for t in texts) + _ROW_OVERHEAD
-
-
+@dataclass(slots=True)
 class _Row:
-    __slots__ = (
-        "id",
-        "body",
-        "source",
-        "received_at",
-        "attempts",
-        "rejections",
-        "not_before",
-        "first_error",
-        "last_error",
-        "first_attempt_at",
-    )
-
-    def __init__(self, id: int, body: bytes, source: str, received_at: float) -> None:
-        self.id = id
-        self.body = body
-        self.source = source
-        self.received_at = received_at
-        self.attempts = 0
-        self.rejections = 0
-        self.not_before = 0.0  # 0: never handed back; otherwise due for a retry from then
-        self.first_error: str | None = None
-        self.last_error: str | None = None
-        self.first_attempt_at: float | None = None
+    id: int
+    body: bytes
+    source: str
+    received_at: float
+    attempts: int = 0
+    rejections: int = 0
+    not_before: float = 0.0  # 0: never handed back; otherwise due for a retry from then
+    first_error: str | None = None
+    last_error: str | None = None
+    first_attempt_at: float | None = None
 
     def leased(self) -> Leased:
         return Leased(
@@ -79,7 +57,7 @@ class _Row:
 
 
 class MemorySpool:
-    """Implements `relay.spool.api.Spool` in memory; `admin()` gives its `SpoolAdmin`."""
+    """Implements `relay.spool.api.Spool` in memory (memory_admin.py: its `SpoolAdmin`)."""
 
     def __init__(
         self,
@@ -149,26 +127,17 @@ class MemorySpool:
         if event_bytes and event_bytes > room:
             self._full = f"storing {event_bytes} bytes would exceed spool.max_bytes"
             raise SpoolFull(self._full)
-        kept: list[tuple[Reject, bytes, int]] = []
-        not_kept = 0
         left = min(room - event_bytes, self._invalid_capacity - self._invalid_bytes)
-        for r in rejects:
-            raw = r.raw.encode("utf-8", "replace")
-            size = _dead_size(raw, r.source, r.reason, r.error, r.error)
-            if size > left:
-                not_kept = len(rejects) - len(kept)
-                break
-            left -= size
-            kept.append((r, raw, size))
+        kept, kept_bytes, not_kept = keep_rejects(rejects, left)
         for ev, d in fresh:
             self._events[self._next_id] = _Row(self._next_id, ev.body, ev.source, now)
             self._next_id += 1
             self._bytes += len(ev.body)
             if d is not None:
                 self._digests[d] = now
-        for r, raw, size in kept:
+        for raw, r in kept:
             self._add_dead(None, raw, r.source, r.reason, 0, r.error, r.error, now, None, now)
-            self._invalid_bytes += size
+        self._invalid_bytes += kept_bytes
         self._not_kept += not_kept
         if fresh or kept:
             self._full = None
@@ -198,29 +167,17 @@ class MemorySpool:
         return []
 
     async def ack(self, ids: Sequence[int]) -> None:
-        if not ids:
-            return
-        self._check_open()
-        for i in ids:
-            row = self._events.pop(i, None)
-            self._leased.discard(i)
-            if row is not None:
-                self._bytes -= len(row.body)
-                self._full = None
+        for _, row in self._given_back(ids, remove=True):
+            self._bytes -= len(row.body)
+            self._full = None
 
     async def release(self, items: Sequence[Release]) -> None:
-        if not items:
-            return
-        self._check_open()
         now = self._clock()
-        for item in items:
-            self._leased.discard(item.id)
-            row = self._events.get(item.id)
-            if row is None:
-                continue
+        for n, row in self._given_back([i.id for i in items]):
+            item = items[n]
             row.attempts += 1
             row.rejections += int(item.rejected)
-            row.not_before = now + _bounded(item.delay)
+            row.not_before = now + bounded_delay(item.delay)
             row.first_error = row.first_error if row.first_error is not None else item.error
             row.last_error = item.error
             if row.first_attempt_at is None:
@@ -228,15 +185,9 @@ class MemorySpool:
         self._wake.set()
 
     async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
-        if not items:
-            return
-        self._check_open()
         now = self._clock()
-        for item in items:
-            self._leased.discard(item.id)
-            row = self._events.pop(item.id, None)
-            if row is None:
-                continue
+        for n, row in self._given_back([i.id for i in items], remove=True):
+            item = items[n]
             self._bytes -= len(row.body)
             first = row.first_error if row.first_error is not None else item.error
             started = row.first_attempt_at if row.first_attempt_at is not None else now
@@ -283,14 +234,21 @@ class MemorySpool:
     async def close(self) -> None:
         self._closed = True
 
-    def admin(self) -> MemoryAdmin:
-        return MemoryAdmin(self)
-
     # -- plumbing --------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise SpoolUnavailable("the spool is closed")
+
+    def _given_back(self, ids: Sequence[int], remove: bool = False) -> Iterator[tuple[int, _Row]]:
+        """(position in `ids`, row) of the events delivery hands back, no longer leased; ids
+        no longer in the spool are skipped."""
+        self._check_open()
+        for n, i in enumerate(ids):
+            self._leased.discard(i)
+            row = self._events.pop(i, None) if remove else self._events.get(i)
+            if row is not None:
+                yield n, row
 
     def _used(self) -> int:
         return self._bytes + self._dead_bytes
@@ -358,14 +316,12 @@ class MemorySpool:
         )
         self._dead[record.id] = record
         self._next_dead_id += 1
-        self._dead_bytes += _dead_size(body, source, reason, first, last)
+        self._dead_bytes += _record_size(record)
 
     def _remove_dead(self, dl_id: int) -> DeadLetterRecord | None:
         record = self._dead.pop(dl_id, None)
         if record is not None:
-            size = _dead_size(
-                record.body, record.source, record.reason, record.first_error, record.last_error
-            )
+            size = _record_size(record)
             self._dead_bytes -= size
             if record.event_id is None:
                 self._invalid_bytes -= size
@@ -377,67 +333,3 @@ class MemorySpool:
         self._next_id += 1
         self._bytes += len(body)
         self._wake.set()
-
-
-class MemoryAdmin:
-    """`relay.spool.api.SpoolAdmin` over a MemorySpool of the same process."""
-
-    def __init__(self, spool: MemorySpool) -> None:
-        self._spool = spool
-
-    async def stats(self) -> SpoolStats:
-        return self._spool.stats()
-
-    async def per_source(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for row in self._spool._events.values():
-            numbers = out.setdefault(row.source, {"events": 0, "bytes": 0, "dead_letters": 0})
-            numbers["events"] += 1
-            numbers["bytes"] += len(row.body)
-        for record in self._spool._dead.values():
-            numbers = out.setdefault(record.source, {"events": 0, "bytes": 0, "dead_letters": 0})
-            numbers["dead_letters"] += 1
-        return out
-
-    async def check(self) -> list[str]:
-        spool = self._spool
-        counted = sum(len(row.body) for row in spool._events.values())
-        if counted != spool._bytes:
-            return [f"counter of event bytes says {spool._bytes}, the events hold {counted}"]
-        return []
-
-    async def list_dead_letters(self, limit: int = 1000) -> list[DeadLetterRecord]:
-        return list(self._spool._dead.values())[:limit]
-
-    async def replay_dead_letters(
-        self, ids: Sequence[int] | None, prepare: Callable[[bytes], bytes]
-    ) -> tuple[list[int], dict[int, str]]:
-        spool = self._spool
-        wanted = sorted(set(ids)) if ids is not None else list(spool._dead)
-        replayed: list[int] = []
-        skipped: dict[int, str] = {}
-        for dl_id in wanted:
-            record = spool._dead.get(dl_id)
-            if record is None:
-                skipped[dl_id] = "no such dead letter"
-                continue
-            try:
-                body = prepare(record.body)
-            except ValueError as exc:
-                skipped[dl_id] = str(exc)
-                continue
-            spool._remove_dead(dl_id)
-            spool._requeue(body, record.source)
-            replayed.append(dl_id)
-        return replayed, skipped
-
-    async def purge_dead_letters(self, older_than: float) -> int:
-        spool = self._spool
-        cutoff = spool._clock() - older_than
-        old = [r.id for r in spool._dead.values() if r.dead_at < cutoff]
-        for dl_id in old:
-            spool._remove_dead(dl_id)
-        return len(old)
-
-    async def salvage(self, place: str) -> SalvageReport:
-        raise SpoolUnreadable("the memory spool sets nothing aside: there is nothing to salvage")
