@@ -2,9 +2,10 @@
 for its next attempt, or dead-lettered, and none stays leased.
 
 A refusal is held against an event only when the upstream is known to accept others: not before
-the first success since start, not while (nearly) everything is refused, and not for a connection
-lost or a token refused. A verdict on a batch says nothing about each event in it, so a refused
-batch is sent again one event at a time.
+the first success since start, nor while (nearly) everything is refused. A lost connection is held
+only against an event that was alone on it (see `suspects`), a refused token against none. A
+verdict on a batch says nothing about each event in it, so a refused batch is sent again one event
+at a time.
 """
 
 from __future__ import annotations
