@@ -20,7 +20,7 @@ import pytest
 from relay import supervision
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.loop import Delivery
-from relay.delivery.settle import retry_delay
+from relay.delivery.settle import DeliveryStats, retry_delay
 from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.spool import Incoming, Leased, Release, SpoolUnavailable
 from relay.spool.memory import MemorySpool
@@ -181,8 +181,8 @@ class Spool(MemorySpool):
         self._fault("dead_letter")
         await super().dead_letter(items)
 
-    # The lease loop polls with lease(limit) + wait_for_events(timeout) until it moves to
-    # lease(limit, wait) with the spool's new contract; then this goes.
+    # Only while the lease loop polls with lease(limit) + wait_for_events(timeout): once it
+    # calls lease(limit, wait) (the spool's contract), nothing calls this and it goes.
     async def wait_for_events(self, timeout: float) -> None:
         await asyncio.sleep(timeout)
 
@@ -213,7 +213,7 @@ class Rig:
         await self.spool.close()
 
     @property
-    def stats(self):
+    def stats(self) -> DeliveryStats:
         return self.delivery.stats
 
     def left(self) -> int:
