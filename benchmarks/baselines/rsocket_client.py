@@ -25,7 +25,7 @@ from rsocket.payload import Payload
 from rsocket.rsocket_client import RSocketClient
 
 from benchmarks.events import stored_bodies
-from relay.delivery.rsocket_transport import SingleWriteTCP
+from relay.delivery.rsocket.transport import SingleWriteTCP
 
 
 async def send_all(host: str, port: int, token: str, bodies: list[bytes], in_flight: int) -> dict:

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from relay import supervision
 from relay.auth.credentials import Credentials
 from relay.auth.grant import GRANT_TYPE, make_assertion
+from relay.backoff import backoff_delay
 from relay.config.model import MaskinportenConfig
 from relay.errors import one_line
 
@@ -75,6 +76,10 @@ class TokenNetworkError(TokenEndpointError):
     """The token endpoint could not be reached, or did not answer in time."""
 
     kind = "network_error"
+
+
+class _FetchFailed(Exception):
+    """A fetch failed and was logged; the refresher tries again after a backoff."""
 
 
 @dataclass(frozen=True)
@@ -238,7 +243,9 @@ class TokenProvider:
                     self._cfg.scope,
                 )
             # without this, an upstream refusing every token would have us hammer Maskinporten
-            self._not_before = self._clock() + self._backoff(self._invalidations - 1)
+            self._not_before = self._clock() + backoff_delay(
+                self._invalidations - 2, self._initial_backoff, self._max_backoff
+            )
         self._wake.set()
 
     def confirmed(self, token: str) -> None:
@@ -287,11 +294,6 @@ class TokenProvider:
         event, self._new_token = self._new_token, asyncio.Event()
         event.set()
 
-    def _backoff(self, failures: int) -> float:
-        # full jitter: many relays restarted together do not hit the endpoint in step
-        ceiling = min(self._max_backoff, self._initial_backoff * 2 ** min(failures - 1, 40))
-        return random.uniform(0, ceiling)
-
     def _delay(self) -> float:
         """Seconds until the next fetch is due; zero or less means now."""
         now = self._clock()
@@ -300,22 +302,30 @@ class TokenProvider:
         return self._refresh_at - now
 
     async def _run(self) -> None:
-        failures = 0
+        # full jitter between failed fetches: many relays restarted together do not hit the
+        # endpoint in step; the backoff starts over with each token got
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=self._initial_backoff, max=self._max_backoff),
+            retry=retry_if_exception_type(_FetchFailed),
+        )
+        while True:
+            await retrying(self._fetch_when_due)
+
+    async def _fetch_when_due(self) -> None:
+        """Wait until a fetch is due (the current token's refresh time, or without a token the
+        spacing after a refusal; `invalidate` cuts the wait short), then fetch once."""
         while True:
             self._wake.clear()
             delay = self._delay()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                continue
-            if await self._attempt():
-                failures = 0
-            else:
-                failures += 1
-                await asyncio.sleep(self._backoff(failures))
+            if delay <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+        await self._attempt()
 
-    async def _attempt(self) -> bool:
+    async def _attempt(self) -> None:
+        """One request to the token endpoint; raises _FetchFailed (logged already) on failure."""
         assert self._session is not None
         scheduled = self._token is not None
         sent_at = self._clock()
@@ -330,16 +340,16 @@ class TokenProvider:
         except OAuthError as e:
             self.fetches[e.kind] += 1
             self._failed(str(e), f"Maskinporten refused the grant for {self._cfg.client_id}: {e}")
-            return False
+            raise _FetchFailed from None
         except TokenEndpointError as e:
             self.fetches[e.kind] += 1
             self._failed(str(e), str(e), level=logging.WARNING)
-            return False
+            raise _FetchFailed from None
         except Exception as e:
             # a bug, not the endpoint; keep the refresher alive and say so once
             message = f"unexpected {type(e).__name__} while fetching an access token"
             self._failed(message, message, exc_info=True)
-            return False
+            raise _FetchFailed from None
 
         # expires_in is counted from when the request left, so the token never outlives it
         self._token = resp.access_token
@@ -364,7 +374,6 @@ class TokenProvider:
         else:
             log.debug("refreshed access token, expires in %d s", resp.expires_in)
         self._announce()
-        return True
 
     def _failed(
         self, error: str, message: str, *, level: int = logging.ERROR, exc_info: bool = False

@@ -12,9 +12,8 @@ import aiohttp
 from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
-from relay.delivery.classify import classify_http_status
-from relay.delivery.outcome import Outcome, Verdict
 from relay.delivery.payload import request_data
+from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.errors import one_line
 
 log = logging.getLogger("relay.delivery.http")
@@ -106,7 +105,7 @@ class HttpSink:
             reason = f"the status service answers {status} (a redirect to {where}) instead of "
             reason += "accepting the event: check upstream.http_url and any proxy in the way"
             return self._refused_by_configuration(reason, outcome)
-        outcome = classify_http_status(status, text, retry_after)
+        outcome = classify_status(status, text, retry_after)
         if outcome.reason == "token":
             self._tokens.invalidate(token)
         if status in _NOT_READY_STATUSES:
@@ -139,6 +138,22 @@ class HttpSink:
         if self._session is not None:
             await self._session.close()
             await asyncio.sleep(0)
+
+
+def classify_status(status: int, text: str, retry_after: float | None) -> Outcome:
+    """What the service's answer `status` (with `text`, its body) means for the events."""
+    text = one_line(text) or f"HTTP {status}"
+    if 200 <= status < 300:
+        return DELIVERED
+    if status in (400, 422):
+        return Outcome(Verdict.INVALID, "invalid", text)
+    if status == 413:
+        return Outcome(Verdict.INVALID, "too_large", text)
+    if status == 401:
+        return Outcome(Verdict.RETRY, "token", text)
+    # everything else is retried: 403/404/405 say the configuration is wrong (a missing scope, a
+    # wrong URL), 408/429/5xx that the upstream is in trouble; neither is the events' fault
+    return Outcome(Verdict.RETRY, f"http_{status}", text, retry_after=retry_after)
 
 
 async def _error_text(r: aiohttp.ClientResponse) -> str:

@@ -11,8 +11,8 @@ from relay.auth.tokens import TokenProvider
 from relay.config import Config, MaskinportenConfig
 from relay.delivery.http_sink import HttpSink
 from relay.delivery.loop import Delivery
-from relay.delivery.outcome import Sink
-from relay.delivery.rsocket_sink import RSocketSink
+from relay.delivery.rsocket.sink import RSocketSink
+from relay.delivery.sink import Sink
 from relay.spool import Spool
 
 log = logging.getLogger("relay.delivery")

@@ -35,7 +35,7 @@ from rsocket.payload import Payload
 from rsocket.request_handler import BaseRequestHandler
 from rsocket.rsocket_server import RSocketServer
 
-from relay.delivery.rsocket_transport import SingleWriteTCP
+from relay.delivery.rsocket.transport import SingleWriteTCP
 from relay.dev.rsocket_metadata import MetadataError, parse_metadata
 from relay.dev.status_service import StatusServiceStandIn
 

@@ -6,11 +6,10 @@ import asyncio
 import base64
 import datetime as dt
 import logging
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jwt
@@ -27,6 +26,7 @@ from relay.config.model import MaskinportenConfig
 from relay.dev.certs import TestPki, make_test_pki
 from relay.dev.maskinporten import ClientRegistration, MaskinportenFaults, MaskinportenStandIn
 from relay.errors import UserError
+from tests.helpers import eventually, free_port
 
 AUDIENCE = "https://test.maskinporten.no/"
 CLIENT = "MOVE_IP_991825827"
@@ -350,13 +350,6 @@ def jwt_logged(caplog: pytest.LogCaptureFixture) -> bool:
     return "eyJ" in caplog.text
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_provider_gets_a_token(
     endpoint: Endpoint, provider: TokenProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -421,7 +414,7 @@ async def test_unavailable_endpoint_is_retried_until_it_recovers(
     await provider.start()
     waiting = asyncio.create_task(provider.token())
 
-    await eventually(lambda: provider.fetches["http_error"] >= 3)
+    await eventually(lambda: provider.fetches["http_error"] >= 3, 5, "three failed fetches")
     assert not waiting.done()
     assert provider.last_error is not None and "HTTP 503" in provider.last_error
     endpoint.standin.faults.unavailable = False
@@ -443,7 +436,7 @@ async def test_oauth_error_is_logged_once_while_retries_continue(
     try:
         await provider.start()
         waiting = asyncio.create_task(provider.token())
-        await eventually(lambda: provider.fetches["oauth_error"] >= 4)
+        await eventually(lambda: provider.fetches["oauth_error"] >= 4, 5, "four refused grants")
         assert not waiting.done()
 
         description = "Invalid client: iss is not a registered client id"
@@ -532,17 +525,8 @@ async def test_fetch_and_describe_errors_are_one_line(endpoint: Endpoint, pki: T
         await fetch_and_describe(cfg, environ={})
     assert "invalid_client: Invalid client" in str(refused.value)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
-    unreachable = MaskinportenConfig(
-        token_url=f"http://127.0.0.1:{closed_port}/token",
-        audience=AUDIENCE,
-        client_id=CLIENT,
-        scope=SCOPE,
-        key_file=str(pki.leaf_key),
-        cert_file=str(pki.leaf_cert),
-    )
+    closed_port = free_port()
+    unreachable = replace(cfg, token_url=f"http://127.0.0.1:{closed_port}/token", client_id=CLIENT)
     with pytest.raises(UserError) as unreached:
         await fetch_and_describe(unreachable, environ={})
     message = str(unreached.value)

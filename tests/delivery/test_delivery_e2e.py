@@ -416,18 +416,3 @@ def test_a_refused_batch_is_judged_event_by_event(upstream_factory, relay_factor
     wait_until(lambda: up.stats()["total"] >= 30 + 90, 30, "the good events of the batches")
     wait_until(lambda: spool_stats(relay)["dead_letters"] == 10, 30, "only the FEIL ones to die")
     assert up.stats()["by_status"].get("FEIL", 0) == 0
-
-
-def test_retry_after_is_honoured_within_max_backoff() -> None:
-    import math
-
-    from relay.config import RetryConfig, UpstreamConfig
-    from relay.delivery.loop import Delivery
-    from relay.delivery.outcome import Outcome, Verdict
-    from relay.spool import Leased
-
-    loop = Delivery(None, None, UpstreamConfig(), RetryConfig(max_backoff=30.0))
-    event = Leased(1, b"{}", "t", 0.0, 0, 0)
-    for hint, low, high in ((math.inf, 0, 30), (86400.0, 30, 30), (5.0, 5, 30), (None, 0, 0.2)):
-        delay = loop._delay(event, Outcome(Verdict.RETRY, "http_503", retry_after=hint))
-        assert low <= delay <= high, (hint, delay)

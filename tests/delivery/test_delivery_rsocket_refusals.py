@@ -26,9 +26,10 @@ from relay.auth.credentials import Credentials
 from relay.auth.tokens import TokenProvider
 from relay.config import MaskinportenConfig, RetryConfig, UpstreamConfig
 from relay.delivery.loop import Delivery
-from relay.delivery.rsocket_sink import RSocketSink
+from relay.delivery.rsocket.sink import RSocketSink
 from relay.spool import Incoming
 from relay.spool.sqlite import SqliteSpool
+from tests.helpers import eventually
 
 _TOKEN = re.compile(rb"tok-[0-9]+")
 
@@ -131,14 +132,6 @@ def fresh_supervisor():
     supervision.uninstall()
     yield
     supervision.uninstall()
-
-
-async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Relay:
@@ -245,7 +238,7 @@ async def test_a_service_refusing_the_first_token_gets_no_flood(
     try:
         async with Relay(tmp_path, peer, endpoint, creds) as relay:
             await relay.add(2000)
-            await wait_for(
+            await eventually(
                 lambda: relay.delivery.stats.delivered == 2000, 10, "every event delivered"
             )
             # the requests in flight on the first token, no more; ONE new token for all of them
@@ -272,10 +265,10 @@ async def test_fresh_tokens_refused_too_back_off_and_say_why(
     try:
         async with Relay(tmp_path, peer, endpoint, creds) as relay:
             await relay.add(300)
-            await wait_for(lambda: relay.sink.not_ready() is not None, 5, "not ready")
+            await eventually(lambda: relay.sink.not_ready() is not None, 5, "not ready")
             assert "Failed to validate the token" in relay.sink.not_ready()
             start, fetched = time.monotonic(), endpoint.fetches
-            await wait_for(lambda: time.monotonic() - start > 2.0, 3, "a 2 s window")
+            await eventually(lambda: time.monotonic() - start > 2.0, 3, "a 2 s window")
             made = peer.between(start, start + 2.0)
             # the backoff's pace (0.05 s doubling to 0.4 s) plus one burst in flight
             assert made <= relay.upstream.max_in_flight + 20, f"{made} requests in 2 s"
@@ -283,7 +276,7 @@ async def test_fresh_tokens_refused_too_back_off_and_say_why(
             assert relay.spool.stats().dead_letters == 0
 
             trusted["on"] = True
-            await wait_for(lambda: relay.delivery.stats.delivered == 300, 10, "all delivered")
+            await eventually(lambda: relay.delivery.stats.delivered == 300, 10, "all delivered")
             assert relay.sink.not_ready() is None
             assert relay.spool.stats().dead_letters == 0
     finally:
@@ -305,7 +298,7 @@ async def test_rejected_means_later_and_keeps_the_token(
     try:
         async with Relay(tmp_path, peer, endpoint, creds) as relay:
             await relay.add(200)
-            await wait_for(lambda: relay.delivery.stats.delivered == 200, 15, "all delivered")
+            await eventually(lambda: relay.delivery.stats.delivered == 200, 15, "all delivered")
             assert endpoint.fetches == 1  # the token was never blamed
             assert relay.spool.stats().dead_letters == 0
     finally:
@@ -324,11 +317,11 @@ async def test_a_wrong_route_keeps_the_events_and_says_so(
     try:
         async with Relay(tmp_path, peer, endpoint, creds, route="log-fyre") as relay:
             await relay.add(100)
-            await wait_for(lambda: relay.sink.not_ready() is not None, 5, "not ready")
+            await eventually(lambda: relay.sink.not_ready() is not None, 5, "not ready")
             assert "upstream.route" in relay.sink.not_ready()
             assert "log-fyre" in relay.sink.not_ready()
             start = time.monotonic()
-            await wait_for(lambda: time.monotonic() - start > 2.0, 3, "a 2 s window")
+            await eventually(lambda: time.monotonic() - start > 2.0, 3, "a 2 s window")
             assert peer.between(start, start + 2.0) <= 20
             assert relay.spool.stats().events == 100
             assert relay.spool.stats().dead_letters == 0
@@ -348,13 +341,30 @@ async def test_reconnects_back_off_when_connections_die_after_one_answer(
         retry = RetryConfig(initial_backoff=1.0, max_backoff=1.0)
         async with Relay(tmp_path, peer, endpoint, creds, retry) as relay:
             await relay.add(1000)
-            await wait_for(lambda: peer.connections >= 3, 5, "a few connections")
+            await eventually(lambda: peer.connections >= 3, 5, "a few connections")
             start, connections = time.monotonic(), peer.connections
-            await wait_for(lambda: time.monotonic() - start > 3.0, 4, "a 3 s window")
+            await eventually(lambda: time.monotonic() - start > 3.0, 4, "a 3 s window")
             made = peer.connections - connections
             # a full-jitter backoff of up to 1 s: about 5 in 3 s (without: one per ~0.2 s)
             assert made <= 9, f"{made} connections in 3 s"
             assert relay.spool.stats().dead_letters == 0
+    finally:
+        await peer.close()
+
+
+async def test_a_connection_that_was_healthy_is_redialled_at_once(
+    tmp_path: Path, endpoint: TokenEndpoint, creds
+) -> None:
+    """The reconnect backoff starts over after a connection that stayed up `healthy_after`:
+    the same peer as above, with every connection counting as healthy, is redialled at once."""
+    peer = await started(ScriptedPeer(lambda token, metadata, data: None))
+    peer.close_after_answer = True
+    try:
+        retry = RetryConfig(initial_backoff=1.0, max_backoff=1.0)
+        async with Relay(tmp_path, peer, endpoint, creds, retry) as relay:
+            relay.sink.healthy_after = 0.0
+            await relay.add(1000)
+            await eventually(lambda: peer.connections >= 20, 3, "20 connections in 3 s")
     finally:
         await peer.close()
 
@@ -378,7 +388,7 @@ async def test_the_connection_supervisor_and_token_refresher_are_supervised(
         tokens._run = broken  # type: ignore[method-assign]
         await tokens.start()
     try:
-        await wait_for(lambda: supervision.failure() is not None, 5, "the failure reported")
+        await eventually(lambda: supervision.failure() is not None, 5, "the failure reported")
         assert "a bug" in supervision.failure()
     finally:
         await sink.close()
@@ -395,7 +405,7 @@ async def test_every_request_is_one_status_object(
         async with Relay(tmp_path, peer, endpoint, creds) as relay:
             await relay.add_raw([orjson.dumps({"n": i, "status": "LEVERT"}) for i in range(20)])
             await relay.add(20)
-            await wait_for(lambda: relay.delivery.stats.delivered == 40, 10, "all delivered")
+            await eventually(lambda: relay.delivery.stats.delivered == 40, 10, "all delivered")
             assert len(peer.requests) == 40
             assert_one_status_object_each(peer)
     finally:
@@ -411,7 +421,7 @@ async def test_arrays_only_for_an_upstream_that_accepts_them(
             tmp_path, peer, endpoint, creds, batch_size=10, accepts_arrays=True
         ) as relay:
             await relay.add(100)
-            await wait_for(lambda: relay.delivery.stats.delivered == 100, 10, "all delivered")
+            await eventually(lambda: relay.delivery.stats.delivered == 100, 10, "all delivered")
             arrays = [orjson.loads(data) for _, _, data, _ in peer.requests]
             assert all(isinstance(a, list) for a in arrays)
             assert sum(len(a) for a in arrays) == 100

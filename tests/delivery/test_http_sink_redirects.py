@@ -8,10 +8,8 @@ spool, the delivery loop and the HTTP sink; only the token provider is a stand-i
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -22,7 +20,7 @@ from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.http_sink import HttpSink, _where
 from relay.delivery.loop import Delivery
 from relay.spool import Incoming, SqliteSpool
-from tests.helpers import make_event
+from tests.helpers import eventually, make_event
 
 EVENTS = 20
 MAX_BACKOFF = 0.5
@@ -90,14 +88,6 @@ class RedirectingUpstream:
         return sum(len(times) for times in self.posts.values())
 
 
-async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
 @pytest.mark.e2e
 async def test_redirected_posts_keep_every_event(code: int, tmp_path: Path) -> None:
@@ -115,7 +105,7 @@ async def test_redirected_posts_keep_every_event(code: int, tmp_path: Path) -> N
         await delivery.start()
 
         # three attempts per event, unless events vanish or a redirect is followed first
-        await wait_for(
+        await eventually(
             lambda: (
                 upstream.post_count() >= 3 * EVENTS
                 or spool.stats().events < EVENTS
@@ -148,7 +138,7 @@ async def test_redirected_posts_keep_every_event(code: int, tmp_path: Path) -> N
 
         # kept, not stuck: once the upstream accepts again, every event is delivered once
         upstream.redirecting = False
-        await wait_for(lambda: spool.stats().events == 0, 30, "the spool to drain")
+        await eventually(lambda: spool.stats().events == 0, 30, "the spool to drain")
         assert sorted(upstream.accepted) == sorted(upstream.posts)
         assert sink.not_ready() is None
     finally:

@@ -1,4 +1,5 @@
-"""What became of one request to the upstream, in the terms the delivery loop acts on."""
+"""What the delivery loop asks of a sink (`Sink`) and what a sink answers for each request
+(`Outcome`), in the terms the loop acts on."""
 
 from __future__ import annotations
 

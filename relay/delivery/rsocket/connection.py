@@ -24,7 +24,7 @@ from rsocket.request_handler import BaseRequestHandler
 from rsocket.rsocket_client import RSocketClient
 
 from relay import supervision
-from relay.delivery.rsocket_transport import SingleWriteTCP
+from relay.delivery.rsocket.transport import SingleWriteTCP
 
 log = logging.getLogger("relay.delivery.rsocket")
 

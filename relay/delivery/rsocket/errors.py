@@ -1,4 +1,4 @@
-"""Mapping upstream failures to what the delivery loop does with the events."""
+"""What an RSocket failure means for the events of the request: the delivery loop's Outcome."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 from rsocket.error_codes import ErrorCode
 from rsocket.exceptions import RSocketProtocolError
 
-from relay.delivery.outcome import Outcome, Verdict
-from relay.delivery.rsocket_connection import ConnectionLost
+from relay.delivery.rsocket.connection import ConnectionLost
+from relay.delivery.sink import Outcome, Verdict
 from relay.errors import one_line
 
 # The real service's texts for a refused bearer (Spring Security 5.5, see upstream-protocol.md):
@@ -25,11 +25,8 @@ _TOKEN_REFUSED = re.compile(
 _NO_HANDLER = re.compile(r"no handler for destination", re.IGNORECASE)
 
 
-def token_refused(text: str) -> bool:
-    return bool(_TOKEN_REFUSED.search(text))
-
-
-def classify_rsocket_error(exc: BaseException) -> Outcome:
+def classify(exc: BaseException) -> Outcome:
+    """What a failed request means for its events (`RSocketConnection.request`'s exceptions)."""
     if isinstance(exc, ConnectionLost):
         return Outcome(Verdict.RETRY, "connection", one_line(str(exc)), connection_lost=True)
     if isinstance(exc, TimeoutError):
@@ -48,27 +45,9 @@ def classify_rsocket_error(exc: BaseException) -> Outcome:
         return Outcome(Verdict.RETRY, name.lower(), text or name)
     if isinstance(exc, RuntimeError):  # rsocket-py's form of APPLICATION_ERROR
         text = one_line(str(exc))
-        if token_refused(text):
+        if _TOKEN_REFUSED.search(text):
             return Outcome(Verdict.RETRY, "token", text)
         if _NO_HANDLER.search(text):
             return Outcome(Verdict.RETRY, "route", text)
         return Outcome(Verdict.REJECTED, "rejected", text or "APPLICATION_ERROR")
     return Outcome(Verdict.RETRY, "error", one_line(f"{type(exc).__name__}: {exc}"))
-
-
-def classify_http_status(status: int, text: str, retry_after: float | None) -> Outcome:
-    text = one_line(text) or f"HTTP {status}"
-    if 200 <= status < 300:
-        return Outcome(Verdict.DELIVERED)
-    if status in (400, 422):
-        return Outcome(Verdict.INVALID, "invalid", text)
-    if status == 413:
-        return Outcome(Verdict.INVALID, "too_large", text)
-    if status == 401:
-        return Outcome(Verdict.RETRY, "token", text)
-    if status in (403, 404, 405):
-        # a missing scope or a wrong URL: the configuration is wrong, not the events
-        return Outcome(Verdict.RETRY, f"http_{status}", text, retry_after=retry_after)
-    if status in (408, 429) or status >= 500:
-        return Outcome(Verdict.RETRY, f"http_{status}", text, retry_after=retry_after)
-    return Outcome(Verdict.RETRY, f"http_{status}", text, retry_after=retry_after)

@@ -7,15 +7,15 @@ import logging
 import time
 
 from rsocket.extensions.helpers import authenticate_bearer, composite, route
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from relay import supervision
-from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
-from relay.delivery.classify import classify_rsocket_error
-from relay.delivery.outcome import DELIVERED, Outcome, Verdict
 from relay.delivery.payload import request_data, status_data
-from relay.delivery.rsocket_connection import RSocketConnection
+from relay.delivery.rsocket.connection import RSocketConnection
+from relay.delivery.rsocket.errors import classify
+from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.errors import one_line
 
 log = logging.getLogger("relay.delivery.rsocket")
@@ -25,6 +25,11 @@ _SWEEP_EVERY = 0.5  # seconds between looks for requests past upstream.request_t
 # A connection counts as healthy (the reconnect backoff starts over) only after it stayed up this
 # long: an upstream that answers once and then drops the connection must not be redialled at once.
 HEALTHY_AFTER = 30.0
+
+
+class _NotUp(Exception):
+    """The connect failed, or the connection ended before it counted as healthy: the reconnect
+    backoff goes on growing."""
 
 
 class RSocketSink:
@@ -39,6 +44,7 @@ class RSocketSink:
         self._supervisor: asyncio.Task | None = None
         self._metadata: tuple[str, bytes] | None = None  # (token, composite metadata)
         self._last_conn: RSocketConnection | None = None  # closed on shutdown
+        self._connect_failure: str | None = None  # the last one logged, until a connect succeeds
         # tokens refused one after another with no success in between: the first is replaced at
         # once; when a fresh one is refused too, the token source itself is suspect
         self._refused_token: str | None = None
@@ -85,7 +91,7 @@ class RSocketSink:
         try:
             await conn.request(data, self._metadata_for(token), self._cfg.request_timeout)
         except Exception as exc:  # every failure becomes an Outcome; nothing escapes to the loop
-            outcome = classify_rsocket_error(exc)
+            outcome = classify(exc)
             if outcome.reason == "token":
                 return self._token_refused(token, outcome)
             if outcome.reason == "route":
@@ -134,66 +140,68 @@ class RSocketSink:
         return cached[1]
 
     async def _supervise(self) -> None:
-        attempt = 0
-        last_failure: str | None = None
+        """Keep a connection up, forever. A connection that dies before it was healthy is a
+        failed attempt like a refused connect, so the backoff grows across both; one that was
+        healthy is redialled at once, with the backoff started over."""
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(
+                multiplier=self._retry.initial_backoff, max=self._retry.max_backoff
+            ),
+            retry=retry_if_exception_type(_NotUp),  # anything else is a bug: supervision says so
+        )
         while True:
-            try:
-                conn = await RSocketConnection.open(
-                    self._cfg.host,
-                    self._cfg.port,
-                    tls=self._cfg.tls,
-                    keepalive_interval=self._cfg.keepalive_interval,
-                    keepalive_max_lifetime=self._cfg.keepalive_max_lifetime,
-                    connect_timeout=_CONNECT_TIMEOUT,
-                    # a timed-out request fails at most a quarter of its timeout late
-                    sweep_every=min(_SWEEP_EVERY, self._cfg.request_timeout / 4),
-                )
-            except Exception as exc:  # noqa: BLE001 - the supervisor must never die
-                failure = one_line(str(exc) or type(exc).__name__)
-                delay = backoff_delay(attempt, self._retry.initial_backoff, self._retry.max_backoff)
-                if failure != last_failure:
-                    log.warning(
-                        "cannot connect to the status service at %s: %s; retrying with backoff",
-                        self.address,
-                        failure,
-                    )
-                    last_failure = failure
-                attempt += 1
-                await asyncio.sleep(delay)
-                continue
-            self.connects += 1
-            log.info(
-                "connected to the status service at %s (rsocket%s)",
-                self.address,
-                ", tls" if self._cfg.tls else "",
+            await retrying(self._hold_connection)
+
+    async def _hold_connection(self) -> None:
+        """Connect and serve requests until the connection ends. Raises _NotUp when the connect
+        fails or the connection died before `healthy_after` (SETUP refused, an event that kills
+        it, a flapping peer): such a connection must not be redialled at once, even if a request
+        got through on it."""
+        try:
+            conn = await RSocketConnection.open(
+                self._cfg.host,
+                self._cfg.port,
+                tls=self._cfg.tls,
+                keepalive_interval=self._cfg.keepalive_interval,
+                keepalive_max_lifetime=self._cfg.keepalive_max_lifetime,
+                connect_timeout=_CONNECT_TIMEOUT,
+                # a timed-out request fails at most a quarter of its timeout late
+                sweep_every=min(_SWEEP_EVERY, self._cfg.request_timeout / 4),
             )
-            last_failure = None
-            self._conn, self._last_conn = conn, conn
-            self.down_since = None
-            self._ready.set()
-            started = time.monotonic()
-            try:
-                reason = await conn.closed
-            finally:
-                self._ready.clear()
-                self._conn = None
-                self.down_since = time.time()
-            log.warning(
-                "connection to %s lost after %.0f s: %s; reconnecting",
-                self.address,
-                time.monotonic() - started,
-                reason,
-            )
-            await conn.close()
-            if time.monotonic() - started >= self.healthy_after:
-                attempt = 0  # it stayed up long enough to count as healthy
-            else:
-                # it died soon (SETUP refused, an event that kills it, a flapping peer): do not
-                # spin, even if a request got through on it
-                await asyncio.sleep(
-                    backoff_delay(attempt, self._retry.initial_backoff, self._retry.max_backoff)
+        except Exception as exc:  # whatever stops the connect is retried, never fatal
+            failure = one_line(str(exc) or type(exc).__name__)
+            if failure != self._connect_failure:
+                log.warning(
+                    "cannot connect to the status service at %s: %s; retrying with backoff",
+                    self.address,
+                    failure,
                 )
-                attempt += 1
+                self._connect_failure = failure
+            raise _NotUp(failure) from exc
+        self.connects += 1
+        log.info(
+            "connected to the status service at %s (rsocket%s)",
+            self.address,
+            ", tls" if self._cfg.tls else "",
+        )
+        self._connect_failure = None
+        self._conn, self._last_conn = conn, conn
+        self.down_since = None
+        self._ready.set()
+        started = time.monotonic()
+        try:
+            reason = await conn.closed
+        finally:
+            self._ready.clear()
+            self._conn = None
+            self.down_since = time.time()
+        lived = time.monotonic() - started
+        log.warning(
+            "connection to %s lost after %.0f s: %s; reconnecting", self.address, lived, reason
+        )
+        await conn.close()
+        if lived < self.healthy_after:
+            raise _NotUp(reason)
 
     async def close(self) -> None:
         if self._supervisor is not None:
