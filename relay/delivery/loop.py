@@ -169,13 +169,14 @@ class Delivery:
                 self._dispatch([event])
                 continue
             try:
-                events = await self._spool.lease(min(free * self._batch, _MAX_LEASE))
+                events = await self._spool.lease(
+                    min(free * self._batch, _MAX_LEASE), wait=_RETRY_POLL
+                )
             except SpoolRefused as exc:
                 log.error("cannot read events from the spool: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
             if not events:
-                await self._spool.wait_for_events(_RETRY_POLL)
                 continue
             if self._lost:
                 events = self._set_suspects_aside(events)

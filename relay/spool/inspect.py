@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from relay.spool.api import SpoolStats
 from relay.spool.quarantine import list_quarantined
 from relay.spool.schema import RECOUNT, SCHEMA_VERSION
 from relay.spool.store import DB_NAME
-from relay.spool.types import SpoolStats
 
 
 def read_stats(directory: str | Path, max_bytes: int) -> SpoolStats:
@@ -43,7 +43,7 @@ def read_stats(directory: str | Path, max_bytes: int) -> SpoolStats:
         oldest_received_at=row[0] if row else None,
         dead_letters=dead,
         dead_letter_bytes=dead_bytes,
-        quarantined=quarantined,
+        set_aside=quarantined,
         invalid_bytes=invalid_bytes,
         dedup_log_bytes=log_bytes,
     )

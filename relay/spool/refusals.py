@@ -14,10 +14,10 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from relay.spool.api import SpoolUnavailable
 from relay.spool.opening import describe as _describe
 from relay.spool.opening import is_corrupt, mark_corrupt
 from relay.spool.store import Store
-from relay.spool.types import SpoolUnavailable
 
 if TYPE_CHECKING:
     from relay.spool.sqlite import _Op

@@ -20,13 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import supervision
-from relay.spool.dedup import RecentDigests
-from relay.spool.opening import describe as _describe
-from relay.spool.opening import open_store
-from relay.spool.quarantine import list_quarantined
-from relay.spool.refusals import INVALID_SHARE, Refusals
-from relay.spool.store import CorruptRow, Store
-from relay.spool.types import (
+from relay.spool.api import (
     AppendResult,
     DeadLetter,
     Incoming,
@@ -37,6 +31,12 @@ from relay.spool.types import (
     SpoolStats,
     SpoolUnavailable,
 )
+from relay.spool.dedup import RecentDigests
+from relay.spool.opening import describe as _describe
+from relay.spool.opening import open_store
+from relay.spool.quarantine import list_quarantined
+from relay.spool.refusals import INVALID_SHARE, Refusals
+from relay.spool.store import CorruptRow, Store
 
 log = logging.getLogger("relay.spool")
 
@@ -63,7 +63,7 @@ _WRITES = frozenset({"append", "ack", "release", "dead_letter"})
 
 
 class SqliteSpool(Refusals):
-    """Implements `relay.spool.types.Spool` on one SQLite file in `directory`."""
+    """Implements `relay.spool.api.Spool` on one SQLite file in `directory`."""
 
     def __init__(
         self,
@@ -139,7 +139,11 @@ class SqliteSpool(Refusals):
             return AppendResult(0, 0, 0)
         return await self._submit("append", (events, rejects))
 
-    async def lease(self, limit: int) -> list[Leased]:
+    async def lease(self, limit: int, wait: float = 0.0) -> list[Leased]:
+        leased = await self._submit("lease", (limit,))
+        if leased or wait <= 0:
+            return leased
+        await self._wait_for_events(wait)
         return await self._submit("lease", (limit,))
 
     async def ack(self, ids: Sequence[int]) -> None:
@@ -154,7 +158,7 @@ class SqliteSpool(Refusals):
         if items:
             await self._submit("dead_letter", (items,))
 
-    async def wait_for_events(self, timeout: float) -> None:
+    async def _wait_for_events(self, timeout: float) -> None:
         # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
         # arrives as the event is set, and a lease loop that swallowed its cancel never stopped
         with contextlib.suppress(TimeoutError):
@@ -171,7 +175,7 @@ class SqliteSpool(Refusals):
             oldest_received_at=self._oldest,
             dead_letters=dead,
             dead_letter_bytes=dead_bytes,
-            quarantined=list(self._quarantined),
+            set_aside=list(self._quarantined),
             refusing=self.refusing(),
             corrupt=self._corrupt,
             invalid_bytes=invalid_bytes,

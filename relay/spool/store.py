@@ -10,6 +10,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from relay.spool.api import DeadLetter, Incoming, Leased, Reject, Release, SpoolFull
 from relay.spool.dedup import RecentDigests, digest, pack, unpack
 from relay.spool.schema import (
     SCHEMA,
@@ -19,7 +20,6 @@ from relay.spool.schema import (
     migrate_from_1,
     migrate_from_2,
 )
-from relay.spool.types import DeadLetter, Incoming, Leased, Reject, Release, SpoolFull
 
 DB_NAME = "spool.db"
 _MAX_ROWS = 256  # per INSERT statement: 768 parameters, far below SQLite's limit (32 766)

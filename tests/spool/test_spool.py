@@ -369,7 +369,7 @@ async def test_one_relay_per_spool_and_private_directory(tmp_path: Path) -> None
 
 async def test_wait_for_events_wakes_on_append(tmp_path: Path) -> None:
     spool = await open_spool(tmp_path / "s")
-    waiter = asyncio.create_task(spool.wait_for_events(5))
+    waiter = asyncio.create_task(spool.lease(10, wait=5))
     await asyncio.sleep(0.05)
     await spool.append([ev(1)])
     await asyncio.wait_for(waiter, 1)
@@ -516,7 +516,7 @@ async def test_wait_for_events_keeps_a_cancellation_that_meets_an_event(tmp_path
     # shutdown seen in CI). The cancellation must win.
     spool = await SqliteSpool.open(tmp_path / "s", max_bytes=1 << 30, dedup_window=0)
     try:
-        waiting = asyncio.create_task(spool.wait_for_events(30))
+        waiting = asyncio.create_task(spool.lease(10, wait=30))
         await asyncio.sleep(0)
         spool._new_events.set()  # the writer thread's wake-up, at the worst moment
         waiting.cancel()
