@@ -233,7 +233,7 @@ def _spool_check(args: argparse.Namespace) -> int:
 
 
 def _spool_salvage(args: argparse.Namespace) -> int:
-    from relay.spool.salvage import SalvageError, salvage
+    from relay.spool.sqlite.salvage import SalvageError, salvage
 
     cfg = _config(args)
     spool_dir = Path(cfg.spool.path)

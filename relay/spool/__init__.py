@@ -24,10 +24,14 @@ from relay.spool.api import (
     open_admin,
     open_spool,
 )
-from relay.spool.dead_letters import list_dead_letters, purge_dead_letters, replay_dead_letters
-from relay.spool.inspect import check_spool, per_source, read_stats
 from relay.spool.memory import MemorySpool
 from relay.spool.sqlite import SqliteSpool
+from relay.spool.sqlite.admin import SqliteAdmin, check_spool, per_source, read_stats
+from relay.spool.sqlite.dead_letters import (
+    list_dead_letters,
+    purge_dead_letters,
+    replay_dead_letters,
+)
 
 __all__ = [
     "BACKENDS",
@@ -49,6 +53,7 @@ __all__ = [
     "SpoolStats",
     "SpoolUnavailable",
     "SpoolUnreadable",
+    "SqliteAdmin",
     "SqliteSpool",
     "check_spool",
     "list_dead_letters",

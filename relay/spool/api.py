@@ -76,6 +76,23 @@ class AppendResult:
     not_kept: int = 0
 
 
+# Results are frozen, so the common ones (one event per request: accepted, or a duplicate)
+# are built once and shared instead of once per request.
+_RESULTS: dict[tuple[int, int, int, int], AppendResult] = {}
+
+
+def append_result(
+    accepted: int, duplicates: int, dead_lettered: int, not_kept: int = 0
+) -> AppendResult:
+    key = (accepted, duplicates, dead_lettered, not_kept)
+    result = _RESULTS.get(key)
+    if result is None:
+        result = AppendResult(accepted, duplicates, dead_lettered, not_kept)
+        if accepted + duplicates + dead_lettered + not_kept <= 1:
+            _RESULTS[key] = result
+    return result
+
+
 NOT_KEPT = (
     "not kept: invalid input fills its share of the spool (10% of spool.max_bytes); "
     "fix the producer, or see `relay dlq list` and `relay dlq purge`"

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from relay.sources import body
-from relay.spool.dead_letters import list_dead_letters
+from relay.spool import list_dead_letters
 from tests.helpers import make_event
 from tests.sources.test_http_source import Relay, start
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import relay.spool.dedup as dedup_module
-import relay.spool.sqlite as sqlite_module
+import relay.spool.sqlite.writer as sqlite_module
 from relay.errors import UserError
 from relay.spool import (
     DeadLetter,

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from relay.spool import Incoming, SpoolUnavailable, SqliteSpool
-from relay.spool.quarantine import CORRUPT_MARKER
+from relay.spool.sqlite.health import CORRUPT_MARKER
 from tests.helpers import RelayProcess, make_event
 
 pytestmark = pytest.mark.e2e

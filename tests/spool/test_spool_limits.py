@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import relay.spool.sqlite as sqlite_module
+import relay.spool.sqlite.writer as sqlite_module
 from relay.spool import (
     Incoming,
     Reject,
@@ -21,7 +21,7 @@ from relay.spool import (
     read_stats,
     replay_dead_letters,
 )
-from relay.spool.schema import ROW_OVERHEAD
+from relay.spool.sqlite.schema import ROW_OVERHEAD
 
 
 def ev(n: int, pad: int = 0) -> Incoming:

@@ -1,10 +1,10 @@
-"""Synchronous SQLite operations of the spool. Used only from the spool's own thread."""
+"""The SQLite spool's statements: stateless apart from the rows of the commit being built.
+Used only from the spool's writer thread, which owns the transaction."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -12,22 +12,11 @@ from pathlib import Path
 
 from relay.spool.api import DeadLetter, Incoming, Leased, Reject, Release, SpoolFull
 from relay.spool.dedup import RecentDigests, digest, pack, unpack
-from relay.spool.schema import (
-    SCHEMA,
-    SCHEMA_VERSION,
-    dead_letter_size,
-    dedup_row_size,
-    migrate_from_1,
-    migrate_from_2,
-)
+from relay.spool.sqlite.schema import connect, dead_letter_size, dedup_row_size
 
 DB_NAME = "spool.db"
 _MAX_ROWS = 256  # per INSERT statement: 768 parameters, far below SQLite's limit (32 766)
 _EXACT_ROWS = 64  # up to this many rows, one statement of that exact size (64 + 2 kept prepared)
-
-
-class UnknownSchema(Exception):
-    """The spool was written by another version of the relay."""
 
 
 class CorruptRow(Exception):
@@ -53,54 +42,12 @@ class Store:
         self._pending: list = []  # body, source, body, source, ... of events not yet written
         self._pending_bytes = 0
         self._inserts: dict[int, str] = {}  # multi-row INSERT statements by number of rows
-        self.conn = self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            # created here with 0600: SQLite gives the -wal and -shm files the same mode
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            # any of these raises DatabaseError on a file that is not a readable spool
-            conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            if self._max_page_count:
-                conn.execute(f"PRAGMA max_page_count={int(self._max_page_count)}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, 2, SCHEMA_VERSION):
-                raise UnknownSchema(f"unknown spool schema version {version}")
-            if version == 0:
-                conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-            elif version < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if version == 1:
-                        migrate_from_1(conn)
-                    migrate_from_2(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            self._sanity_check(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @staticmethod
-    def _sanity_check(conn: sqlite3.Connection) -> None:
-        # Touches the stats row and both ends of the queue: cheap whatever the backlog, and enough
-        # to catch a truncated or overwritten file before the relay depends on it.
-        conn.execute("SELECT * FROM stats").fetchall()
-        conn.execute("SELECT id, length(body) FROM events ORDER BY id LIMIT 1").fetchall()
-        conn.execute("SELECT id, length(body) FROM events ORDER BY id DESC LIMIT 1").fetchall()
-        conn.execute("SELECT count(*) FROM meta").fetchall()
+        self.conn = connect(self.path, self._max_page_count)
 
     def reopen(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
-        self.conn = self._connect()
+        self.conn = connect(self.path, self._max_page_count)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from relay.spool.api import DeadLetterRecord
-from relay.spool.schema import SCHEMA_VERSION
-from relay.spool.store import DB_NAME
+from relay.spool.sqlite.schema import SCHEMA_VERSION
+from relay.spool.sqlite.sql import DB_NAME
 
 _CHUNK = 1000  # rows per transaction: the relay waits at most a few milliseconds for the lock
 

@@ -10,10 +10,19 @@ Dead letters from ingest (invalid input, no `event_id`) are also counted apart (
 so that they can be held to their own share of the spool. The dedup log is counted too
 (`dedup_bytes`), by its writer (Store) like the events."""
 
+from __future__ import annotations
+
 import itertools
+import os
 import sqlite3
+from pathlib import Path
 
 SCHEMA_VERSION = 3
+
+
+class UnknownSchema(Exception):
+    """The spool was written by another version of the relay."""
+
 
 # what a row costs beyond its variable-length values: the integer and real columns, the record
 # header, the cell pointer and B-tree slack. An estimate, but the same one everywhere.
@@ -173,3 +182,47 @@ def migrate_from_2(conn: sqlite3.Connection) -> None:
         (dead_bytes, invalid_bytes, dedup_bytes),
     )
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def connect(path: Path, max_page_count: int | None = None) -> sqlite3.Connection:
+    """A connection to the spool file at `path`, created or migrated to SCHEMA_VERSION."""
+    if not path.exists():
+        # created here with 0600: SQLite gives the -wal and -shm files the same mode
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        # any of these raises DatabaseError on a file that is not a readable spool
+        conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        if max_page_count:
+            conn.execute(f"PRAGMA max_page_count={int(max_page_count)}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, 1, 2, SCHEMA_VERSION):
+            raise UnknownSchema(f"unknown spool schema version {version}")
+        if version == 0:
+            conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        elif version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if version == 1:
+                    migrate_from_1(conn)
+                migrate_from_2(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        _sanity_check(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _sanity_check(conn: sqlite3.Connection) -> None:
+    # Touches the stats row and both ends of the queue: cheap whatever the backlog, and enough
+    # to catch a truncated or overwritten file before the relay depends on it.
+    conn.execute("SELECT * FROM stats").fetchall()
+    conn.execute("SELECT id, length(body) FROM events ORDER BY id LIMIT 1").fetchall()
+    conn.execute("SELECT id, length(body) FROM events ORDER BY id DESC LIMIT 1").fetchall()
+    conn.execute("SELECT count(*) FROM meta").fetchall()

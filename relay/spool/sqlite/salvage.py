@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from relay.spool.api import SalvageReport
-from relay.spool.schema import SCHEMA_VERSION
-from relay.spool.store import DB_NAME
+from relay.spool.sqlite.schema import SCHEMA_VERSION
+from relay.spool.sqlite.sql import DB_NAME
 
 SALVAGED_MARKER = "salvaged"  # written into the quarantine folder once its rows were queued
 _CHUNK = 1000
