@@ -128,6 +128,7 @@ class SpoolConfig:
     max_bytes: int = _size("1GiB")
     when_full: str = "reject"
     dedup_window: float = _duration("24h")
+    backend: str = "sqlite"  # a name in relay.spool.api.BACKENDS
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from relay.config.model import (
     _schema,
 )
 from relay.config.units import format_duration, format_size, parse_listen
+from relay.spool.api import BACKENDS as SPOOL_BACKENDS
 
 __all__ = ["validate_config"]
 
@@ -89,6 +90,7 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
             "refusing new events (503 + Retry-After) while the spool is full is the only "
             "supported policy, so accepted events are never dropped"
         )
+    one_of("spool.backend", spool.backend, tuple(SPOOL_BACKENDS))
 
     up = cfg.upstream
     one_of("upstream.transport", up.transport, TRANSPORTS)

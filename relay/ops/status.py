@@ -39,10 +39,9 @@ class StatusReport:
         oldest_age = now - spool.oldest_received_at if spool.oldest_received_at else None
         if spool.refusing:
             reasons.append(f"spool refuses new events: {spool.refusing}")
-        if spool.quarantined:
+        if spool.set_aside:
             reasons.append(
-                f"spool quarantine present ({len(spool.quarantined)}): "
-                f"{', '.join(spool.quarantined)}"
+                f"spool quarantine present ({len(spool.set_aside)}): {', '.join(spool.set_aside)}"
             )
         if spool.dead_letters:
             reasons.append(f"{spool.dead_letters} dead letter(s): see `relay dlq list`")
@@ -68,7 +67,7 @@ class StatusReport:
                 "invalid_capacity_bytes": spool.invalid_capacity_bytes,
                 "invalid_not_kept": spool.invalid_not_kept,
                 "dedup_log_bytes": spool.dedup_log_bytes,
-                "quarantined": spool.quarantined,
+                "quarantined": spool.set_aside,
                 "refusing": spool.refusing,
                 "corrupt": spool.corrupt,
             },
