@@ -29,6 +29,8 @@ from relay.spool.sqlite.open import list_quarantined, open_store
 from relay.spool.sqlite.sql import Store
 from relay.spool.sqlite.writer import Writer
 
+_DUE_POLL = 0.25  # seconds: how soon a waiting lease finds an event whose retry came due
+
 
 class SqliteSpool:
     """Implements `relay.spool.api.Spool` on one SQLite file in `directory`."""
@@ -97,13 +99,20 @@ class SqliteSpool:
         leased = await self._submit("lease", (limit,))
         if leased or wait <= 0:
             return leased
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
-        # arrives as the event is set, and a lease loop that swallowed its cancel never stopped
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await self._new_events.wait()
-        self._new_events.clear()
-        return await self._submit("lease", (limit,))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+            # arrives as the event is set, and a lease loop that swallowed its cancel never
+            # stopped. A release coming due sets nothing: it is found by leasing every
+            # _DUE_POLL seconds.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(min(deadline, loop.time() + _DUE_POLL)):
+                    await self._new_events.wait()
+            self._new_events.clear()
+            leased = await self._submit("lease", (limit,))
+            if leased or loop.time() >= deadline:
+                return leased
 
     async def ack(self, ids: Sequence[int]) -> None:
         if ids:
