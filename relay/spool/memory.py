@@ -12,6 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from relay.spool.api import (
     INVALID_SHARE,
@@ -23,11 +24,9 @@ from relay.spool.api import (
     Leased,
     Reject,
     Release,
-    SalvageReport,
     SpoolFull,
     SpoolStats,
     SpoolUnavailable,
-    SpoolUnreadable,
 )
 from relay.spool.dedup import digest
 
@@ -46,31 +45,22 @@ def _dead_size(body: bytes, source: str, reason: str, first: str | None, last: s
     return len(body) + sum(len(t.encode()) for t in texts) + _ROW_OVERHEAD
 
 
-class _Row:
-    __slots__ = (
-        "id",
-        "body",
-        "source",
-        "received_at",
-        "attempts",
-        "rejections",
-        "not_before",
-        "first_error",
-        "last_error",
-        "first_attempt_at",
-    )
+def _record_size(r: DeadLetterRecord) -> int:
+    return _dead_size(r.body, r.source, r.reason, r.first_error, r.last_error)
 
-    def __init__(self, id: int, body: bytes, source: str, received_at: float) -> None:
-        self.id = id
-        self.body = body
-        self.source = source
-        self.received_at = received_at
-        self.attempts = 0
-        self.rejections = 0
-        self.not_before = 0.0  # 0: never handed back; otherwise due for a retry from then
-        self.first_error: str | None = None
-        self.last_error: str | None = None
-        self.first_attempt_at: float | None = None
+
+@dataclass(slots=True)
+class _Row:
+    id: int
+    body: bytes
+    source: str
+    received_at: float
+    attempts: int = 0
+    rejections: int = 0
+    not_before: float = 0.0  # 0: never handed back; otherwise due for a retry from then
+    first_error: str | None = None
+    last_error: str | None = None
+    first_attempt_at: float | None = None
 
     def leased(self) -> Leased:
         return Leased(
@@ -79,7 +69,7 @@ class _Row:
 
 
 class MemorySpool:
-    """Implements `relay.spool.api.Spool` in memory; `admin()` gives its `SpoolAdmin`."""
+    """Implements `relay.spool.api.Spool` in memory (memory_admin.py: its `SpoolAdmin`)."""
 
     def __init__(
         self,
@@ -283,9 +273,6 @@ class MemorySpool:
     async def close(self) -> None:
         self._closed = True
 
-    def admin(self) -> MemoryAdmin:
-        return MemoryAdmin(self)
-
     # -- plumbing --------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -358,14 +345,12 @@ class MemorySpool:
         )
         self._dead[record.id] = record
         self._next_dead_id += 1
-        self._dead_bytes += _dead_size(body, source, reason, first, last)
+        self._dead_bytes += _record_size(record)
 
     def _remove_dead(self, dl_id: int) -> DeadLetterRecord | None:
         record = self._dead.pop(dl_id, None)
         if record is not None:
-            size = _dead_size(
-                record.body, record.source, record.reason, record.first_error, record.last_error
-            )
+            size = _record_size(record)
             self._dead_bytes -= size
             if record.event_id is None:
                 self._invalid_bytes -= size
@@ -377,67 +362,3 @@ class MemorySpool:
         self._next_id += 1
         self._bytes += len(body)
         self._wake.set()
-
-
-class MemoryAdmin:
-    """`relay.spool.api.SpoolAdmin` over a MemorySpool of the same process."""
-
-    def __init__(self, spool: MemorySpool) -> None:
-        self._spool = spool
-
-    async def stats(self) -> SpoolStats:
-        return self._spool.stats()
-
-    async def per_source(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for row in self._spool._events.values():
-            numbers = out.setdefault(row.source, {"events": 0, "bytes": 0, "dead_letters": 0})
-            numbers["events"] += 1
-            numbers["bytes"] += len(row.body)
-        for record in self._spool._dead.values():
-            numbers = out.setdefault(record.source, {"events": 0, "bytes": 0, "dead_letters": 0})
-            numbers["dead_letters"] += 1
-        return out
-
-    async def check(self) -> list[str]:
-        spool = self._spool
-        counted = sum(len(row.body) for row in spool._events.values())
-        if counted != spool._bytes:
-            return [f"counter of event bytes says {spool._bytes}, the events hold {counted}"]
-        return []
-
-    async def list_dead_letters(self, limit: int = 1000) -> list[DeadLetterRecord]:
-        return list(self._spool._dead.values())[:limit]
-
-    async def replay_dead_letters(
-        self, ids: Sequence[int] | None, prepare: Callable[[bytes], bytes]
-    ) -> tuple[list[int], dict[int, str]]:
-        spool = self._spool
-        wanted = sorted(set(ids)) if ids is not None else list(spool._dead)
-        replayed: list[int] = []
-        skipped: dict[int, str] = {}
-        for dl_id in wanted:
-            record = spool._dead.get(dl_id)
-            if record is None:
-                skipped[dl_id] = "no such dead letter"
-                continue
-            try:
-                body = prepare(record.body)
-            except ValueError as exc:
-                skipped[dl_id] = str(exc)
-                continue
-            spool._remove_dead(dl_id)
-            spool._requeue(body, record.source)
-            replayed.append(dl_id)
-        return replayed, skipped
-
-    async def purge_dead_letters(self, older_than: float) -> int:
-        spool = self._spool
-        cutoff = spool._clock() - older_than
-        old = [r.id for r in spool._dead.values() if r.dead_at < cutoff]
-        for dl_id in old:
-            spool._remove_dead(dl_id)
-        return len(old)
-
-    async def salvage(self, place: str) -> SalvageReport:
-        raise SpoolUnreadable("the memory spool sets nothing aside: there is nothing to salvage")

@@ -31,6 +31,7 @@ from relay.spool import (
     open_spool,
 )
 from relay.spool.api import backend as registered_backend
+from relay.spool.memory_admin import MemoryAdmin
 from relay.spool.sqlite.admin import SqliteAdmin
 from tests.helpers import eventually
 
@@ -72,7 +73,7 @@ def _backends(tmp_path: Path) -> dict[str, _Backend]:
         "memory": _Backend(
             "memory",
             memory,
-            lambda spool: spool.admin(),
+            MemoryAdmin,
             lambda spool: bool(spool._wake._waiters),
         ),
     }

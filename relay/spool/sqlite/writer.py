@@ -303,12 +303,17 @@ class Writer:
 
     def _after_commit(self, writes: list[_Op], log_added: int = 0) -> None:
         # only stored events prove that new ones can be stored (acks need no new space)
-        self._health.committed(
-            stored=any(op.kind == "append" and op.error is None for op in writes),
-            refused=any(op.kind == "append" and op.error is not None for op in writes),
-            freed=any(op.kind == "ack" for op in writes),
-            kept_invalid=any(op.kind == "append" and op.added[2] for op in writes),
-        )
+        stored = refused = freed = kept_invalid = False
+        for op in writes:
+            if op.kind == "append":
+                if op.error is None:
+                    stored = True
+                    kept_invalid = kept_invalid or bool(op.added[2])
+                else:
+                    refused = True
+            elif op.kind == "ack":
+                freed = True
+        self._health.committed(stored, refused, freed, kept_invalid)
         for op in writes:
             if op.kind == "ack":
                 self._leased.difference_update(op.args[0])
