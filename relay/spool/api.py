@@ -10,6 +10,7 @@ say) can implement the same protocols for deployments that outgrow one host. Eve
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -103,6 +104,47 @@ NOT_KEPT = (
 # A constant: the configuration has no key for it (spool.invalid_share would be one).
 INVALID_SHARE = 0.10
 READY_FILL = 0.95  # above this share of max_bytes the relay reports not-ready
+# what a stored row costs beyond its variable-length values (SQLite: the integer and real
+# columns, the record header, the cell pointer and B-tree slack). An estimate, the same everywhere.
+ROW_OVERHEAD = 64
+MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
+
+
+def bounded_delay(delay: float) -> float:
+    """A release's delay as stored: an infinite (or NaN) one would hide the event forever."""
+    if not math.isfinite(delay):
+        return MAX_DELAY
+    return min(max(delay, 1e-6), MAX_DELAY)
+
+
+def dead_letter_size(body: bytes, source: str, reason: str, first: str, last: str) -> int:
+    """What a dead letter counts against `spool.max_bytes`: what it really stores, so that a
+    flood of one-byte junk lines cannot fill the disk while counting for almost nothing."""
+    return (
+        len(body)
+        + len(source.encode())
+        + len(reason.encode())
+        + len(first.encode())
+        + len(last.encode())
+        + ROW_OVERHEAD
+    )
+
+
+def keep_rejects(
+    rejects: Sequence[Reject], room: int
+) -> tuple[list[tuple[bytes, Reject]], int, int]:
+    """The first of `rejects` that fit in `room` bytes, in order: ([(raw bytes, reject)], their
+    bytes, how many are not kept)."""
+    kept: list[tuple[bytes, Reject]] = []
+    total = 0
+    for r in rejects:
+        raw = r.raw.encode("utf-8", "replace")
+        size = dead_letter_size(raw, r.source, r.reason, r.error, r.error)
+        if total + size > room:
+            return kept, total, len(rejects) - len(kept)
+        total += size
+        kept.append((raw, r))
+    return kept, total, 0
 
 
 class Leased(NamedTuple):

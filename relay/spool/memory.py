@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from relay.spool.api import (
@@ -27,26 +26,15 @@ from relay.spool.api import (
     SpoolFull,
     SpoolStats,
     SpoolUnavailable,
+    bounded_delay,
+    dead_letter_size,
+    keep_rejects,
 )
 from relay.spool.dedup import digest
 
-_ROW_OVERHEAD = 64  # what a dead letter counts beyond its text, as in the SQLite spool
-_MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
-
-
-def _bounded(delay: float) -> float:
-    if not math.isfinite(delay):
-        return _MAX_DELAY
-    return min(max(delay, 1e-6), _MAX_DELAY)
-
-
-def _dead_size(body: bytes, source: str, reason: str, first: str | None, last: str | None) -> int:
-    texts = (source, reason, first or "", last or "")
-    return len(body) + sum(len(t.encode()) for t in texts) + _ROW_OVERHEAD
-
 
 def _record_size(r: DeadLetterRecord) -> int:
-    return _dead_size(r.body, r.source, r.reason, r.first_error, r.last_error)
+    return dead_letter_size(r.body, r.source, r.reason, r.first_error or "", r.last_error or "")
 
 
 @dataclass(slots=True)
@@ -139,26 +127,17 @@ class MemorySpool:
         if event_bytes and event_bytes > room:
             self._full = f"storing {event_bytes} bytes would exceed spool.max_bytes"
             raise SpoolFull(self._full)
-        kept: list[tuple[Reject, bytes, int]] = []
-        not_kept = 0
         left = min(room - event_bytes, self._invalid_capacity - self._invalid_bytes)
-        for r in rejects:
-            raw = r.raw.encode("utf-8", "replace")
-            size = _dead_size(raw, r.source, r.reason, r.error, r.error)
-            if size > left:
-                not_kept = len(rejects) - len(kept)
-                break
-            left -= size
-            kept.append((r, raw, size))
+        kept, kept_bytes, not_kept = keep_rejects(rejects, left)
         for ev, d in fresh:
             self._events[self._next_id] = _Row(self._next_id, ev.body, ev.source, now)
             self._next_id += 1
             self._bytes += len(ev.body)
             if d is not None:
                 self._digests[d] = now
-        for r, raw, size in kept:
+        for raw, r in kept:
             self._add_dead(None, raw, r.source, r.reason, 0, r.error, r.error, now, None, now)
-            self._invalid_bytes += size
+        self._invalid_bytes += kept_bytes
         self._not_kept += not_kept
         if fresh or kept:
             self._full = None
@@ -188,29 +167,17 @@ class MemorySpool:
         return []
 
     async def ack(self, ids: Sequence[int]) -> None:
-        if not ids:
-            return
-        self._check_open()
-        for i in ids:
-            row = self._events.pop(i, None)
-            self._leased.discard(i)
-            if row is not None:
-                self._bytes -= len(row.body)
-                self._full = None
+        for _, row in self._given_back(ids, remove=True):
+            self._bytes -= len(row.body)
+            self._full = None
 
     async def release(self, items: Sequence[Release]) -> None:
-        if not items:
-            return
-        self._check_open()
         now = self._clock()
-        for item in items:
-            self._leased.discard(item.id)
-            row = self._events.get(item.id)
-            if row is None:
-                continue
+        for n, row in self._given_back([i.id for i in items]):
+            item = items[n]
             row.attempts += 1
             row.rejections += int(item.rejected)
-            row.not_before = now + _bounded(item.delay)
+            row.not_before = now + bounded_delay(item.delay)
             row.first_error = row.first_error if row.first_error is not None else item.error
             row.last_error = item.error
             if row.first_attempt_at is None:
@@ -218,15 +185,9 @@ class MemorySpool:
         self._wake.set()
 
     async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
-        if not items:
-            return
-        self._check_open()
         now = self._clock()
-        for item in items:
-            self._leased.discard(item.id)
-            row = self._events.pop(item.id, None)
-            if row is None:
-                continue
+        for n, row in self._given_back([i.id for i in items], remove=True):
+            item = items[n]
             self._bytes -= len(row.body)
             first = row.first_error if row.first_error is not None else item.error
             started = row.first_attempt_at if row.first_attempt_at is not None else now
@@ -278,6 +239,16 @@ class MemorySpool:
     def _check_open(self) -> None:
         if self._closed:
             raise SpoolUnavailable("the spool is closed")
+
+    def _given_back(self, ids: Sequence[int], remove: bool = False) -> Iterator[tuple[int, _Row]]:
+        """(position in `ids`, row) of the events delivery hands back, no longer leased; ids
+        no longer in the spool are skipped."""
+        self._check_open()
+        for n, i in enumerate(ids):
+            self._leased.discard(i)
+            row = self._events.pop(i, None) if remove else self._events.get(i)
+            if row is not None:
+                yield n, row
 
     def _used(self) -> int:
         return self._bytes + self._dead_bytes

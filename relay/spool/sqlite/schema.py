@@ -17,6 +17,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from relay.spool.api import ROW_OVERHEAD
+
 SCHEMA_VERSION = 3
 
 
@@ -24,30 +26,13 @@ class UnknownSchema(Exception):
     """The spool was written by another version of the relay."""
 
 
-# what a row costs beyond its variable-length values: the integer and real columns, the record
-# header, the cell pointer and B-tree slack. An estimate, but the same one everywhere.
-ROW_OVERHEAD = 64
-
-
 def _size_of(row: str) -> str:
-    """The SQL for the bytes a dead-letter row (NEW or OLD) counts as; see dead_letter_size."""
+    """The SQL for the bytes a dead-letter row (NEW or OLD) counts as: `api.dead_letter_size`."""
     return (
         f"(length({row}.body) + length(CAST({row}.source AS BLOB))"
         f" + length(CAST({row}.reason AS BLOB))"
         f" + coalesce(length(CAST({row}.first_error AS BLOB)), 0)"
         f" + coalesce(length(CAST({row}.last_error AS BLOB)), 0) + {ROW_OVERHEAD})"
-    )
-
-
-def dead_letter_size(body: bytes, source: str, reason: str, first: str, last: str) -> int:
-    """What the triggers count for a dead letter, computed before it is written."""
-    return (
-        len(body)
-        + len(source.encode())
-        + len(reason.encode())
-        + len(first.encode())
-        + len(last.encode())
-        + ROW_OVERHEAD
     )
 
 

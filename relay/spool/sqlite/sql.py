@@ -4,15 +4,23 @@ Used only from the spool's writer thread, which owns the transaction."""
 from __future__ import annotations
 
 import contextlib
-import math
 import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from relay.spool.api import DeadLetter, Incoming, Leased, Reject, Release, SpoolFull
+from relay.spool.api import (
+    DeadLetter,
+    Incoming,
+    Leased,
+    Reject,
+    Release,
+    SpoolFull,
+    bounded_delay,
+    keep_rejects,
+)
 from relay.spool.dedup import RecentDigests, digest, pack, unpack
-from relay.spool.sqlite.schema import connect, dead_letter_size, dedup_row_size
+from relay.spool.sqlite.schema import connect, dedup_row_size
 
 DB_NAME = "spool.db"
 _MAX_ROWS = 256  # per INSERT statement: 768 parameters, far below SQLite's limit (32 766)
@@ -21,16 +29,6 @@ _EXACT_ROWS = 64  # up to this many rows, one statement of that exact size (64 +
 
 class CorruptRow(Exception):
     """A row SQLite reads fine but that no relay can have written (e.g. a truncated blob)."""
-
-
-_MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
-
-
-def _bounded(delay: float) -> float:
-    # not_before = inf (or NaN) would hide an event from both lease queries forever
-    if not math.isfinite(delay):
-        return _MAX_DELAY
-    return min(max(delay, 1e-6), _MAX_DELAY)
 
 
 class Store:
@@ -164,22 +162,12 @@ class Store:
             event_bytes += len(ev.body)
         if event_bytes and event_bytes > room:
             raise SpoolFull(f"storing {event_bytes} bytes would exceed spool.max_bytes")
-        not_kept = 0
-        dead_bytes = 0
         if rejects:
-            raws = []
-            left = min(room - event_bytes, invalid_room)
-            for r in rejects:
-                raw = r.raw.encode("utf-8", "replace")
-                size = dead_letter_size(raw, r.source, r.reason, r.error, r.error)
-                if size > left:
-                    not_kept = len(rejects) - len(raws)
-                    break
-                left -= size
-                dead_bytes += size
-                raws.append((raw, r))
+            raws, dead_bytes, not_kept = keep_rejects(
+                rejects, min(room - event_bytes, invalid_room)
+            )
         else:
-            raws = ()
+            raws, dead_bytes, not_kept = (), 0, 0
         if digests:
             dedup.stage(digests)
         self._pending_bytes += event_bytes
@@ -264,7 +252,7 @@ class Store:
             " not_before = ?, first_error = coalesce(first_error, ?), last_error = ?,"
             " first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ? WHERE id = ?",
             [
-                (int(r.rejected), now + _bounded(r.delay), r.error, r.error, now, now, r.id)
+                (int(r.rejected), now + bounded_delay(r.delay), r.error, r.error, now, now, r.id)
                 for r in items
             ],
         )
