@@ -31,6 +31,7 @@ from relay.spool import (
     open_spool,
 )
 from relay.spool.api import backend as registered_backend
+from relay.spool.api import import_from_string
 from relay.spool.memory_admin import MemoryAdmin
 from relay.spool.sqlite.admin import SqliteAdmin
 from tests.helpers import eventually
@@ -386,3 +387,12 @@ def test_an_unknown_backend_is_one_line_naming_the_choices() -> None:
     message = str(caught.value)
     assert "\n" not in message
     assert all(f'"{name}"' in message for name in BACKENDS) and '"jetstrem"' in message
+
+
+def test_backends_are_found_from_their_strings() -> None:
+    assert import_from_string(BACKENDS["memory"].spool) is MemorySpool
+    assert import_from_string(BACKENDS["sqlite"].spool) is SqliteSpool
+    assert import_from_string("relay.spool.sqlite.admin:SqliteAdmin") is SqliteAdmin
+    for bad in ("relay.spool.memory", "relay.spool.memory:Nope", "relay.spool.nope:X"):
+        with pytest.raises(ImportError):
+            import_from_string(bad)
