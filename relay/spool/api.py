@@ -325,7 +325,6 @@ BACKENDS: dict[str, Backend] = {
     # everything in the relay's memory, lost on exit: for tests of sources and delivery
     "memory": Backend("relay.spool.memory:MemorySpool", None),
 }
-DEFAULT_BACKEND = "sqlite"
 
 
 def import_from_string(ref: str) -> Any:
