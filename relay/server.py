@@ -32,7 +32,7 @@ from relay.sources.http_listener import LimitedTCPSite
 from relay.sources.intake import Intake
 from relay.sources.json_lines import JsonLinesSource, start_json_lines
 from relay.sources.syslog import SyslogSource, start_syslog
-from relay.spool import Spool, SqliteSpool
+from relay.spool import Spool, open_spool
 
 log = logging.getLogger("relay")
 
@@ -108,7 +108,8 @@ async def _serve(
     # Each part is stopped by a callback pushed right after it starts: they run in reverse order,
     # so the phases come out as stop accepting, stop delivery, close the spool.
     async with contextlib.AsyncExitStack() as stack:
-        spool = await SqliteSpool.open(
+        spool = await open_spool(
+            cfg.spool.backend,
             cfg.spool.path,
             max_bytes=cfg.spool.max_bytes,
             dedup_window=cfg.spool.dedup_window,
@@ -255,8 +256,8 @@ def _log_ready(
         stats.bytes,
         stats.dead_letters,
     )
-    if stats.quarantined:
-        log.error("spool has %d quarantined file(s): %s", len(stats.quarantined), stats.quarantined)
+    if stats.set_aside:
+        log.error("spool has %d quarantined file(s): %s", len(stats.set_aside), stats.set_aside)
 
 
 async def _until_stopped(stop: asyncio.Event | None, supervisor: supervision.Supervisor) -> None:

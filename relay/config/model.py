@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from relay.config.units import parse_duration, parse_size
+from relay.spool.api import BACKENDS as SPOOL_BACKENDS
 
 # The environment names of settings. Defined with the schema rather than in the loader because
 # validation also needs them, to keep keystore_password_env from being read as an override.
@@ -116,6 +117,7 @@ class SpoolConfig:
     max_bytes: int = _size("1GiB")
     when_full: str = "reject"
     dedup_window: float = _duration("24h")
+    backend: str = _one_of("sqlite", tuple(SPOOL_BACKENDS))
 
 
 @dataclass(frozen=True)

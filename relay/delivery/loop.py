@@ -130,13 +130,14 @@ class Delivery:
                 self._dispatch([suspect])
                 continue
             try:
-                events = await self._spool.lease(min(free * self._batch, _MAX_LEASE))
+                events = await self._spool.lease(
+                    min(free * self._batch, _MAX_LEASE), wait=_RETRY_POLL
+                )
             except SpoolRefused as exc:
                 log.error("cannot read events from the spool: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
             if not events:
-                await self._spool.wait_for_events(_RETRY_POLL)
                 continue
             events = suspects.set_aside(events)
             for i in range(0, len(events), self._batch):

@@ -100,7 +100,7 @@ def _spool_metrics(spool: Spool) -> Callable[[], Iterable[Metric]]:
         yield gauge("relay_spool_capacity_bytes", "spool.max_bytes", s.capacity_bytes)
         yield gauge("relay_spool_oldest_event_age_seconds", "Age of the oldest waiting event", age)
         yield gauge("relay_dead_letter_events", "Events in the dead-letter table", s.dead_letters)
-        yield gauge("relay_spool_quarantined_files", "Quarantined spool files", len(s.quarantined))
+        yield gauge("relay_spool_quarantined_files", "Quarantined spool files", len(s.set_aside))
         yield gauge(
             "relay_spool_refusing", "1 while the spool refuses writes", int(bool(s.refusing))
         )

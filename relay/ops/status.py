@@ -53,7 +53,7 @@ class StatusReport:
                 "invalid_capacity_bytes": spool.invalid_capacity_bytes,
                 "invalid_not_kept": spool.invalid_not_kept,
                 "dedup_log_bytes": spool.dedup_log_bytes,
-                "quarantined": spool.quarantined,
+                "quarantined": spool.set_aside,
                 "refusing": spool.refusing,
                 "corrupt": spool.corrupt,
             },
@@ -122,9 +122,8 @@ def _spool_reasons(spool: SpoolStats) -> list[str]:
         for present, reason in (
             (spool.refusing, f"spool refuses new events: {spool.refusing}"),
             (
-                spool.quarantined,
-                f"spool quarantine present ({len(spool.quarantined)}): "
-                f"{', '.join(spool.quarantined)}",
+                spool.set_aside,
+                f"spool quarantine present ({len(spool.set_aside)}): {', '.join(spool.set_aside)}",
             ),
             (spool.dead_letters, f"{spool.dead_letters} dead letter(s): see `relay dlq list`"),
             (

@@ -197,11 +197,6 @@ class SpoolStats:
     invalid_not_kept: int = 0  # invalid items not stored since start: their share was full
     dedup_log_bytes: int = 0  # the duplicate-detection log, also counted against capacity
 
-    @property
-    def quarantined(self) -> list[str]:
-        # read by ops/collectors.py until it reads `set_aside`
-        return self.set_aside
-
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterRecord:

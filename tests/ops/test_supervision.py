@@ -90,13 +90,13 @@ async def test_healthz_is_503_with_the_reason_once_a_task_failed(tmp_path: Path)
 _DYING_WRITER = textwrap.dedent(
     """
     import sys
-    import relay.spool.sqlite as s
+    from relay.spool.sqlite.writer import Writer
     from relay.cli import main
 
     def boom(self):
         raise MemoryError("injected into the spool writer")
 
-    s.SqliteSpool._load_dedup = boom
+    Writer._load_dedup = boom
     sys.exit(main(["run"]))
     """
 )

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from relay.sources import body
-from relay.spool.dead_letters import list_dead_letters
+from relay.spool import list_dead_letters
 from tests.helpers import InProcessRelay as Relay
 from tests.helpers import eventually, inprocess_relay, make_event
 

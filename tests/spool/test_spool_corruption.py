@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from relay.spool import Incoming, SpoolUnavailable, SqliteSpool
-from relay.spool.quarantine import CORRUPT_MARKER
+from relay.spool.sqlite.health import CORRUPT_MARKER
 from tests.helpers import RelayProcess, make_event
 
 pytestmark = pytest.mark.e2e
@@ -210,12 +210,13 @@ async def test_salvage_queues_what_a_quarantined_spool_still_holds(
 
     # the start-up check reads the oldest event: the file is quarantined, a fresh spool starts
     spool = await SqliteSpool.open(path, max_bytes=1 << 30, dedup_window=0)
-    [folder] = spool.stats().quarantined
+    [folder] = spool.stats().set_aside
     assert spool.stats().events == 0
     await spool.close()
 
     monkeypatch.setenv("RELAY_SPOOL__PATH", str(path))
-    assert main(["spool", "salvage", folder]) == 0
+    # the command runs its own event loop, as it does from a shell
+    assert await asyncio.to_thread(main, ["spool", "salvage", folder]) == 0
     out, err = capsys.readouterr()
     conn = sqlite3.connect(path / "spool.db")
     salvaged = [row[0] for row in conn.execute("SELECT body FROM events ORDER BY id")]
@@ -229,5 +230,5 @@ async def test_salvage_queues_what_a_quarantined_spool_still_holds(
     assert "events: ids 1-" in err
     assert check_spool(path) == []  # the counters match what was queued
     # twice would queue every event twice
-    assert main(["spool", "salvage", folder]) == 2
+    assert await asyncio.to_thread(main, ["spool", "salvage", folder]) == 2
     assert "salvaged already" in capsys.readouterr().err

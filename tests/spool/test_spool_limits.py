@@ -10,18 +10,17 @@ from pathlib import Path
 
 import pytest
 
-import relay.spool.sqlite as sqlite_module
+import relay.spool.sqlite.writer as sqlite_module
 from relay.spool import (
     Incoming,
     Reject,
     SpoolFull,
     SqliteSpool,
     check_spool,
-    list_dead_letters,
     read_stats,
     replay_dead_letters,
 )
-from relay.spool.schema import ROW_OVERHEAD
+from relay.spool.sqlite.schema import ROW_OVERHEAD
 
 
 def ev(n: int, pad: int = 0) -> Incoming:
@@ -76,17 +75,6 @@ async def test_junk_fills_only_its_share_and_never_refuses_valid_events(tmp_path
         await spool.append([ev(-2, pad=max_bytes)])
     await spool.close()
     assert check_spool(tmp_path / "s") == []
-
-
-async def test_rejects_kept_are_the_first_of_the_call_in_order(tmp_path: Path) -> None:
-    spool = await SqliteSpool.open(tmp_path / "s", max_bytes=10_000, dedup_window=0)
-    # 1 000 bytes of share: each of these costs ~170
-    rejects = [Reject(raw=f"r{i}", error="x" * 40, source="http") for i in range(10)]
-    result = await spool.append([], rejects)
-    assert result.dead_lettered + result.not_kept == 10 and result.not_kept > 0
-    await spool.close()
-    kept = [d.body for d in list_dead_letters(tmp_path / "s")]
-    assert kept == [f"r{i}".encode() for i in range(result.dead_lettered)]
 
 
 async def test_the_dedup_log_counts_against_max_bytes(tmp_path: Path, monkeypatch) -> None:

@@ -10,27 +10,11 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from relay.spool.schema import SCHEMA_VERSION
-from relay.spool.store import DB_NAME
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    id: int
-    event_id: int | None
-    reason: str
-    source: str
-    attempts: int
-    first_error: str | None
-    last_error: str | None
-    received_at: float
-    first_attempt_at: float | None
-    dead_at: float
-    body: bytes
-
+from relay.spool.api import DeadLetterRecord
+from relay.spool.sqlite.schema import SCHEMA_VERSION
+from relay.spool.sqlite.sql import DB_NAME
 
 _CHUNK = 1000  # rows per transaction: the relay waits at most a few milliseconds for the lock
 

@@ -15,39 +15,18 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from relay.errors import UserError
-from relay.spool.quarantine import CORRUPT_MARKER, quarantine
-from relay.spool.store import DB_NAME, Store, UnknownSchema
+from relay.spool.sqlite.health import CORRUPT_MARKER, describe, is_corrupt
+from relay.spool.sqlite.schema import UnknownSchema
+from relay.spool.sqlite.sql import DB_NAME, Store
 
 log = logging.getLogger("relay.spool")
 
-# SQLITE_CORRUPT and SQLITE_NOTADB: the file is unreadable, not merely unreachable right now
-_CORRUPT = {11, 26}
-
-
-def describe(exc: sqlite3.Error) -> str:
-    name = getattr(exc, "sqlite_errorname", None)
-    return f"{exc} ({name})" if name else str(exc)
-
-
-def is_corrupt(exc: BaseException) -> bool:
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _CORRUPT
-
-
-def mark_corrupt(directory: Path, reason: str) -> None:
-    """Leave the reason next to the file, durably, for the next start (and the operator)."""
-    marker = directory / CORRUPT_MARKER
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, reason.encode("utf-8", "replace") + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        log.error("cannot write %s: %s", marker, exc.strerror)
+QUARANTINE_DIR = "quarantine"
+_SUFFIXES = ("", "-wal", "-shm", "-journal", "-corrupt")
 
 
 def open_store(directory: Path, max_page_count: int | None) -> tuple[Store, int]:
@@ -143,3 +122,36 @@ def _quarantine(directory: Path, reason: str) -> None:
         moved,
         moved,
     )
+
+
+def quarantine(db_path: Path) -> Path:
+    """Move the database and its companion files to `quarantine/<timestamp>/`; return it."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = db_path.parent / QUARANTINE_DIR / stamp
+    n = 1
+    while target.exists():
+        n += 1
+        target = db_path.parent / QUARANTINE_DIR / f"{stamp}-{n}"
+    target.mkdir(parents=True, mode=0o700)
+    for suffix in _SUFFIXES:
+        src = db_path.with_name(db_path.name + suffix)
+        if src.exists():
+            os.replace(src, target / src.name)
+    _fsync_dir(db_path.parent)
+    return target
+
+
+def list_quarantined(directory: Path) -> list[str]:
+    """Quarantined spool folders, oldest first, relative to the spool directory."""
+    root = directory / QUARANTINE_DIR
+    if not root.is_dir():
+        return []
+    return sorted(f"{QUARANTINE_DIR}/{p.name}" for p in root.iterdir() if p.is_dir())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,14 +1,82 @@
-"""Reading a spool from outside the relay (the `relay spool` commands), while it runs or not."""
+"""The SQLite spool seen from outside the relay (`relay spool`, `relay dlq`), while it runs or
+not: `SqliteAdmin` implements `relay.spool.api.SpoolAdmin` over the functions here (stats, per
+source, check) and in dead_letters.py and salvage.py, and turns SQLite's errors into
+SpoolUnreadable.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from relay.spool.quarantine import list_quarantined
-from relay.spool.schema import RECOUNT, SCHEMA_VERSION
-from relay.spool.store import DB_NAME
-from relay.spool.types import SpoolStats
+from relay.spool.api import DeadLetterRecord, SalvageReport, SpoolStats, SpoolUnreadable
+from relay.spool.sqlite import dead_letters
+from relay.spool.sqlite.open import list_quarantined
+from relay.spool.sqlite.salvage import SalvageError, salvage
+from relay.spool.sqlite.schema import RECOUNT, SCHEMA_VERSION
+from relay.spool.sqlite.sql import DB_NAME
+
+
+class SqliteAdmin:
+    """`relay.spool.api.SpoolAdmin` for the spool in `path`; opens the file for each call."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int) -> None:
+        self.directory = Path(path)
+        self._max_bytes = max_bytes
+
+    async def stats(self) -> SpoolStats:
+        return await self._read(read_stats, self.directory, self._max_bytes)
+
+    async def per_source(self) -> dict[str, dict[str, int]]:
+        return await self._read(per_source, self.directory)
+
+    async def check(self) -> list[str]:
+        return await asyncio.to_thread(check_spool, self.directory)
+
+    async def list_dead_letters(self, limit: int = 1000) -> list[DeadLetterRecord]:
+        return await self._change(dead_letters.list_dead_letters, limit)
+
+    async def replay_dead_letters(
+        self, ids: Sequence[int] | None, prepare: Callable[[bytes], bytes]
+    ) -> tuple[list[int], dict[int, str]]:
+        return await self._change(dead_letters.replay_dead_letters, ids, prepare)
+
+    async def purge_dead_letters(self, older_than: float) -> int:
+        return await self._change(dead_letters.purge_dead_letters, older_than)
+
+    async def salvage(self, place: str) -> SalvageReport:
+        folder = Path(place)
+        if not folder.is_absolute() and not folder.exists():
+            folder = self.directory / folder  # as `stats().set_aside` names it
+        try:
+            return await asyncio.to_thread(salvage, folder, self.directory)
+        except SalvageError as exc:
+            raise SpoolUnreadable(f"cannot salvage: {exc}") from None
+        except sqlite3.Error as exc:
+            raise SpoolUnreadable(
+                f"cannot salvage into the spool in {self.directory}: {exc}"
+            ) from None
+
+    async def _read(self, func: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(func, *args)
+        except sqlite3.Error as exc:
+            raise SpoolUnreadable(
+                f"cannot read the spool in {self.directory}: {exc}; "
+                "a relay started on it will quarantine the file"
+            ) from None
+
+    async def _change(self, func: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(func, self.directory, *args)
+        except FileNotFoundError as exc:
+            raise SpoolUnreadable(f"{exc}; check spool.path") from None
+        except sqlite3.Error as exc:
+            raise SpoolUnreadable(f"cannot use the spool in {self.directory}: {exc}") from None
 
 
 def read_stats(directory: str | Path, max_bytes: int) -> SpoolStats:
@@ -43,7 +111,7 @@ def read_stats(directory: str | Path, max_bytes: int) -> SpoolStats:
         oldest_received_at=row[0] if row else None,
         dead_letters=dead,
         dead_letter_bytes=dead_bytes,
-        quarantined=quarantined,
+        set_aside=quarantined,
         invalid_bytes=invalid_bytes,
         dedup_log_bytes=log_bytes,
     )

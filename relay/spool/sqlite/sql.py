@@ -1,47 +1,34 @@
-"""Synchronous SQLite operations of the spool. Used only from the spool's own thread."""
+"""The SQLite spool's statements: stateless apart from the rows of the commit being built.
+Used only from the spool's writer thread, which owns the transaction."""
 
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from relay.spool.dedup import RecentDigests, digest, pack, unpack
-from relay.spool.schema import (
-    SCHEMA,
-    SCHEMA_VERSION,
-    dead_letter_size,
-    dedup_row_size,
-    migrate_from_1,
-    migrate_from_2,
+from relay.spool.api import (
+    DeadLetter,
+    Incoming,
+    Leased,
+    Reject,
+    Release,
+    SpoolFull,
+    bounded_delay,
+    keep_rejects,
 )
-from relay.spool.types import DeadLetter, Incoming, Leased, Reject, Release, SpoolFull
+from relay.spool.dedup import RecentDigests, digest, pack, unpack
+from relay.spool.sqlite.schema import connect, dedup_row_size
 
 DB_NAME = "spool.db"
 _MAX_ROWS = 256  # per INSERT statement: 768 parameters, far below SQLite's limit (32 766)
 _EXACT_ROWS = 64  # up to this many rows, one statement of that exact size (64 + 2 kept prepared)
 
 
-class UnknownSchema(Exception):
-    """The spool was written by another version of the relay."""
-
-
 class CorruptRow(Exception):
     """A row SQLite reads fine but that no relay can have written (e.g. a truncated blob)."""
-
-
-_MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
-
-
-def _bounded(delay: float) -> float:
-    # not_before = inf (or NaN) would hide an event from both lease queries forever
-    if not math.isfinite(delay):
-        return _MAX_DELAY
-    return min(max(delay, 1e-6), _MAX_DELAY)
 
 
 class Store:
@@ -53,54 +40,12 @@ class Store:
         self._pending: list = []  # body, source, body, source, ... of events not yet written
         self._pending_bytes = 0
         self._inserts: dict[int, str] = {}  # multi-row INSERT statements by number of rows
-        self.conn = self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            # created here with 0600: SQLite gives the -wal and -shm files the same mode
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            # any of these raises DatabaseError on a file that is not a readable spool
-            conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            if self._max_page_count:
-                conn.execute(f"PRAGMA max_page_count={int(self._max_page_count)}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, 2, SCHEMA_VERSION):
-                raise UnknownSchema(f"unknown spool schema version {version}")
-            if version == 0:
-                conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-            elif version < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if version == 1:
-                        migrate_from_1(conn)
-                    migrate_from_2(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            self._sanity_check(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @staticmethod
-    def _sanity_check(conn: sqlite3.Connection) -> None:
-        # Touches the stats row and both ends of the queue: cheap whatever the backlog, and enough
-        # to catch a truncated or overwritten file before the relay depends on it.
-        conn.execute("SELECT * FROM stats").fetchall()
-        conn.execute("SELECT id, length(body) FROM events ORDER BY id LIMIT 1").fetchall()
-        conn.execute("SELECT id, length(body) FROM events ORDER BY id DESC LIMIT 1").fetchall()
-        conn.execute("SELECT count(*) FROM meta").fetchall()
+        self.conn = connect(self.path, self._max_page_count)
 
     def reopen(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
-        self.conn = self._connect()
+        self.conn = connect(self.path, self._max_page_count)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -217,22 +162,12 @@ class Store:
             event_bytes += len(ev.body)
         if event_bytes and event_bytes > room:
             raise SpoolFull(f"storing {event_bytes} bytes would exceed spool.max_bytes")
-        not_kept = 0
-        dead_bytes = 0
         if rejects:
-            raws = []
-            left = min(room - event_bytes, invalid_room)
-            for r in rejects:
-                raw = r.raw.encode("utf-8", "replace")
-                size = dead_letter_size(raw, r.source, r.reason, r.error, r.error)
-                if size > left:
-                    not_kept = len(rejects) - len(raws)
-                    break
-                left -= size
-                dead_bytes += size
-                raws.append((raw, r))
+            raws, dead_bytes, not_kept = keep_rejects(
+                rejects, min(room - event_bytes, invalid_room)
+            )
         else:
-            raws = ()
+            raws, dead_bytes, not_kept = (), 0, 0
         if digests:
             dedup.stage(digests)
         self._pending_bytes += event_bytes
@@ -317,7 +252,7 @@ class Store:
             " not_before = ?, first_error = coalesce(first_error, ?), last_error = ?,"
             " first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ? WHERE id = ?",
             [
-                (int(r.rejected), now + _bounded(r.delay), r.error, r.error, now, now, r.id)
+                (int(r.rejected), now + bounded_delay(r.delay), r.error, r.error, now, now, r.id)
                 for r in items
             ],
         )

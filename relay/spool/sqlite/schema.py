@@ -10,35 +10,29 @@ Dead letters from ingest (invalid input, no `event_id`) are also counted apart (
 so that they can be held to their own share of the spool. The dedup log is counted too
 (`dedup_bytes`), by its writer (Store) like the events."""
 
+from __future__ import annotations
+
 import itertools
+import os
 import sqlite3
+from pathlib import Path
+
+from relay.spool.api import ROW_OVERHEAD
 
 SCHEMA_VERSION = 3
 
-# what a row costs beyond its variable-length values: the integer and real columns, the record
-# header, the cell pointer and B-tree slack. An estimate, but the same one everywhere.
-ROW_OVERHEAD = 64
+
+class UnknownSchema(Exception):
+    """The spool was written by another version of the relay."""
 
 
 def _size_of(row: str) -> str:
-    """The SQL for the bytes a dead-letter row (NEW or OLD) counts as; see dead_letter_size."""
+    """The SQL for the bytes a dead-letter row (NEW or OLD) counts as: `api.dead_letter_size`."""
     return (
         f"(length({row}.body) + length(CAST({row}.source AS BLOB))"
         f" + length(CAST({row}.reason AS BLOB))"
         f" + coalesce(length(CAST({row}.first_error AS BLOB)), 0)"
         f" + coalesce(length(CAST({row}.last_error AS BLOB)), 0) + {ROW_OVERHEAD})"
-    )
-
-
-def dead_letter_size(body: bytes, source: str, reason: str, first: str, last: str) -> int:
-    """What the triggers count for a dead letter, computed before it is written."""
-    return (
-        len(body)
-        + len(source.encode())
-        + len(reason.encode())
-        + len(first.encode())
-        + len(last.encode())
-        + ROW_OVERHEAD
     )
 
 
@@ -173,3 +167,47 @@ def migrate_from_2(conn: sqlite3.Connection) -> None:
         (dead_bytes, invalid_bytes, dedup_bytes),
     )
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def connect(path: Path, max_page_count: int | None = None) -> sqlite3.Connection:
+    """A connection to the spool file at `path`, created or migrated to SCHEMA_VERSION."""
+    if not path.exists():
+        # created here with 0600: SQLite gives the -wal and -shm files the same mode
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        # any of these raises DatabaseError on a file that is not a readable spool
+        conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        if max_page_count:
+            conn.execute(f"PRAGMA max_page_count={int(max_page_count)}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, 1, 2, SCHEMA_VERSION):
+            raise UnknownSchema(f"unknown spool schema version {version}")
+        if version == 0:
+            conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        elif version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if version == 1:
+                    migrate_from_1(conn)
+                migrate_from_2(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        _sanity_check(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _sanity_check(conn: sqlite3.Connection) -> None:
+    # Touches the stats row and both ends of the queue: cheap whatever the backlog, and enough
+    # to catch a truncated or overwritten file before the relay depends on it.
+    conn.execute("SELECT * FROM stats").fetchall()
+    conn.execute("SELECT id, length(body) FROM events ORDER BY id LIMIT 1").fetchall()
+    conn.execute("SELECT id, length(body) FROM events ORDER BY id DESC LIMIT 1").fetchall()
+    conn.execute("SELECT count(*) FROM meta").fetchall()

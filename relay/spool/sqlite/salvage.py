@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay.spool.schema import SCHEMA_VERSION
-from relay.spool.store import DB_NAME
+from relay.spool.api import SalvageReport
+from relay.spool.sqlite.schema import SCHEMA_VERSION
+from relay.spool.sqlite.sql import DB_NAME
 
 SALVAGED_MARKER = "salvaged"  # written into the quarantine folder once its rows were queued
 _CHUNK = 1000
@@ -28,14 +28,6 @@ _DEAD_COLS = (
     "id, event_id, body, source, reason, attempts, first_error, last_error, received_at,"
     " first_attempt_at, dead_at"
 )
-
-
-@dataclass
-class SalvageReport:
-    events: int = 0
-    dead_letters: int = 0
-    # (table, first id, last id): ids in these ranges could not be read (or never existed)
-    unreadable: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 class SalvageError(Exception):
