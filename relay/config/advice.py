@@ -43,6 +43,14 @@ def _clear_text_http(url: str) -> str | None:
 def config_advice(cfg: Config, delivering: bool = True) -> list[Advice]:
     """What an operator should know about ``cfg``; ``delivering`` False skips upstream advice."""
     advice: list[Advice] = []
+    if cfg.spool.backend == "memory":
+        advice.append(
+            Advice(
+                logging.WARNING,
+                'NOT DURABLE: spool.backend is "memory": events acknowledged to producers are '
+                'lost when the relay stops; it is meant for tests; use "sqlite"',
+            )
+        )
     if not delivering:
         return advice
     mp_host = _clear_text_http(cfg.maskinporten.token_url)

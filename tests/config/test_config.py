@@ -959,6 +959,20 @@ def test_loopback_egress_and_tls_are_quiet() -> None:
     assert [a.level for a in notes] == [20] and "plain RSocket" in notes[0].text
 
 
+def test_a_memory_spool_is_loud_and_an_unknown_backend_is_one_line() -> None:
+    import logging
+
+    from relay.config.advice import config_advice
+
+    cfg = load_config(None, environ={"RELAY_SPOOL__BACKEND": "memory"})
+    loud = [a.text for a in config_advice(cfg, delivering=False) if a.level >= logging.WARNING]
+    assert len(loud) == 1 and "NOT DURABLE" in loud[0]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_SPOOL__BACKEND": "postgres"})
+    assert "spool.backend" in str(err.value) and '"sqlite"' in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 # --------------------------------------------------------------------------- moved settings
 
 
