@@ -24,9 +24,8 @@ $(NODE_STAMP): tests/node/package-lock.json
 
 # Most tests wait on sockets, disks and child processes rather than compute, so on two cores
 # four worker processes (pytest-xdist) overlap well; PYTEST_WORKERS=0 runs them in this process.
-# loadgroup keeps the tests that share one module-scoped relay on one worker.
 PYTEST_WORKERS ?= 4
-FAST := -m "not e2e and not interop" -n $(PYTEST_WORKERS) --dist loadgroup
+FAST := -m "not e2e and not interop" -n $(PYTEST_WORKERS)
 # the end-to-end and real-peer tests kill processes, time rates and fill disks: one at a time
 SLOW := -m "e2e or interop"
 

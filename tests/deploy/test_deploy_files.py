@@ -36,9 +36,6 @@ import yaml
 from relay.config import Config, load_config, parse_duration
 from tests.helpers import RelayProcess, UpstreamProcess, make_event, wait_until
 
-# the tests that share one running relay stay on one xdist worker (`--dist loadgroup`)
-pytestmark = pytest.mark.xdist_group("deploy")
-
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -91,17 +88,6 @@ def _port(listen: str) -> int:
 # ---- a running relay, for the paths and forms the files rely on --------------------------------
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    """A relay with its default settings, no credentials (so it never delivers): what matters
-    here is which paths it serves and what it accepts on its HTTP listener."""
-    process = RelayProcess(tmp_path_factory.mktemp("deploy") / "spool")
-    try:
-        yield process.start()
-    finally:
-        process.kill()
-
-
 def _get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
@@ -119,12 +105,33 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def _accepts_ndjson(relay: RelayProcess, uri: str, headers: dict[str, str]) -> None:
-    """The relay takes a batch of two events at `uri`'s path sent with `headers`."""
-    body = b"\n".join(orjson.dumps(make_event()) for _ in range(2)) + b"\n"
-    status, answer = _post(relay.url + urlsplit(uri).path, body, headers)
-    assert status == 200, (uri, status, answer)
-    assert orjson.loads(answer)["accepted"] == 2, answer
+def test_what_the_files_expect_of_a_running_relay(tmp_path: Path) -> None:
+    """One relay (default settings, no credentials: it never delivers) answers everything the
+    files send it: the Kubernetes probes and the Prometheus scrape (GET, 200), the forwarders'
+    NDJSON batches with their headers (200, all accepted), the image's HEALTHCHECK (exit 0)."""
+    relay = RelayProcess(tmp_path / "spool").start()
+    failures = []
+    try:
+        for what, path in _k8s_paths():
+            status, body = _get(relay.url + path)
+            if status != 200:
+                failures.append(f"{what}: GET {path} -> {status} {body[:80]!r}")
+            elif what == "prometheus.io/path" and b"# TYPE relay_" not in body:
+                failures.append(f"{what}: GET {path} is no relay metrics page")
+        for what, uri, headers in _forwarders():
+            body = b"\n".join(orjson.dumps(make_event()) for _ in range(2)) + b"\n"
+            status, answer = _post(relay.url + urlsplit(uri).path, body, headers)
+            if status != 200 or orjson.loads(answer).get("accepted") != 2:
+                failures.append(f"{what}: POST {uri} {headers} -> {status} {answer[:80]!r}")
+        code = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{relay.port}", _healthcheck()[2])
+        check = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+        if check.returncode != 0:
+            failures.append(
+                f"Dockerfile HEALTHCHECK: exit {check.returncode} {check.stderr[-200:]}"
+            )
+    finally:
+        relay.kill()
+    assert not failures, "\n".join(failures)
 
 
 # ---- presence and shape ------------------------------------------------------------------------
@@ -347,24 +354,30 @@ def test_kubernetes_relay_runs_as_a_native_sidecar() -> None:
 
 
 @pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe", "readinessProbe"])
-def test_kubernetes_probes_hit_the_relays_listener(probe: str, relay: RelayProcess) -> None:
+def test_kubernetes_probes_use_the_relays_listener(probe: str) -> None:
     sidecar = _sidecar()
     get = sidecar[probe]["httpGet"]
     listen = load_config(RELAY_TOML, environ=_k8s_env()).ingest.http.listen
     assert listen.startswith("0.0.0.0:"), "the kubelet connects to the pod IP"
     assert _container_port(sidecar, get["port"]) == _port(listen)
-    status, body = _get(relay.url + get["path"])
-    assert status == 200, (get["path"], status, body)
+    assert get.get("scheme", "HTTP") == "HTTP"  # the relay's listener has no TLS
 
 
-def test_kubernetes_prometheus_annotations_point_at_the_metrics(relay: RelayProcess) -> None:
+def test_kubernetes_prometheus_annotations_point_at_the_listener() -> None:
     annotations = _deployment()["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"  # a string: annotations are strings
     listen = load_config(RELAY_TOML, environ=_k8s_env()).ingest.http.listen
     assert int(annotations["prometheus.io/port"]) == _port(listen)
-    assert _container_port(_sidecar(), int(annotations["prometheus.io/port"])) == _port(listen)
-    status, body = _get(relay.url + annotations["prometheus.io/path"])
-    assert status == 200 and b"# TYPE relay_" in body, body[:200]
+    # the path: test_what_the_files_expect_of_a_running_relay
+
+
+def _k8s_paths() -> list[tuple[str, str]]:
+    """(what, path) of every GET the Kubernetes example makes of the relay."""
+    sidecar = _sidecar()
+    annotations = _deployment()["spec"]["template"]["metadata"]["annotations"]
+    probes = [(p, sidecar[p]["httpGet"]["path"]) for p in sorted(sidecar) if p.endswith("Probe")]
+    assert len(probes) == 3, probes
+    return [*probes, ("prometheus.io/path", annotations["prometheus.io/path"])]
 
 
 def test_kubernetes_relay_settings_and_mounts() -> None:
@@ -427,7 +440,7 @@ def test_kubernetes_resources_and_spool_room() -> None:
 # ---- the forwarders ----------------------------------------------------------------------------
 
 
-def test_fluent_bit_posts_ndjson_where_the_relay_listens(relay: RelayProcess) -> None:
+def test_fluent_bit_posts_ndjson_where_the_relay_listens() -> None:
     config = _yaml(FLUENT_BIT)
     (source,) = config["pipeline"]["inputs"]
     (output,) = config["pipeline"]["outputs"]
@@ -438,20 +451,19 @@ def test_fluent_bit_posts_ndjson_where_the_relay_listens(relay: RelayProcess) ->
     assert output["retry_limit"] is False, "retry forever (the default drops after one retry)"
     header, _, value = output["header"].partition(" ")
     assert (header, value) == ("Content-Type", "application/x-ndjson")
-    _accepts_ndjson(relay, output["uri"], {header: value})
     # what was read survives a restart of Fluent Bit
     assert config["service"]["storage.path"] and source["storage.type"] == "filesystem"
     assert "storage.total_limit_size" not in output  # reaching it deletes the oldest chunks
 
 
-def test_vector_posts_ndjson_where_the_relay_listens(relay: RelayProcess) -> None:
+def test_vector_posts_ndjson_where_the_relay_listens() -> None:
     config = _yaml(VECTOR)
     sink = config["sinks"]["relay"]
     assert sink["type"] == "http" and sink["method"] == "post"
     assert sink["uri"] == f"http://{_production().ingest.http.listen}/api/status"
     assert sink["encoding"]["codec"] == "json"
     assert sink["framing"]["method"] == "newline_delimited"
-    _accepts_ndjson(relay, sink["uri"], sink["request"]["headers"])
+    assert sink["request"]["headers"]["Content-Type"] == "application/x-ndjson"
     assert sink["buffer"]["type"] == "disk" and sink["buffer"]["when_full"] == "block"
     assert sink["acknowledgements"]["enabled"] is True
     # the sink is fed, through the transforms, by the file source
@@ -463,6 +475,18 @@ def test_vector_posts_ndjson_where_the_relay_listens(relay: RelayProcess) -> Non
         todo += stages[name].get("inputs", [])
     assert {n for n in reached if n in config["sources"]} == {"status_log"}
     assert config["sources"]["status_log"]["type"] == "file"
+
+
+def _forwarders() -> list[tuple[str, str, dict[str, str]]]:
+    """(what, uri, headers) of the forwarders' POSTs to the relay."""
+    (fluent,) = _yaml(FLUENT_BIT)["pipeline"]["outputs"]
+    header, _, value = fluent["header"].partition(" ")
+    fluent_uri = f"http://{fluent['host']}:{fluent['port']}{fluent['uri']}"
+    vector = _yaml(VECTOR)["sinks"]["relay"]
+    return [
+        ("fluent-bit", fluent_uri, {header: value}),
+        ("vector", vector["uri"], dict(vector["request"]["headers"])),
+    ]
 
 
 # ---- deploy/relay.toml ---------------------------------------------------------------------
@@ -743,21 +767,18 @@ def test_dockerfile_essentials() -> None:
     assert "deploy/relay.toml /etc/relay/relay.toml" in by_name["COPY"]
 
 
-def test_dockerfile_healthcheck_is_valid_python_on_the_listen_port() -> None:
+def _healthcheck() -> list[str]:
     (check,) = [args for word, args in _instructions() if word == "HEALTHCHECK"]
-    form = _exec_form(check[check.index("CMD ") + 4 :])
+    return _exec_form(check[check.index("CMD ") + 4 :])
+
+
+def test_dockerfile_healthcheck_is_valid_python_on_the_listen_port() -> None:
+    form = _healthcheck()
     assert form[:2] == ["python", "-c"]
     compile(form[2], "HEALTHCHECK", "exec")
     assert "urllib" in form[2]
     port = load_config(RELAY_TOML, environ=_env_values(DOCKERFILE)).ingest.http.listen
     assert f"http://127.0.0.1:{port.rsplit(':', 1)[1]}/healthz" in form[2]
-
-
-def test_dockerfile_healthcheck_passes_against_a_running_relay(relay: RelayProcess) -> None:
-    (check,) = [args for word, args in _instructions() if word == "HEALTHCHECK"]
-    code = _exec_form(check[check.index("CMD ") + 4 :])[2]
-    code = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{relay.port}", code)
-    assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
 
 
 def test_dockerfile_copy_sources_exist_in_the_build_context() -> None:
