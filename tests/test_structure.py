@@ -201,8 +201,10 @@ def _shortest_cycle(start: str, graph: dict[str, set[str]], members: set[str]) -
 
 
 def import_cycles(top: Path = PACKAGE) -> list[str]:
-    """Every import cycle among the modules under `top`, one line each, with every edge's file
-    line and kind (module-level, function-level, TYPE_CHECKING)."""
+    """One entry per set of modules under `top` that import one another in a circle (a strongly
+    connected component): its shortest cycle through the set's first module, the whole set, and
+    for each step the importing line and the kinds of import (module-level, function-level,
+    TYPE_CHECKING)."""
     edges = _edges(top)
     graph: dict[str, set[str]] = {}
     how: dict[tuple[str, str], list[Import]] = {}
