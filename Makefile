@@ -22,12 +22,28 @@ $(NODE_STAMP): tests/node/package-lock.json
 		npm ci --prefix tests/node --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
 	else echo "npm not found: the rsocket-js interoperability tests will be skipped"; fi
 
+# Most tests wait on sockets, disks and child processes rather than compute, so on two cores
+# four worker processes (pytest-xdist) overlap well; PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 4
+FAST := -m "not e2e and not interop" -n $(PYTEST_WORKERS)
+# the end-to-end and real-peer tests kill processes, time rates and fill disks: one at a time
+SLOW := -m "e2e or interop"
+
+# Python's bytecode, and pytest's rewritten test modules, cached in __pycache__ (git-ignored) even
+# where the environment sets PYTHONDONTWRITEBYTECODE: otherwise every worker and every `relay`
+# subprocess a test starts compiles it all again (about 3 s of CPU per pytest process).
+test test-fast chaos bench: export PYTHONDONTWRITEBYTECODE =
+
+# everything: the fast tests in parallel, then the slow ones in sequence (both always run)
 test: $(STAMP) $(NODE_STAMP) lint
-	$(BIN)/pytest -q
+	@status=0; \
+	$(BIN)/pytest -q $(FAST) || status=1; \
+	$(BIN)/pytest -q $(SLOW) || status=1; \
+	exit $$status
 
 # everything but the slow end-to-end and real-peer tests: under a minute
 test-fast: $(STAMP) lint
-	$(BIN)/pytest -q -m "not e2e and not interop"
+	$(BIN)/pytest -q $(FAST)
 
 # bounded fault campaign: CHAOS_SECONDS=N (300); QUICK=1 for about 60 s; CHAOS_ARGS="--seed 7"
 chaos: $(STAMP)

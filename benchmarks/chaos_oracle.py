@@ -6,6 +6,11 @@ deliberately rejected kind and sits in the dead-letter table. Anything else ackn
 acknowledgement: missing ones are tolerated only when written on a connection that a relay
 SIGKILL cut, in the last `SYSLOG_WINDOW` seconds before the kill or after it.
 
+The status-service stand-in acknowledges what it cannot use (as the real service does) and
+counts it as `dropped`: an event delivered that way is gone for good, so the count must be 0, as
+the end-to-end tests assert. The stand-in counts from 0 in each process, so whoever kills or
+stops it reads `/api/stats` first (`StandInDrops.read`) and the oracle gets the sum.
+
 Duplicates: every copy the upstream received beyond the first is an extra copy. A burst is a
 run of extra copies less than `BURST_GAP` s apart; the largest is reported with the faults that
 were in progress (or over for less than `LINGER` s) between the earliest previous copy of its
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import aiohttp
 import orjson
 
 from benchmarks.chaos_faults import KINDS, FaultRecord, Timeline
@@ -63,6 +69,34 @@ def dead_letter_ids(listing: list[dict]) -> dict[str, str]:
 
 
 @dataclass
+class StandInDrops:
+    """What the status stand-in acknowledged and dropped, summed over its processes."""
+
+    total: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    readings: int = 0
+    unread: list[str] = field(default_factory=list)  # why a reading failed
+
+    def add(self, stats: dict) -> None:
+        """One process's `/api/stats`, read just before it was killed or stopped."""
+        self.readings += 1
+        self.total += int(stats["dropped"])
+        self.by_reason.update(stats.get("dropped_by_reason") or {})
+
+    async def read(self, status_url: str, timeout: float = 5.0) -> None:
+        """Read the stand-in's counters; a failure is recorded (and reported), not raised."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+                session.get(status_url + "/api/stats") as r,
+            ):
+                r.raise_for_status()
+                self.add(orjson.loads(await r.read()))
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, KeyError) as exc:
+            self.unread.append(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
 class Result:
     faults: dict[str, int]
     toothless: Counter[str]
@@ -87,6 +121,7 @@ class Result:
     drain_seconds: float | None
     http_requests: dict[str, int]
     abandoned: int
+    stand_in_drops: StandInDrops | None = None  # None: the campaign did not read them
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -101,6 +136,7 @@ def judge(
     spooled: set[str],
     timeline: Timeline,
     drain_seconds: float | None,
+    drops: StandInDrops | None = None,
 ) -> Result:
     copies = Counter(m for m, _ in received)
     accounted = set(copies) | (set(dead) & ledger.marked)
@@ -137,6 +173,7 @@ def judge(
         drain_seconds=drain_seconds,
         http_requests=dict(ledger.http_requests),
         abandoned=ledger.abandoned,
+        stand_in_drops=drops,
         errors=list(timeline.errors),
     )
     _errors(result, ledger)
@@ -159,6 +196,11 @@ def _errors(r: Result, ledger: Ledger) -> None:
         r.errors.append(f"{len(r.syslog_lost)} syslog event(s) lost outside a relay kill")
     if r.phantoms:
         r.errors.append(f"{r.phantoms} event(s) upstream that no producer made")
+    if r.stand_in_drops is not None and r.stand_in_drops.total:
+        reasons = dict(r.stand_in_drops.by_reason)
+        r.errors.append(
+            f"the status stand-in acknowledged and dropped {r.stand_in_drops.total}: {reasons}"
+        )
     r.errors += [f"producer: {a}" for a in ledger.anomalies[:5]]
 
 
@@ -231,6 +273,7 @@ def render(r: Result, syslog_on: bool, disk_full_on: bool) -> str:
         ("dead letters / of the rejected kind", f"{r.dead_total} / {r.dead_rejected_kind}"),
         ("  not of the rejected kind (must be 0)", str(len(r.dead_other))),
         ("events upstream nobody sent (must be 0)", str(r.phantoms)),
+        ("acknowledged and dropped by the stand-in (must be 0)", _dropped(r.stand_in_drops)),
     ]
     if syslog_on:
         rows += [
@@ -252,6 +295,18 @@ def render(r: Result, syslog_on: bool, disk_full_on: bool) -> str:
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines += [f"ERROR: {e}" for e in r.errors]
     return "\n".join(lines)
+
+
+def _dropped(drops: StandInDrops | None) -> str:
+    if drops is None:
+        return "not read"
+    text = str(drops.total)
+    if drops.total:
+        text += f" ({_pairs(dict(drops.by_reason))})"
+    text += f", over {drops.readings} stand-in process(es)"
+    if drops.unread:
+        text += f"; {len(drops.unread)} unread ({drops.unread[0]})"
+    return text
 
 
 def _pairs(counts: dict[str, int]) -> str:

@@ -8,6 +8,16 @@ import pytest
 
 from tests.helpers import RelayProcess, UpstreamProcess
 
+# Fixtures that start `relay run` / `relay dev-upstream` as subprocesses: a test using one is
+# end-to-end by definition (markers in pyproject.toml), whatever its module says.
+SUBPROCESS_FIXTURES = frozenset({"relay_factory", "upstream_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SUBPROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture
 def upstream_factory(tmp_path: Path):

@@ -34,4 +34,13 @@ def test_short_chaos_campaign_loses_nothing(tmp_path: Path) -> None:
             continue  # no permission to mount a tmpfs here; the campaign said so
         assert int(count) >= 1, f"no {kind} fault injected:\n{table}"
     assert re.search(r"LOST \(must be 0\)\s+0$", table, re.MULTILINE), table
+    # read from every stand-in process before it was killed or stopped
+    dropped = re.search(
+        r"^acknowledged and dropped by the stand-in \(must be 0\)\s+(.+)$", table, re.M
+    )
+    assert dropped, table
+    assert dropped.group(1).startswith("0, over"), (
+        "benchmarks.chaos must read the stand-in's dropped count (StandInDrops) and find 0: "
+        + dropped.group(1)
+    )
     assert "verdict" in table and "PASS" in table

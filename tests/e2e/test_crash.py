@@ -31,7 +31,7 @@ from tests.e2e.fsync_trace import (
     read_trace,
     shim_env,
 )
-from tests.helpers import RelayProcess, make_event
+from tests.helpers import RelayProcess, eventually, make_event
 
 pytestmark = pytest.mark.e2e
 
@@ -157,9 +157,9 @@ async def test_checker_catches_a_relay_that_acks_before_fsync(
     stop = asyncio.Event()
     task = asyncio.create_task(producer(relay, acked, stop, random.Random(7), windows))
     try:
-        deadline = time.monotonic() + 30
-        while len(windows) < 20 and time.monotonic() < deadline and not task.done():
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: len(windows) >= 20 or task.done(), 30, "20 acknowledged requests", relay.output
+        )
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)

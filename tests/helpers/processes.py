@@ -13,9 +13,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+
+from tests.helpers.waiting import wait_until
 
 
 def free_port() -> int:
@@ -34,9 +37,16 @@ class RelayProcess:
     """`python -m relay run` as a real subprocess, configured through environment variables."""
 
     def __init__(
-        self, spool: Path, env: dict[str, str] | None = None, config: Path | None = None
+        self,
+        spool: Path,
+        env: dict[str, str] | None = None,
+        config: Path | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
+        """`command` replaces `python -m relay run [--config FILE]`, e.g. with a unit's
+        ExecStart; the environment (RELAY_SPOOL__PATH, the listener on port 0) is the same."""
         self.config = config
+        self.command = list(command) if command is not None else None
         self.spool = spool
         # The relay binds port 0 and says in its "relay ready" line which port it got: no race
         # between picking a free port here and binding it there. A restart keeps that port.
@@ -63,26 +73,26 @@ class RelayProcess:
         args = [sys.executable, "-m", "relay", "run"]
         if self.config is not None:
             args += ["--config", str(self.config)]
-        self.proc = subprocess.Popen(args, env=self.env, stdout=logf, stderr=logf)
+        self.proc = subprocess.Popen(self.command or args, env=self.env, stdout=logf, stderr=logf)
         logf.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.output()}")
             if not self.port:
                 found = _READY.search(self.log.read_bytes()[offset:].decode(errors="replace"))
                 if not found:
-                    time.sleep(0.02)
-                    continue
+                    return False
                 self.port = int(found.group(1))
                 self.env["RELAY_INGEST__HTTP__LISTEN"] = f"127.0.0.1:{self.port}"
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
+                    return r.status == 200
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"relay did not come up:\n{self.output()}")
+                return False
+
+        wait_until(up, timeout, "the relay to come up", self.output, interval=0.02)
+        return self
 
     def listening(self, listener: str) -> int:
         """The port a listener ("syslog tcp", "syslog udp", "json lines") got, as the last
@@ -113,9 +123,11 @@ class UpstreamProcess:
 
     A restart keeps the ports and the PKI, so a running relay can reconnect to it."""
 
-    def __init__(self, data: Path, token_lifetime: float = 120.0) -> None:
+    def __init__(self, data: Path, token_lifetime: float = 120.0, args: Sequence[str] = ()) -> None:
+        """`args`: further `relay dev-upstream` options, e.g. ("--host", "0.0.0.0")."""
         self.data = data
         self.token_lifetime = token_lifetime
+        self.args = list(args)
         self.ports = {"rsocket": 0, "http": 0, "maskinporten": 0}
         self.proc: subprocess.Popen | None = None
         self.config = data / "relay.toml"
@@ -125,6 +137,7 @@ class UpstreamProcess:
         args += ["--token-lifetime", str(self.token_lifetime)]
         for name, port in self.ports.items():
             args += [f"--{name}-port", str(port)]
+        args += self.args
         log = open(self.data.parent / f"upstream-{self.data.name}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
         log.close()
