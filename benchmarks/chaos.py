@@ -27,7 +27,14 @@ from pathlib import Path
 import orjson
 
 from benchmarks.chaos_faults import KINDS, LANES, Injector, Timeline, plan
-from benchmarks.chaos_oracle import dead_letter_ids, judge, read_received, read_spooled, render
+from benchmarks.chaos_oracle import (
+    StandInDrops,
+    dead_letter_ids,
+    judge,
+    read_received,
+    read_spooled,
+    render,
+)
 from benchmarks.chaos_procs import Relay, Rig, Upstream, free_port, mount_tmpfs, unmount
 from benchmarks.chaos_producers import (
     EventMaker,
@@ -127,6 +134,8 @@ async def campaign(opts: Options) -> bool:
 
 async def _run(opts: Options, timeline: Timeline, rig: Rig) -> bool:
     say = timeline.say
+    drops = StandInDrops()
+    rig.upstream.before_exit = drops.read
     await rig.upstream.start()
     await rig.relay.start()
     syslog_on = await syslog_listening("127.0.0.1", rig.syslog_port)
@@ -153,7 +162,7 @@ async def _run(opts: Options, timeline: Timeline, rig: Rig) -> bool:
     await rig.relay.stop()
     await rig.upstream.stop()
     received = read_received(rig.upstream.received_db)
-    result = judge(ledger, received, dead, read_spooled(rig.spool), timeline, drain)
+    result = judge(ledger, received, dead, read_spooled(rig.spool), timeline, drain, drops)
     print(f"\nchaos campaign, seed {opts.seed}, {opts.seconds:.0f} s")
     print(render(result, syslog_on, rig.filler is not None), flush=True)
     return result.passed

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class Upstream:
         self.ports = {"rsocket": 0, "http": 0, "maskinporten": 0}
         self.proc: asyncio.subprocess.Process | None = None
         self.frozen = False
+        # called with the status URL before each kill or stop: its counters die with it
+        self.before_exit: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def config(self) -> Path:
@@ -95,6 +98,8 @@ class Upstream:
 
     async def kill(self) -> None:
         if self.alive:
+            if self.before_exit is not None:
+                await self.before_exit(self.status_url)
             self.proc.send_signal(signal.SIGKILL)
             await self.proc.wait()
         self.frozen = False
@@ -111,6 +116,8 @@ class Upstream:
     async def stop(self) -> None:
         self.thaw()
         if self.alive:
+            if self.before_exit is not None:
+                await self.before_exit(self.status_url)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.proc.wait(), 10)
