@@ -14,6 +14,25 @@ Memory is bounded whatever the rate: digests are kept in buckets of a slice of t
 the cap), a whole bucket is forgotten once its oldest digest is past the window, and when more
 than MAX_DIGESTS are held the oldest buckets are forgotten early. Forgetting early only ever lets
 a duplicate through; it never turns a new event away.
+
+Every digest is held twice, both times as a packed 8-byte machine integer, never as a Python int
+object (a set of ints costs ~90 bytes per digest: 90 MB per million, most of the relay's memory
+with a full dedup window):
+
+- in its time bucket, an `array('q')` in arrival order: what to forget when the bucket goes;
+- in `known`, the membership structure: 4 096 shards chosen by the digest's top 12 bits, each a
+  sorted `array('q')` searched with `bisect`. A million digests leave ~244 per shard, so a lookup
+  is 8 comparisons and an insert or removal moves ~1 KB; there is no big table to rehash (a resize
+  would briefly hold both copies, which is what a peak-RSS budget cannot afford).
+
+That is ~17 bytes per digest (8 + 8 + the arrays' growth slack; the 4 096 empty shards cost
+~0.3 MB): 17 MB per million instead of ~90. The price is CPU: `d in known` runs a Python-level
+`__contains__` (~0.3 µs instead of ~0.05 µs for a set), and a commit inserts each new digest one
+by one (~0.4 µs each); on the ingest path that is under 1 µs of the 15-80 µs an event costs
+(measured in benchmarks/README.md, "dedup digests").
+
+`known` is a multiset: a digest logged twice (stored again after the cap forgot it) is held once
+per bucket holding it and stays known until the newest of them goes.
 """
 
 from __future__ import annotations
@@ -22,12 +41,19 @@ import hashlib
 import struct
 import sys
 from array import array
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
-# ~90 MB at most (a 64-bit int object, its slot in the set and in its bucket: ~90 bytes each)
+# ~17 MB at most (two packed copies of each digest: see above)
 MAX_DIGESTS = 1_000_000
 _SLICES = 64  # a bucket spans at most window / 64 seconds and MAX_DIGESTS / 64 digests
+# a bound on the buckets themselves: normally at most ~2 * _SLICES exist (full by count, or by
+# time), but a clock that keeps going back starts a bucket per commit, each a few objects
+_MAX_BUCKETS = 4 * _SLICES
+
+_SHARD_BITS = 12
+_SHIFT = 64 - _SHARD_BITS  # d >> _SHIFT is in [-2048, 2047]: a list index, negative from the end
 
 
 _sha256 = hashlib.sha256
@@ -55,6 +81,46 @@ def unpack(blob: bytes) -> array:
     return digests
 
 
+class SortedDigests:
+    """A multiset of signed 64-bit digests in sorted, sharded `array('q')`s (see above)."""
+
+    __slots__ = ("_shards", "_len")
+
+    def __init__(self) -> None:
+        self._shards = [array("q") for _ in range(1 << _SHARD_BITS)]
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __contains__(self, d: int) -> bool:
+        # the ingest hot path (once per stored event): kept to a few bytecodes
+        shard = self._shards[d >> _SHIFT]
+        i = bisect_left(shard, d)
+        return i != len(shard) and shard[i] == d
+
+    def add_all(self, digests: Iterable[int]) -> None:
+        shards = self._shards
+        n = 0
+        for d in digests:
+            shard = shards[d >> _SHIFT]
+            shard.insert(bisect_left(shard, d), d)
+            n += 1
+        self._len += n
+
+    def remove_all(self, digests: Iterable[int]) -> None:
+        """Remove one occurrence of each (each must be held: they come from a bucket)."""
+        shards = self._shards
+        n = 0
+        for d in digests:
+            shard = shards[d >> _SHIFT]
+            i = bisect_left(shard, d)
+            if i != len(shard) and shard[i] == d:
+                del shard[i]
+                n += 1
+        self._len -= n
+
+
 class _Bucket:
     __slots__ = ("started", "digests", "last_rowid")
 
@@ -72,7 +138,7 @@ class RecentDigests:
         self._max = max_digests or MAX_DIGESTS
         self._width = window / _SLICES
         self._per_bucket = max(1, self._max // _SLICES)
-        self.known: set[int] = set()  # read directly by the writer's hot path (Store.append)
+        self.known = SortedDigests()  # read directly by the writer's hot path (Store.append)
         self._buckets: deque[_Bucket] = deque()
         # written to the log in the open transaction: known for good only once it commits
         self.staged_set: set[int] = set()
@@ -114,10 +180,12 @@ class RecentDigests:
             room = self._per_bucket - len(bucket.digests)
             taken, digests = digests[:room], digests[room:]
             bucket.digests.extend(taken)
-            self.known.update(taken)
+            self.known.add_all(taken)
             # a log row split over buckets may be deleted only with the last of them
             bucket.last_rowid = last_rowid if not digests else last_rowid - 1
-        while len(self.known) > self._max and len(self._buckets) > 1:
+        while len(self._buckets) > 1 and (
+            len(self.known) > self._max or len(self._buckets) > _MAX_BUCKETS
+        ):
             self._forget_oldest()
 
     def expire(self, now: float) -> None:
@@ -128,5 +196,5 @@ class RecentDigests:
 
     def _forget_oldest(self) -> None:
         bucket = self._buckets.popleft()
-        self.known.difference_update(bucket.digests)
+        self.known.remove_all(bucket.digests)
         self.forgotten_rowid = max(self.forgotten_rowid, bucket.last_rowid)
