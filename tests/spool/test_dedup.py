@@ -165,18 +165,22 @@ def test_a_clock_going_back_never_makes_a_new_digest_known(
     assert recent.forgotten_rowid <= len(steps)
 
 
-@given(st.lists(INT64, max_size=300), st.lists(INT64, max_size=50))
-def test_sorted_digests_is_a_multiset(held: list[int], removed: list[int]) -> None:
+@given(
+    st.lists(st.tuples(DIGESTS, st.integers(0, 255)), max_size=300),
+    st.sets(st.integers(0, 255), max_size=20),
+)
+def test_sorted_digests_is_a_multiset_of_tagged_digests(
+    held: list[tuple[int, int]], gone: set[int]
+) -> None:
     s = SortedDigests()
-    s.add_all(held)
-    gone = [d for d in removed if d in held]
-    s.remove_all(gone)
-    model = list(held)
-    for d in gone:
-        if d in model:
-            model.remove(d)
+    for d, tag in held:
+        s.add_all([d], tag)
+    s.remove_tags(gone)
+    model = [d for d, tag in held if tag not in gone]
     assert len(s) == len(model)
-    for d in held + removed + FAMILIAR:
+    for d, _ in held:
+        assert (d in s) == (d in model)
+    for d in FAMILIAR:
         assert (d in s) == (d in model)
 
 
