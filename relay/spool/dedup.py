@@ -15,21 +15,24 @@ the cap), a whole bucket is forgotten once its oldest digest is past the window,
 than MAX_DIGESTS are held the oldest buckets are forgotten early. Forgetting early only ever lets
 a duplicate through; it never turns a new event away.
 
-Every digest is held twice, both times as a packed 8-byte machine integer, never as a Python int
-object (a set of ints costs ~90 bytes per digest: 90 MB per million, most of the relay's memory
-with a full dedup window):
+Each digest is held once, as a packed 8-byte machine integer, never as a Python int object (a
+set of ints plus per-bucket arrays cost ~80-90 bytes per digest: ~90 MB per million, most of the
+relay's memory with a full dedup window):
 
-- in its time bucket, an `array('q')` in arrival order: what to forget when the bucket goes;
-- in `known`, the membership structure: 4 096 shards chosen by the digest's top 12 bits, each a
-  sorted `array('q')` searched with `bisect`. A million digests leave ~244 per shard, so a lookup
-  is 8 comparisons and an insert or removal moves ~1 KB; there is no big table to rehash (a resize
-  would briefly hold both copies, which is what a peak-RSS budget cannot afford).
+- `known` is 4 096 shards chosen by the digest's top 12 bits, each a sorted `array('q')` searched
+  with `bisect`. A million digests leave ~244 per shard: a lookup is ~8 comparisons, an insert or
+  removal moves ~2 KB, and there is no big table to rehash (a resize would hold two tables at
+  once, which a peak-RSS budget cannot afford).
+- Next to each shard, a `bytearray` holds one byte per entry: the tag of the bucket it belongs
+  to. A bucket is then a tag, a count, a start time and its last log row, not a copy of its
+  digests. Forgetting buckets is one pass over the shards, the tagged entries found by
+  `bytes.translate` and `rfind` in C (a few ms for a million held).
 
-That is ~17 bytes per digest (8 + 8 + the arrays' growth slack; the 4 096 empty shards cost
-~0.3 MB): 17 MB per million instead of ~90. The price is CPU: `d in known` runs a Python-level
-`__contains__` (~0.3 µs instead of ~0.05 µs for a set), and a commit inserts each new digest one
-by one (~0.4 µs each); on the ingest path that is under 1 µs of the 15-80 µs an event costs
-(measured in benchmarks/README.md, "dedup digests").
+That is ~10 bytes per digest (8 + 1 + the arrays' growth slack; the 8 192 empty arrays cost
+~0.5 MB): ~10 MB per million (tests/spool/test_dedup.py holds it to that). The price is CPU:
+`d in known` runs a Python-level `__contains__` and a commit inserts new digests one by one, each
+about 3 times what a set costs (benchmarks/dedup_micro.py; figures in benchmarks/README.md), under
+a microsecond on the ingest path where an event costs 15-80 µs.
 
 `known` is a multiset: a digest logged twice (stored again after the cap forgot it) is held once
 per bucket holding it and stays known until the newest of them goes.
@@ -45,7 +48,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 
-# ~17 MB at most (two packed copies of each digest: see above)
+# ~10 MB at most (one packed copy of each digest and a tag byte: see above)
 MAX_DIGESTS = 1_000_000
 _SLICES = 64  # a bucket spans at most window / 64 seconds and MAX_DIGESTS / 64 digests
 # a bound on the buckets themselves: normally at most ~2 * _SLICES exist (full by count, or by
