@@ -120,10 +120,9 @@ class SortedDigests:
     def remove_tags(self, gone: Collection[int]) -> None:
         """Remove every entry tagged with one of `gone`: one pass over the shards, the search
         for the tags done by `bytes.translate` and `rfind` in C."""
-        marks = bytearray(256)
+        marks = bytearray(256)  # a translation table: 1 for the tags to remove, 0 for the others
         for tag in gone:
             marks[tag] = 1
-        marks = bytes(marks)
         n = 0
         for shard, tags in zip(self._shards, self._tags, strict=True):
             marked = tags.translate(marks)
