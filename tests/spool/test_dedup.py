@@ -165,6 +165,7 @@ def test_a_clock_going_back_never_makes_a_new_digest_known(
     assert recent.forgotten_rowid <= len(steps)
 
 
+@settings(deadline=None)  # a shared, loaded machine
 @given(
     st.lists(st.tuples(DIGESTS, st.integers(0, 255)), max_size=300),
     st.sets(st.integers(0, 255), max_size=20),
@@ -192,6 +193,20 @@ def test_the_cap_forgets_the_oldest_first() -> None:
     assert all(d in recent for d in range(3600, 9910, 100))  # the newest 64 rows
     assert not any(d in recent for d in range(0, 3600))
     assert recent.forgotten_rowid == 36
+
+
+def test_with_the_most_buckets_each_is_forgotten_alone() -> None:
+    # a clock that goes back and forth starts a bucket per add: the oldest go once there are
+    # _MAX_BUCKETS, and only they (their tag bytes are unique among those held)
+    recent = RecentDigests(86400.0)
+    limit = dedup_module._MAX_BUCKETS
+    for i in range(3 * limit):
+        recent.add([i], 1000.0 + 2000.0 * (i % 2), i + 1)  # a slice is 1 350 s
+        held = min(i + 1, limit)
+        assert len(recent) == held
+        assert all(d in recent for d in range(i + 1 - held, i + 1))
+        assert not any(d in recent for d in range(i + 1 - held))
+        assert recent.forgotten_rowid == i + 1 - held
 
 
 def test_digests_are_signed_64_bit_and_pack_round_trips() -> None:
