@@ -4,8 +4,9 @@ With CPython's default (a young collection every 700 net allocations) the HTTP i
 collected hundreds of times a second: the objects of the requests waiting for their commit
 (tasks, requests, headers) keep the net count high, and every young collection then walks them
 all; every few seconds a full collection walked the whole heap (tens of milliseconds with every
-request held up): ~8 % of the relay's CPU and ~3x the p99 latency under load (benchmarks/README.md). Reference counting frees nearly everything here; the collector is only needed for
-the odd cycle, so it runs rarely, and what exists after start-up is never traversed again.
+request held up): ~8 % of the relay's CPU and ~3x the p99 latency under load (benchmarks/README.md).
+Reference counting frees nearly everything here; the collector is only needed for the odd cycle,
+so it runs rarely, and what exists after start-up is never traversed again.
 """
 
 from __future__ import annotations
