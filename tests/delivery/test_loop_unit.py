@@ -181,11 +181,6 @@ class Spool(MemorySpool):
         self._fault("dead_letter")
         await super().dead_letter(items)
 
-    # Only while the lease loop polls with lease(limit) + wait_for_events(timeout): once it
-    # calls lease(limit, wait) (the spool's contract), nothing calls this and it goes.
-    async def wait_for_events(self, timeout: float) -> None:
-        await asyncio.sleep(timeout)
-
 
 class Rig:
     """A running Delivery over `events` spooled events and `sink`."""
