@@ -224,6 +224,8 @@ async def test_tiny_body_inflating_to_millions_of_lines(tmp_path: Path) -> None:
 # --- 5. the event loop stays responsive --------------------------------------------------
 
 
+# about 8 s of CPU, and a bound on latency that a loaded machine can break: with the slow tests
+@pytest.mark.e2e
 async def test_healthz_answers_while_a_10_mib_body_is_parsed(tmp_path: Path) -> None:
     # many small items, most of them invalid: the costliest 10 MiB to decode, check and answer
     async with relay_with(tmp_path, max_body_bytes=10 << 20, max_items=300_000) as relay:
