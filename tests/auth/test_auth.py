@@ -377,6 +377,8 @@ async def test_steady_state_never_waits(endpoint: Endpoint, provider: TokenProvi
 
     longest = 0.0
     seen = set()
+    # a fixed 8 s window on purpose: it measures how long token() takes across several
+    # refreshes (3 s tokens), not a condition to wait for
     end = time.monotonic() + 8
     while time.monotonic() < end:
         started = time.monotonic()
