@@ -170,7 +170,7 @@ async def test_tiny_spool_loses_nothing_sent_over_tcp(tmp_path: Path, caplog) ->
 
 
 async def test_full_spool_blocks_the_tcp_sender_until_it_has_room(tmp_path: Path) -> None:
-    async with syslog_relay(tmp_path, max_bytes=32 << 20) as r:
+    async with syslog_relay(tmp_path, max_bytes=4 << 20) as r:  # small: quick to fill
         padding = "p" * 3000
         while True:  # fill the spool from another source until it refuses
             batch = [
@@ -187,6 +187,8 @@ async def test_full_spool_blocks_the_tcp_sender_until_it_has_room(tmp_path: Path
         pending = b""
         total = 0
         stalled_since: float | None = None
+        # send until the socket has taken nothing for 0.5 s: a fixed window on purpose, as it
+        # measures an absence (the relay reading no more while its spool refuses)
         while stalled_since is None or time.monotonic() - stalled_since < 0.5:
             assert total < 256 << 20, "the relay kept reading while the spool refused"
             if not pending:
