@@ -19,6 +19,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.fixture(autouse=True)
+def _subprocesses_only_in_slow_tests(request: pytest.FixtureRequest, monkeypatch) -> None:
+    """`make test-fast` stays fast: a test outside e2e/interop that starts `relay run` or
+    `relay dev-upstream` fails, saying to mark it (or to test the part in-process)."""
+    if request.node.get_closest_marker("e2e") or request.node.get_closest_marker("interop"):
+        return
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(
+            f"{type(self).__name__}.start in a test not marked e2e: mark it pytest.mark.e2e, "
+            "or test the part in this process"
+        )
+
+    monkeypatch.setattr(RelayProcess, "start", refuse)
+    monkeypatch.setattr(UpstreamProcess, "start", refuse)
+
+
 @pytest.fixture
 def upstream_factory(tmp_path: Path):
     started: list[UpstreamProcess] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,3 +348,22 @@ def test_test_modules_share_code_only_through_tests_helpers() -> None:
                     continue
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {resolved}, {why}")
     assert not bad, f"{len(bad)} import(s) between test modules:\n  " + "\n  ".join(bad)
+
+
+def test_tests_wait_for_conditions_through_tests_helpers() -> None:
+    """A test waits for a condition with `wait_until` / `eventually` (tests/helpers/waiting.py),
+    which say what they waited for when it never came, not with a loop of its own against a
+    deadline. (A fixed window that measures a rate or an absence is a loop of another shape,
+    with a comment saying so.)"""
+    helpers = TESTS / "helpers"
+    loop = re.compile(r"deadline\s*=\s*time\.monotonic\(\)")
+    bad = []
+    for path in sorted(TESTS.rglob("*.py")):
+        if helpers in path.parents:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if loop.search(line):
+                bad.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not bad, "hand-written deadline loops (use wait_until / eventually):\n  " + "\n  ".join(
+        bad
+    )

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,7 @@ from relay.config.model import MaskinportenConfig
 from relay.dev.certs import TestPki, make_test_pki
 from relay.dev.maskinporten import ClientRegistration, MaskinportenFaults, MaskinportenStandIn
 from relay.errors import UserError
-from tests.helpers import eventually, free_port
+from tests.helpers import eventually
 
 AUDIENCE = "https://test.maskinporten.no/"
 CLIENT = "MOVE_IP_991825827"
@@ -377,6 +378,8 @@ async def test_steady_state_never_waits(endpoint: Endpoint, provider: TokenProvi
 
     longest = 0.0
     seen = set()
+    # a fixed 8 s window on purpose: it measures how long token() takes across several
+    # refreshes (3 s tokens), not a condition to wait for
     end = time.monotonic() + 8
     while time.monotonic() < end:
         started = time.monotonic()
@@ -525,10 +528,15 @@ async def test_fetch_and_describe_errors_are_one_line(endpoint: Endpoint, pki: T
         await fetch_and_describe(cfg, environ={})
     assert "invalid_client: Invalid client" in str(refused.value)
 
-    closed_port = free_port()
-    unreachable = replace(cfg, token_url=f"http://127.0.0.1:{closed_port}/token", client_id=CLIENT)
-    with pytest.raises(UserError) as unreached:
-        await fetch_and_describe(unreachable, environ={})
+    # a port bound here and not listening: connections to it are refused for as long as it
+    # is held (a port merely found free could be taken by another process meanwhile)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+        url = f"http://127.0.0.1:{closed_port}/token"
+        unreachable = replace(cfg, token_url=url, client_id=CLIENT)
+        with pytest.raises(UserError) as unreached:
+            await fetch_and_describe(unreachable, environ={})
     message = str(unreached.value)
     assert message.startswith(f"cannot reach token endpoint http://127.0.0.1:{closed_port}/token: ")
     assert "\n" not in message

@@ -77,6 +77,8 @@ def test_short_lived_tokens_never_fail_a_delivery(upstream_factory, relay_factor
     relay = relay_factory(config=up.config).start()
     started = time.monotonic()
     sent = 0
+    # a fixed 10 s of sending on purpose: deliveries across several token lifetimes (3 s), and
+    # the token fetches counted over that time
     while time.monotonic() - started < 10:
         send(relay, [make_event() for _ in range(20)])
         sent += 20

@@ -13,6 +13,7 @@ Dockerfile's exec forms are valid JSON and its COPY sources exist.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -34,7 +35,7 @@ import pytest
 import yaml
 
 from relay.config import Config, load_config, parse_duration
-from tests.helpers import RelayProcess, UpstreamProcess, make_event, wait_until
+from tests.helpers import RelayProcess, UpstreamProcess, inprocess_relay, make_event, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -105,30 +106,46 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def test_what_the_files_expect_of_a_running_relay(tmp_path: Path) -> None:
-    """One relay (default settings, no credentials: it never delivers) answers everything the
-    files send it: the Kubernetes probes and the Prometheus scrape (GET, 200), the forwarders'
-    NDJSON batches with their headers (200, all accepted), the image's HEALTHCHECK (exit 0)."""
-    relay = RelayProcess(tmp_path / "spool").start()
+def _what_the_files_expect(url: str, port: int) -> list[str]:
+    """What a relay at `url` (its HTTP listener on `port`) fails of the files' expectations: the
+    Kubernetes probes and the Prometheus scrape (GET, 200), the forwarders' NDJSON batches with
+    their headers (200, all accepted), the image's HEALTHCHECK (exit 0)."""
     failures = []
+    for what, path in _k8s_paths():
+        status, body = _get(url + path)
+        if status != 200:
+            failures.append(f"{what}: GET {path} -> {status} {body[:80]!r}")
+        elif what == "prometheus.io/path" and b"# TYPE relay_" not in body:
+            failures.append(f"{what}: GET {path} is no relay metrics page")
+    for what, uri, headers in _forwarders():
+        body = b"\n".join(orjson.dumps(make_event()) for _ in range(2)) + b"\n"
+        status, answer = _post(url + urlsplit(uri).path, body, headers)
+        if status != 200 or orjson.loads(answer).get("accepted") != 2:
+            failures.append(f"{what}: POST {uri} {headers} -> {status} {answer[:80]!r}")
+    code = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", _healthcheck()[2])
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    if check.returncode != 0:
+        failures.append(f"Dockerfile HEALTHCHECK: exit {check.returncode} {check.stderr[-200:]}")
+    return failures
+
+
+async def test_what_the_files_expect_of_a_relay(tmp_path: Path) -> None:
+    """The relay's HTTP application in this process (default settings) answers everything the
+    files send it."""
+    async with inprocess_relay(tmp_path) as relay:
+        url = await relay.start_http()
+        port = int(url.rsplit(":", 1)[1])
+        # the checks make blocking requests: in a thread, while this loop serves them
+        failures = await asyncio.to_thread(_what_the_files_expect, url, port)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.e2e
+def test_what_the_files_expect_of_a_running_relay(tmp_path: Path) -> None:
+    """The same of `relay run` (default settings, no credentials: it never delivers)."""
+    relay = RelayProcess(tmp_path / "spool").start()
     try:
-        for what, path in _k8s_paths():
-            status, body = _get(relay.url + path)
-            if status != 200:
-                failures.append(f"{what}: GET {path} -> {status} {body[:80]!r}")
-            elif what == "prometheus.io/path" and b"# TYPE relay_" not in body:
-                failures.append(f"{what}: GET {path} is no relay metrics page")
-        for what, uri, headers in _forwarders():
-            body = b"\n".join(orjson.dumps(make_event()) for _ in range(2)) + b"\n"
-            status, answer = _post(relay.url + urlsplit(uri).path, body, headers)
-            if status != 200 or orjson.loads(answer).get("accepted") != 2:
-                failures.append(f"{what}: POST {uri} {headers} -> {status} {answer[:80]!r}")
-        code = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{relay.port}", _healthcheck()[2])
-        check = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
-        if check.returncode != 0:
-            failures.append(
-                f"Dockerfile HEALTHCHECK: exit {check.returncode} {check.stderr[-200:]}"
-            )
+        failures = _what_the_files_expect(relay.url, relay.port)
     finally:
         relay.kill()
     assert not failures, "\n".join(failures)

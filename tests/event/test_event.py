@@ -603,9 +603,25 @@ def outcome(fn, value: object) -> tuple:
     return ("accepted", out, encode(out))
 
 
-@settings(FAST, max_examples=1000)
-@given(valid_events, st.lists(st.tuples(MUTATED_FIELDS, MUTANTS), max_size=3))
+REFERENCE_INPUTS = (valid_events, st.lists(st.tuples(MUTATED_FIELDS, MUTANTS), max_size=3))
+
+
+@settings(FAST, max_examples=100)
+@given(*REFERENCE_INPUTS)
 def test_normalise_answers_as_the_reference(raw: dict, mutations: list) -> None:
+    _answers_as_the_reference(raw, mutations)
+
+
+# the same at length: 1000 examples take about 15 s of CPU, so `make test` runs them (with the
+# slow tests) and `make test-fast` the 100 above
+@pytest.mark.e2e
+@settings(FAST, max_examples=1000)
+@given(*REFERENCE_INPUTS)
+def test_normalise_answers_as_the_reference_at_length(raw: dict, mutations: list) -> None:
+    _answers_as_the_reference(raw, mutations)
+
+
+def _answers_as_the_reference(raw: dict, mutations: list) -> None:
     mutated = dict(raw)
     for field, value in mutations:
         # a value of the event itself under another field, or a new one

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import selectors
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -141,12 +141,23 @@ class UpstreamProcess:
         log = open(self.data.parent / f"upstream-{self.data.name}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
         log.close()
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline and not line.startswith("READY"):
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise RuntimeError(f"dev-upstream exited with {self.proc.returncode}")
+        lines: list[str] = []
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+
+            def said_ready() -> bool:
+                # READY is the first line it prints; reading only when there is something to
+                # read, so that the timeout holds even if it never comes
+                if selector.select(timeout=0):
+                    lines.append(self.proc.stdout.readline())
+                    if lines[-1].startswith("READY"):
+                        return True
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"dev-upstream exited with {self.proc.returncode}")
+                return False
+
+            wait_until(said_ready, timeout, "dev-upstream to say READY", lambda: "".join(lines))
+        line = lines[-1]
         fields = dict(part.split("=", 1) for part in line.split()[1:])
         self.ports["rsocket"] = int(fields["rsocket"].rsplit(":", 1)[1])
         self.ports["http"] = int(fields["http"].rsplit(":", 1)[1])

@@ -46,6 +46,7 @@ def sample(text: str, name: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.e2e  # relay and upstream subprocesses (the fixtures mark it too; this says so here)
 def test_metrics_names_and_spool_gauges_match_spool_stats(upstream_factory, relay_factory) -> None:
     up = upstream_factory()
     relay = relay_factory(config=up.config, env=FAST_RETRY).start()

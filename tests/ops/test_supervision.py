@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,8 @@ from relay import supervision
 from relay.config import Config, load_config
 from relay.server import build_app, serve
 from relay.spool import SqliteSpool
-from tests.helpers import eventually, free_port
+from relay.spool.sqlite.writer import Writer
+from tests.helpers import eventually
 
 
 def _healthz(url: str) -> int:
@@ -37,20 +39,33 @@ async def _wait_for(predicate, timeout: float, what: str) -> None:
     await eventually(lambda: asyncio.to_thread(predicate), timeout, what)
 
 
-def _environ(tmp_path: Path, port: int) -> dict[str, str]:
+def _environ(tmp_path: Path) -> dict[str, str]:
+    """The relay listens on a port the OS chooses: its "relay ready" line says which."""
     return {
-        "RELAY_INGEST__HTTP__LISTEN": f"127.0.0.1:{port}",
+        "RELAY_INGEST__HTTP__LISTEN": "127.0.0.1:0",
         "RELAY_SPOOL__PATH": str(tmp_path / "spool"),
     }
+
+
+async def _ready_port(caplog: pytest.LogCaptureFixture) -> int:
+    """The HTTP port of a relay serving in this process, from its "relay ready" line."""
+    ready = re.compile(r"relay ready: http [^ ,;]*:(\d+)")
+    found: list[re.Match] = []
+
+    def said() -> bool:
+        found[:] = [m for r in caplog.records if (m := ready.search(r.getMessage()))]
+        return bool(found)
+
+    await eventually(said, 20, "the relay ready line", lambda: caplog.text)
+    return int(found[-1].group(1))
 
 
 async def test_a_dying_task_stops_serve_in_order_with_a_failure(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = asyncio.create_task(serve(load_config(None, environ=_environ(tmp_path, port))))
+    server = asyncio.create_task(serve(load_config(None, environ=_environ(tmp_path))))
+    url = f"http://127.0.0.1:{await _ready_port(caplog)}"
     await _wait_for(lambda: _healthz(url) == 200, 20, "the relay to come up")
 
     async def worker() -> None:
@@ -102,8 +117,29 @@ _DYING_WRITER = textwrap.dedent(
 )
 
 
+# the thread dying with the exception is the point; pytest would warn of it
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_serve_fails_when_the_spool_writer_thread_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The in-process form of the test below: `serve` stops in order and says why."""
+    caplog.set_level(logging.INFO)
+
+    def boom(self) -> None:
+        raise MemoryError("injected into the spool writer")
+
+    monkeypatch.setattr(Writer, "_load_dedup", boom)
+    with pytest.raises(supervision.BackgroundFailure) as failure:
+        await asyncio.wait_for(serve(load_config(None, environ=_environ(tmp_path))), 30)
+    assert failure.value.exit_code == supervision.EXIT_FAILURE
+    assert "'spool writer' stopped unexpectedly: MemoryError" in caplog.text
+    assert "shutdown phase 3/3: closing the spool" in caplog.text
+    assert supervision.failure() is None
+
+
+@pytest.mark.e2e  # the same as a `relay run` subprocess: its exit code and last line
 def test_relay_run_exits_70_when_the_spool_writer_thread_dies(tmp_path: Path) -> None:
-    env = {**_environ(tmp_path, free_port()), "PATH": "/usr/bin:/bin"}
+    env = {**_environ(tmp_path), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         [sys.executable, "-c", _DYING_WRITER],
         env=env,

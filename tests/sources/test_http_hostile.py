@@ -224,6 +224,8 @@ async def test_tiny_body_inflating_to_millions_of_lines(tmp_path: Path) -> None:
 # --- 5. the event loop stays responsive --------------------------------------------------
 
 
+# about 8 s of CPU, and a bound on latency that a loaded machine can break: with the slow tests
+@pytest.mark.e2e
 async def test_healthz_answers_while_a_10_mib_body_is_parsed(tmp_path: Path) -> None:
     # many small items, most of them invalid: the costliest 10 MiB to decode, check and answer
     async with relay_with(tmp_path, max_body_bytes=10 << 20, max_items=300_000) as relay:
@@ -260,11 +262,6 @@ async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(host, int(port))
 
 
-async def _closed_by_server(reader: asyncio.StreamReader, deadline: float) -> bytes:
-    """Everything the server sent until it closed the connection."""
-    return await asyncio.wait_for(reader.read(), timeout=max(0.0, deadline - time.monotonic()))
-
-
 async def test_stalled_bodies_are_answered_408_and_closed(tmp_path: Path) -> None:
     async with relay_with(tmp_path, read_timeout=1.0) as relay:
         stalled = [await _open(relay.url) for _ in range(300)]
@@ -275,8 +272,9 @@ async def test_stalled_bodies_are_answered_408_and_closed(tmp_path: Path) -> Non
         # a normal producer is served at once meanwhile
         status, _, _ = await relay.post(line(), **NDJSON)
         assert status == 200 and time.monotonic() - began < 0.5
-        deadline = time.monotonic() + 10
-        answers = await asyncio.gather(*(_closed_by_server(r, deadline) for r, _ in stalled))
+        async with asyncio.timeout(10):  # all of them answered and closed within 10 s
+            # read() returns what the server sent once it closed the connection
+            answers = await asyncio.gather(*(reader.read() for reader, _ in stalled))
         for _, writer in stalled:
             writer.close()
         assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers[0]
@@ -293,10 +291,10 @@ async def test_idle_connections_close_after_keepalive_timeout(tmp_path: Path) ->
             b"POST /api/status HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(event), event)
         )
-        deadline = time.monotonic() + 5
-        answer = await _closed_by_server(reader, deadline)
-        assert answer.startswith(b"HTTP/1.1 200 ")
-        assert await _closed_by_server(silent_reader, deadline) == b""
+        async with asyncio.timeout(5):  # both closed by the server within 5 s
+            answer = await reader.read()  # what the server sent before it closed
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert await silent_reader.read() == b""
         writer.close()
         silent.close()
 
@@ -332,7 +330,7 @@ async def test_authorization_that_is_not_utf8_is_a_401(tmp_path: Path, value: by
             b"Authorization: %s\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (value, len(event), event)
         )
-        answer = await _closed_by_server(reader, time.monotonic() + 5)
+        answer = await asyncio.wait_for(reader.read(), 5)  # all it sent, once it closed
         writer.close()
         assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
         assert relay.spool.stats().events == 0

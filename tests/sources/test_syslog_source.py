@@ -21,7 +21,7 @@ from relay.sources.intake import Intake
 from relay.sources.syslog import start_syslog
 from relay.spool import Incoming, SpoolRefused, list_dead_letters
 from tests.helpers import InProcessRelay as Relay
-from tests.helpers import eventually, free_port, inprocess_relay, make_event
+from tests.helpers import eventually, inprocess_relay, make_event
 
 REPO = Path(__file__).resolve().parents[2]
 RSYSLOG_EXAMPLE = REPO / "deploy" / "rsyslog" / "relay.conf"
@@ -170,7 +170,7 @@ async def test_tiny_spool_loses_nothing_sent_over_tcp(tmp_path: Path, caplog) ->
 
 
 async def test_full_spool_blocks_the_tcp_sender_until_it_has_room(tmp_path: Path) -> None:
-    async with syslog_relay(tmp_path, max_bytes=32 << 20) as r:
+    async with syslog_relay(tmp_path, max_bytes=4 << 20) as r:  # small: quick to fill
         padding = "p" * 3000
         while True:  # fill the spool from another source until it refuses
             batch = [
@@ -187,6 +187,8 @@ async def test_full_spool_blocks_the_tcp_sender_until_it_has_room(tmp_path: Path
         pending = b""
         total = 0
         stalled_since: float | None = None
+        # send until the socket has taken nothing for 0.5 s: a fixed window on purpose, as it
+        # measures an absence (the relay reading no more while its spool refuses)
         while stalled_since is None or time.monotonic() - stalled_since < 0.5:
             assert total < 256 << 20, "the relay kept reading while the spool refused"
             if not pending:
@@ -315,17 +317,25 @@ async def test_util_linux_logger(relay: Relay, args: list[str]) -> None:
 async def test_rsyslog_forwards_with_the_shipped_config(tmp_path: Path) -> None:
     """rsyslogd with deploy/rsyslog/relay.conf (only the port changed) forwards status events,
     and keeps them in its queue while the relay is not there yet."""
-    relay_port, input_port = free_port(), free_port()
+    # The relay's port goes into rsyslog's config before the relay listens (the test is that
+    # rsyslog queues meanwhile), so it is picked here, not by the relay. Held bound (a bound
+    # socket that does not listen refuses connections, as no listener would) until the relay
+    # takes it, so that no other process can take it in between.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    relay_port = held.getsockname()[1]
     work = tmp_path / "rsyslog"
     work.mkdir()
     example = RSYSLOG_EXAMPLE.read_text()
     assert example.count('port="6514"') == 1
     (work / "relay.conf").write_text(example.replace('port="6514"', f'port="{relay_port}"'))
     conf = work / "rsyslog.conf"
+    input_port_file = work / "input.port"  # rsyslog listens on port 0 and writes what it got
     conf.write_text(
         f'global(workDirectory="{work}")\n'
         'module(load="imtcp")\n'
-        f'input(type="imtcp" address="127.0.0.1" port="{input_port}")\n'
+        'input(type="imtcp" address="127.0.0.1" port="0" '
+        f'listenPortFileName="{input_port_file}")\n'
         f'include(file="{work / "relay.conf"}")\n'
     )
     log_file = open(work / "rsyslogd.log", "wb")  # noqa: SIM115 - handed to the child
@@ -336,6 +346,13 @@ async def test_rsyslog_forwards_with_the_shipped_config(tmp_path: Path) -> None:
     log_file.close()
     r = await Relay.open(tmp_path)
     try:
+        await eventually(
+            lambda: input_port_file.exists() and input_port_file.read_text().strip(),
+            15,
+            "rsyslogd to say which port it listens on",
+            lambda: (work / "rsyslogd.log").read_text(),
+        )
+        input_port = int(input_port_file.read_text())
         producer = await connect_when_up(input_port, proc, work / "rsyslogd.log")
 
         def line(tag: str, event: dict) -> bytes:
@@ -345,7 +362,8 @@ async def test_rsyslog_forwards_with_the_shipped_config(tmp_path: Path) -> None:
         # the relay is not listening yet: rsyslog's queue keeps the event
         producer.write(line("eformidling-status", early) + line("something-else", other))
         await producer.drain()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a fixed pause on purpose: rsyslog tries, and queues
+        held.close()
         await r.start_syslog(tcp=f"127.0.0.1:{relay_port}", udp="")
         assert ids(await r.collect(1, timeout=20)) == {early["message_id"]}
         producer.write(line("eformidling-status", late))
@@ -355,6 +373,7 @@ async def test_rsyslog_forwards_with_the_shipped_config(tmp_path: Path) -> None:
         await asyncio.sleep(0.2)
         assert (r.spool.stats().events, r.spool.stats().dead_letters) == (2, 0)
     finally:
+        held.close()
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.helpers import RelayProcess, make_event, post
+from tests.helpers import RelayProcess, make_event, post, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,10 +53,13 @@ def test_full_disk_refuses_then_recovers(tiny_fs: Path) -> None:
         assert status == 503
         assert readyz(relay.url) == 503
         filler.unlink()
-        deadline = time.monotonic() + 15
-        while readyz(relay.url) != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert readyz(relay.url) == 200
+        wait_until(
+            lambda: readyz(relay.url) == 200,
+            15,
+            "the relay ready again once the disk has room",
+            relay.output,
+            interval=0.2,
+        )
         event = make_event()
         assert post(relay.url, event)[0] == 200
         acked.append(event["message_id"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,9 +14,7 @@ import pytest
 
 from relay.spool import Incoming, SpoolUnavailable, SqliteSpool
 from relay.spool.sqlite.health import CORRUPT_MARKER
-from tests.helpers import RelayProcess, make_event
-
-pytestmark = pytest.mark.e2e
+from tests.helpers import RelayProcess, eventually, make_event, wait_until
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -40,17 +37,6 @@ def _post(url: str, event: dict) -> int:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _corrupt_events_table(db: Path) -> None:
@@ -81,6 +67,7 @@ def _corrupt_events_table(db: Path) -> None:
         conn.close()
 
 
+@pytest.mark.e2e  # relay subprocesses
 def test_corrupt_file_while_running_refuses_and_restart_quarantines(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     relay = RelayProcess(spool).start()
@@ -89,7 +76,9 @@ def test_corrupt_file_while_running_refuses_and_restart_quarantines(tmp_path: Pa
             assert _post(relay.url, make_event()) == 200
         _corrupt_events_table(spool / "spool.db")
         # the first append that touches the broken page fails; later ones are refused outright
-        _wait(lambda: _post(relay.url, make_event()) == 503, 20, "an append refused")
+        wait_until(
+            lambda: _post(relay.url, make_event()) == 503, 20, "an append refused", relay.output
+        )
         status, text = _get(relay.url + "/readyz")
         assert status == 503 and "corrupt" in text and "relay spool check" in text, text
         assert _post(relay.url, make_event()) == 503
@@ -115,13 +104,6 @@ def test_corrupt_file_while_running_refuses_and_restart_quarantines(tmp_path: Pa
         again.stop()
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_truncated_dedup_log_row_is_reported_not_a_dead_writer(tmp_path: Path) -> None:
     path = tmp_path / "spool"
     spool = await SqliteSpool.open(path, max_bytes=1 << 30, dedup_window=86400.0)
@@ -133,7 +115,7 @@ async def test_truncated_dedup_log_row_is_reported_not_a_dead_writer(tmp_path: P
 
     spool = await SqliteSpool.open(path, max_bytes=1 << 30, dedup_window=86400.0)
     try:
-        await _until(lambda: spool.refusing() is not None)
+        await eventually(lambda: spool.refusing() is not None, what="the spool refusing")
         assert "corrupt" in spool.refusing() and "dedup log row" in spool.refusing()
         assert spool.alive()  # today the writer thread died of the ValueError: a crash loop
         try:
@@ -158,7 +140,7 @@ async def test_corruption_found_by_a_lease_turns_the_spool_not_ready(tmp_path: P
         await asyncio.to_thread(_corrupt_events_table, path / "spool.db")
         with pytest.raises(SpoolUnavailable, match="malformed"):
             await spool.lease(10)
-        await _until(lambda: spool.refusing() is not None)
+        await eventually(lambda: spool.refusing() is not None, what="the spool refusing")
         assert spool.refusing().startswith("the spool file is corrupt (a lease:")
         assert spool.alive()
         try:

@@ -3,7 +3,6 @@ its own share (so junk never makes the spool refuse valid events), and the dedup
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from relay.spool import (
     replay_dead_letters,
 )
 from relay.spool.sqlite.schema import ROW_OVERHEAD
+from tests.helpers import eventually
 
 
 def ev(n: int, pad: int = 0) -> Incoming:
@@ -85,10 +85,13 @@ async def test_the_dedup_log_counts_against_max_bytes(tmp_path: Path, monkeypatc
         await spool.append([ev(b * 100 + i) for i in range(100)])
     assert spool.stats().dedup_log_bytes == 3 * (8 * 100 + ROW_OVERHEAD)
     assert read_stats(tmp_path / "s", 1 << 30).dedup_log_bytes == 3 * (8 * 100 + ROW_OVERHEAD)
-    deadline = time.monotonic() + 10
-    while spool.stats().dedup_log_bytes:  # cut once the window has passed
-        assert time.monotonic() < deadline, "the dedup log's bytes were never given back"
-        await asyncio.sleep(0.05)
+    await eventually(  # cut once the window has passed
+        lambda: spool.stats().dedup_log_bytes == 0,
+        10,
+        "the dedup log's bytes given back",
+        lambda: str(spool.stats()),
+        interval=0.05,
+    )
     await spool.close()
     assert check_spool(tmp_path / "s") == []
 
