@@ -193,6 +193,46 @@ def test_sorted_digests_is_a_multiset_of_tagged_digests(
         assert (d in s) == (d in model)
 
 
+@settings(deadline=None)
+@given(
+    st.lists(st.tuples(DIGESTS, st.integers(0, 255)), max_size=150),
+    st.lists(st.tuples(DIGESTS, st.integers(0, 255)), max_size=50),
+)
+def test_a_bulk_load_holds_what_adding_one_by_one_holds(
+    loaded: list[tuple[int, int]], later: list[tuple[int, int]]
+) -> None:
+    one_by_one, bulk = SortedDigests(), SortedDigests()
+    bulk.begin_load()
+    for d, tag in loaded:
+        one_by_one.add_all([d], tag)
+        bulk.add_all([d], tag)
+    assert len(bulk) == len(one_by_one)
+    bulk.end_load()
+    for d, tag in later:  # after the load, the one-by-one path on the loaded shards
+        one_by_one.add_all([d], tag)
+        bulk.add_all([d], tag)
+    # the same (digest, tag) entries in each shard, the shard sorted by digest (equal digests
+    # may stand in any order of their tags)
+    for k, shard in enumerate(bulk._shards):
+        assert list(shard) == sorted(shard)
+        entries = sorted(zip(shard, bulk._tags[k], strict=True))
+        assert entries == sorted(zip(one_by_one._shards[k], one_by_one._tags[k], strict=True))
+    for d, _ in loaded + later:
+        assert d in bulk
+
+
+def test_a_forget_while_loading_sees_what_was_loaded() -> None:
+    # the cap reached during the start-up load: the oldest buckets go, pending or not
+    recent = RecentDigests(86400.0, 640)  # buckets of 10
+    recent.known.begin_load()
+    for row in range(100):
+        recent.add([row * 100 + i for i in range(10)], 1000.0 + row, row + 1)
+    recent.known.end_load()
+    assert len(recent) == 640
+    assert all(d in recent for d in range(3600, 9910, 100))
+    assert not any(d in recent for d in range(0, 3600))
+
+
 def test_the_cap_forgets_the_oldest_first() -> None:
     recent = RecentDigests(86400.0, 640)  # buckets of 10
     for row in range(100):

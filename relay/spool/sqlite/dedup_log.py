@@ -34,13 +34,15 @@ class DedupLog:
             if dedup is None:
                 return
             first = True
-            for rowid, seen_at, digests in store.read_dedup_log(now - dedup.window):
-                if first:
-                    self._purge_upto = rowid - 1
-                    first = False
-                # a digest logged twice (stored again once forgotten) is then forgotten with
-                # its older bucket: early, which only lets a duplicate through
-                dedup.add(digests, seen_at, rowid)
+            dedup.known.begin_load()
+            try:
+                for rowid, seen_at, digests in store.read_dedup_log(now - dedup.window):
+                    if first:
+                        self._purge_upto = rowid - 1
+                        first = False
+                    dedup.add(digests, seen_at, rowid)
+            finally:
+                dedup.known.end_load()
         except CorruptRow as exc:
             self._health.found_corrupt("the dedup log", str(exc))
         except sqlite3.Error as exc:
