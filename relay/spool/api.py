@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -307,9 +307,11 @@ class SpoolAdmin(Protocol):
 class Backend(NamedTuple):
     """Where a backend's classes live, as "module:attribute" strings imported only when chosen.
 
-    `spool` has `async open(path, *, max_bytes, dedup_window, on_commit=None) -> Spool`;
-    `admin`, when the backend keeps anything outside the relay process, is built as
-    `admin(path, *, max_bytes) -> SpoolAdmin`."""
+    `spool` has `async open(path, *, max_bytes, dedup_window, on_commit=None, options=None)
+    -> Spool`; `admin`, when the backend keeps anything outside the relay process, is built as
+    `admin(path, *, max_bytes, options=None) -> SpoolAdmin`. `options` is the backend's own
+    settings (for "jetstream": `spool.jetstream` plus what delivery implies, see
+    `relay.spool.jetstream.options`), a plain mapping so that the spool imports no config."""
 
     spool: str
     admin: str | None
@@ -319,6 +321,10 @@ BACKENDS: dict[str, Backend] = {
     "sqlite": Backend("relay.spool.sqlite:SqliteSpool", "relay.spool.sqlite.admin:SqliteAdmin"),
     # everything in the relay's memory, lost on exit: for tests of sources and delivery
     "memory": Backend("relay.spool.memory:MemorySpool", None),
+    # a replicated stream on a NATS JetStream cluster, shared by several relays
+    "jetstream": Backend(
+        "relay.spool.jetstream.spool:JetStreamSpool", "relay.spool.jetstream.admin:JetStreamAdmin"
+    ),
 }
 
 
@@ -352,13 +358,21 @@ async def open_spool(
     max_bytes: int,
     dedup_window: float,
     on_commit: Callable[[float], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Spool:
     """Open the spool of backend `name` (`spool.backend`) for the running relay."""
     cls = import_from_string(backend(name).spool)
-    return await cls.open(path, max_bytes=max_bytes, dedup_window=dedup_window, on_commit=on_commit)
+    kwargs: dict[str, Any] = {"max_bytes": max_bytes, "dedup_window": dedup_window}
+    if on_commit is not None:
+        kwargs["on_commit"] = on_commit
+    if options is not None:
+        kwargs["options"] = options
+    return await cls.open(path, **kwargs)
 
 
-def open_admin(name: str, path: str, *, max_bytes: int) -> SpoolAdmin:
+def open_admin(
+    name: str, path: str, *, max_bytes: int, options: Mapping[str, Any] | None = None
+) -> SpoolAdmin:
     """The admin side of backend `name`, for the `relay spool` and `relay dlq` commands."""
     ref = backend(name).admin
     if ref is None:
@@ -366,4 +380,6 @@ def open_admin(name: str, path: str, *, max_bytes: int) -> SpoolAdmin:
             f'spool.backend "{name}" keeps nothing outside the relay process: '
             "there is no spool to inspect"
         )
+    if options is not None:
+        return import_from_string(ref)(path, max_bytes=max_bytes, options=options)
     return import_from_string(ref)(path, max_bytes=max_bytes)
