@@ -5,6 +5,7 @@ Test modules import from here, never from one another.
 
 from tests.helpers.events import SEED_EVENT, make_event
 from tests.helpers.inprocess import InProcessRelay, inprocess_relay
+from tests.helpers.jetstream_rig import *  # noqa: F403 - the names in its __all__ (issue 12)
 from tests.helpers.processes import (
     FAST_RETRY,
     RelayProcess,
