@@ -1,6 +1,6 @@
 """`make chaos`: a bounded chaos campaign against a real relay and real upstream stand-ins.
 
-    python -m benchmarks.chaos [--seconds N] [--seed S] [--quick]
+    python -m benchmarks.chaos [--seconds N] [--seed S] [--quick] [--backend jetstream]
 
 Producers keep sending (HTTP: several at once, single events and NDJSON batches, each retried
 until acknowledged; syslog TCP when the relay listens for it) while faults are injected in a
@@ -8,6 +8,10 @@ seeded random order (see benchmarks.chaos_faults). Then everything is healed, th
 and the oracle (benchmarks.chaos_oracle) prints one table. Exit status 1 when an acknowledged
 event was lost, something not of the deliberately rejected kind was dead-lettered, or the
 backlog did not drain; 0 otherwise.
+
+`--backend jetstream` (`make chaos CHAOS_ARGS="--backend jetstream"`) runs two relays on one
+replicated stream of a 3-node NATS cluster (benchmarks.chaos_nats), the producers spread over
+both, and adds SIGKILLs of NATS nodes to the relay lane.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.chaos_faults import KINDS, LANES, Injector, Timeline, plan
+from benchmarks.chaos_faults import JETSTREAM_KINDS, KINDS, LANES, Injector, Timeline, plan
+from benchmarks.chaos_nats import Cluster, nats_server_binary, relay_env
 from benchmarks.chaos_oracle import (
     StandInDrops,
     dead_letter_ids,
@@ -59,6 +64,7 @@ TMPFS_SIZE = "128m"
 SPOOL_MAX_BYTES = "32MiB"
 PROGRESS_EVERY = 15.0
 BURST_PADDING = 16_384  # bytes of description in the events of a disk-full burst
+STREAM = "RELAY_CHAOS"
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Options:
     drain_timeout: float
     workdir: Path | None
     keep: bool
+    backend: str = "sqlite"
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -88,6 +95,12 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds (120)")
     p.add_argument("--workdir", type=Path, help="where logs and data go (a fresh temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir after a passing run")
+    p.add_argument(
+        "--backend",
+        choices=("sqlite", "jetstream"),
+        default="sqlite",
+        help="the relay's spool: sqlite (one relay) or jetstream (two relays, 3 NATS nodes)",
+    )
     args = vars(p.parse_args(argv))
     quick = args.pop("quick")
     if not args["seconds"]:
@@ -101,7 +114,12 @@ async def campaign(opts: Options) -> bool:
     work = opts.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     timeline = Timeline()
-    timeline.say(f"chaos campaign: seed {opts.seed}, {opts.seconds:.0f} s of faults, in {work}")
+    timeline.say(
+        f"chaos campaign ({opts.backend} spool): seed {opts.seed}, "
+        f"{opts.seconds:.0f} s of faults, in {work}"
+    )
+    if opts.backend == "jetstream":
+        return await _campaign_jetstream(opts, work, timeline)
     fs = work / "spoolfs"
     why = mount_tmpfs(fs, TMPFS_SIZE)
     if why is not None:
@@ -132,12 +150,50 @@ async def campaign(opts: Options) -> bool:
     return passed
 
 
+async def _campaign_jetstream(opts: Options, work: Path, timeline: Timeline) -> bool:
+    binary, why = nats_server_binary()
+    if binary is None:
+        timeline.say(f"cannot run the jetstream campaign: {why}")
+        return False
+    cluster = Cluster(work / "nats", binary, STREAM)
+    upstream = Upstream(work / "upstream", work / "upstream.log", TOKEN_LIFETIME)
+    syslog_port = free_port()
+    relays = []
+    for name in "ab":
+        env = {
+            **RELAY_ENV,
+            **relay_env(cluster),
+            "RELAY_SPOOL__PATH": str(work / f"relay-{name}"),
+            "RELAY_SPOOL__MAX_BYTES": SPOOL_MAX_BYTES,
+        }
+        if name == "a":
+            env["RELAY_INGEST__SYSLOG__TCP_LISTEN"] = f"127.0.0.1:{syslog_port}"
+        relays.append(Relay(upstream.config, env, work / f"relay-{name}.log"))
+    rig = Rig(relays[0], upstream, work / "relay-a", None, syslog_port, relays[1:], cluster)
+    passed = False
+    try:
+        passed = await _run(opts, timeline, rig)
+    finally:
+        for relay in relays:
+            await relay.stop()
+        await upstream.stop()
+        cluster.stop()
+        if passed and not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs and data kept in {work} (relay-*.log, upstream.log, nats/)", flush=True)
+    return passed
+
+
 async def _run(opts: Options, timeline: Timeline, rig: Rig) -> bool:
     say = timeline.say
     drops = StandInDrops()
     rig.upstream.before_exit = drops.read
+    if rig.nats is not None:
+        await rig.nats.start()
     await rig.upstream.start()
-    await rig.relay.start()
+    for relay in rig.relays:
+        await relay.start()
     syslog_on = await syslog_listening("127.0.0.1", rig.syslog_port)
     if not syslog_on:
         say(f"syslog producer is off: the relay does not listen on 127.0.0.1:{rig.syslog_port}")
@@ -146,7 +202,7 @@ async def _run(opts: Options, timeline: Timeline, rig: Rig) -> bool:
     producing = _start_producers(opts, rig, ledger, stop, syslog_on)
     progress = asyncio.create_task(_progress(rig.relay, ledger, timeline))
     burst = _maker(opts, ledger, "disk-full-burst", padding=BURST_PADDING)
-    injector = Injector(rig, ledger, timeline, burst)
+    injector = Injector(rig, ledger, timeline, burst, _maker(opts, ledger, "nats-probe"))
     await _inject(opts, injector, timeline)
 
     say("last fault over: healing everything, producers finish their last batch")
@@ -155,25 +211,38 @@ async def _run(opts: Options, timeline: Timeline, rig: Rig) -> bool:
     await injector.heal_all()
     await asyncio.gather(*producing)
     progress.cancel()
-    drain = await _drained(rig.relay, healed_at, opts.drain_timeout)
+    drain = await _drained(rig, healed_at, opts.drain_timeout)
     say("backlog NOT drained" if drain is None else f"backlog drained in {drain:.1f} s")
 
     dead = await _dead_letters(rig.relay, timeline)
-    await rig.relay.stop()
+    for relay in rig.relays:
+        await relay.stop()
     await rig.upstream.stop()
     received = read_received(rig.upstream.received_db)
-    result = judge(ledger, received, dead, read_spooled(rig.spool), timeline, drain, drops)
-    print(f"\nchaos campaign, seed {opts.seed}, {opts.seconds:.0f} s")
-    print(render(result, syslog_on, rig.filler is not None), flush=True)
+    spooled = read_spooled(rig.spool) if rig.nats is None else await rig.nats.message_ids()
+    result = judge(ledger, received, dead, spooled, timeline, drain, drops)
+    print(f"\nchaos campaign ({opts.backend} spool), seed {opts.seed}, {opts.seconds:.0f} s")
+    print(render(result, syslog_on, _off(rig)), flush=True)
     return result.passed
+
+
+def _off(rig: Rig) -> dict[str, str]:
+    """The fault kinds this rig cannot have, with why."""
+    if rig.nats is not None:
+        return {"disk_full": "skipped (jetstream spool: nothing on the relay's disk)"}
+    off = dict.fromkeys(JETSTREAM_KINDS, "skipped (sqlite spool: --backend jetstream)")
+    if rig.filler is None:
+        off["disk_full"] = "skipped (no tmpfs)"
+    return off
 
 
 def _start_producers(
     opts: Options, rig: Rig, ledger: Ledger, stop: asyncio.Event, syslog_on: bool
 ) -> list[asyncio.Task]:
     each = opts.rate / opts.producers
+    urls = [relay.url for relay in rig.relays]  # spread over the relays
     producers = [
-        http_producer(rig.relay.url, ledger, _maker(opts, ledger, f"http-{i}"), stop, each)
+        http_producer(urls[i % len(urls)], ledger, _maker(opts, ledger, f"http-{i}"), stop, each)
         for i in range(opts.producers)
     ]
     if syslog_on:
@@ -186,8 +255,12 @@ def _start_producers(
 
 async def _inject(opts: Options, injector: Injector, timeline: Timeline) -> None:
     """Both lanes at once, each its seeded plan; a failing lane stops the other."""
+    if injector.rig.nats is not None:
+        relay_lane = ["relay_kill", *JETSTREAM_KINDS]
+    else:
+        relay_lane = ["relay_kill"] + (["disk_full"] if injector.rig.filler is not None else [])
     lanes = {
-        "relay": ["relay_kill"] + (["disk_full"] if injector.rig.filler is not None else []),
+        "relay": relay_lane,
         "upstream": [k for k, kind in KINDS.items() if kind.lane == "upstream"],
     }
     plans = {
@@ -226,12 +299,17 @@ def _maker(opts: Options, ledger: Ledger, name: str, padding: int = 0) -> EventM
     return EventMaker(rng, ledger, opts.marked_share, padding)
 
 
-async def _drained(relay: Relay, since: float, timeout: float) -> float | None:
-    """Seconds from `since` until the relay's spool is empty, or None after `timeout`."""
+async def _drained(rig: Rig, since: float, timeout: float) -> float | None:
+    """Seconds from `since` until the spool is empty (the relay's, or the shared stream), or
+    None after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, status = await relay.get("/status")
-        if status is not None and status["spool"]["events"] == 0:
+        if rig.nats is not None:
+            empty = await rig.nats.messages() == 0
+        else:
+            _, status = await rig.relay.get("/status")
+            empty = status is not None and status["spool"]["events"] == 0
+        if empty:
             return time.monotonic() - since
         await asyncio.sleep(0.2)
     return None

@@ -4,6 +4,10 @@ Faults run in two lanes at once, each one fault after another in a seeded random
 lane (SIGKILL of the relay, a full spool filesystem) and the upstream lane (SIGKILL, SIGSTOP,
 token endpoint down, rejections; all four act on the one stand-in process, so they take turns).
 Every fault heals itself before its lane moves on, and `heal_all` undoes whatever is left.
+
+With `--backend jetstream` two relays share one stream on a 3-node NATS cluster, and the relay
+lane holds SIGKILL of either relay, of one NATS node (every other time the stream's leader) and
+of all three nodes; a relay then needs the cluster to start, so these take turns too.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ KINDS = {
     "upstream_freeze": Kind("upstream", 3.4, (2.3, 3.2)),  # longer than request_timeout (2 s)
     "token_down": Kind("upstream", 3.5, (2.0, 3.5)),  # tokens live 5 s, refreshed at half-life
     "reject": Kind("upstream", 3.0, (1.5, 3.0)),
+    # --backend jetstream
+    "nats_node_kill": Kind("relay", 5.0, (0.5, 2.0)),  # time dead before the restart
+    "nats_all_kill": Kind("relay", 8.0, (1.0, 2.5)),  # after the relays refuse
 }
+JETSTREAM_KINDS = ("nats_node_kill", "nats_all_kill")
 LANES = ("relay", "upstream")
 _MIB = 1 << 20
 # While the filesystem is full, the spool still stores events in the free pages inside its file:
@@ -43,6 +51,8 @@ _MIB = 1 << 20
 BURST_EVENT = 20 * 1024  # bytes a burst event takes in the spool, about
 BURST_MARGIN = 4 * _MIB
 READY_AFTER_FREEING = 15.0  # the relay probes a failed spool every 2 s
+NATS_NOTICED = 10.0  # seconds for every relay to refuse once no NATS node runs
+READY_AFTER_NATS = 30.0  # ... and to be ready again once the nodes are back
 
 
 @dataclass
@@ -95,7 +105,12 @@ def plan(kinds: list[str], seconds: float, rng: random.Random) -> list[str]:
 
 class Injector:
     def __init__(
-        self, rig: Rig, ledger: Ledger, timeline: Timeline, burst_maker: EventMaker
+        self,
+        rig: Rig,
+        ledger: Ledger,
+        timeline: Timeline,
+        burst_maker: EventMaker,
+        probe_maker: EventMaker | None = None,
     ) -> None:
         self.rig = rig
         self.relay = rig.relay
@@ -104,6 +119,8 @@ class Injector:
         self.ledger = ledger
         self.timeline = timeline
         self.burst_maker = burst_maker  # large events, sent while the filesystem is full
+        self.probe_maker = probe_maker  # single events sent while no NATS node runs
+        self.nats_node_kills = 0
 
     async def run_lane(self, kinds: list[str], rng: random.Random, end_at: float) -> None:
         """Inject `kinds` in order, spread evenly until `end_at` (monotonic)."""
@@ -123,14 +140,93 @@ class Injector:
                 await asyncio.sleep(slot - took)
 
     async def relay_kill(self, hold: float, rng: random.Random) -> str:
-        pid = self.relay.proc.pid
-        self.timeline.relay_kills.append(time.time())
-        await self.relay.kill()
+        relays = self.rig.relays
+        relay = relays[0] if len(relays) == 1 else rng.choice(relays)
+        which = "" if len(relays) == 1 else f"{'abcdefgh'[relays.index(relay)]} "
+        pid = relay.proc.pid
+        if relay is self.relay:  # the one the syslog producer writes to
+            self.timeline.relay_kills.append(time.time())
+        await relay.kill()
         await asyncio.sleep(hold)
         started = time.monotonic()
-        await self.relay.start()
+        await relay.start()
         up = time.monotonic() - started
-        return f"SIGKILL relay {pid}, dead {hold:.1f} s, healthy {up:.1f} s after the restart"
+        return (
+            f"SIGKILL relay {which}{pid}, dead {hold:.1f} s, healthy {up:.1f} s after the restart"
+        )
+
+    async def nats_node_kill(self, hold: float, rng: random.Random) -> str:
+        """SIGKILL one node, every other time the one leading the stream; restart it."""
+        nats = self.rig.nats
+        self.nats_node_kills += 1
+        leader = await nats.leader()
+        followers = [n.name for n in nats.nodes if n.name != leader]
+        name = leader if self.nats_node_kills % 2 else rng.choice(followers)
+        node = nats.node(name)
+        refused_before = self.ledger.http_requests["503"]
+        pid = node.kill()
+        await asyncio.sleep(hold)
+        node.start()
+        await node.listening()
+        now = await nats.leader()
+        refused = self.ledger.http_requests["503"] - refused_before
+        role = "the stream leader" if name == leader else "a follower"
+        return (
+            f"SIGKILL nats {name} ({role}) {pid}, dead {hold:.1f} s; "
+            f"stream leader now {now}; {refused} x 503"
+        )
+
+    async def nats_all_kill(self, hold: float, rng: random.Random) -> str:
+        """SIGKILL every node: each relay must refuse (readyz and ingest 503, a new event never
+        200) until the nodes are back, then be ready again by itself."""
+        nats = self.rig.nats
+        refused_before = self.ledger.http_requests["503"]
+        for node in nats.nodes:
+            node.kill()
+        killed = time.monotonic()
+        noticed = await self._until(self._all_refuse, NATS_NOTICED)
+        bite = f"all refused after {time.monotonic() - killed:.1f} s" if noticed else "NOT refused"
+        self.timeline.toothless["nats_all_kill"] += not noticed
+        if not noticed:
+            self.timeline.errors.append(
+                f"nats_all_kill at {self.timeline.offset():.0f} s: a relay did not refuse (readyz "
+                f"and a new event 503) within {NATS_NOTICED:.0f} s of the last node's SIGKILL"
+            )
+        await asyncio.sleep(max(0.0, hold - (time.monotonic() - killed)))
+        refused = self.ledger.http_requests["503"] - refused_before
+        down = time.monotonic() - killed
+        restarted = time.monotonic()
+        await nats.start()
+        await nats.leader()
+        ready = await self._until(self._all_ready, READY_AFTER_NATS)
+        if not ready:
+            self.timeline.errors.append(
+                f"nats_all_kill at {self.timeline.offset():.0f} s: relays not ready "
+                f"{READY_AFTER_NATS:.0f} s after the nodes came back"
+            )
+        again = f"ready {time.monotonic() - restarted:.1f} s after" if ready else "NOT READY"
+        return f"SIGKILL all nats nodes for {down:.1f} s, {bite}, {refused} x 503, {again}"
+
+    async def _all_refuse(self) -> bool:
+        """Every relay answers /readyz 503 with a reason, and a new event 503 (a 200 is an
+        error: nothing can have stored it)."""
+        for relay in self.rig.relays:
+            status, _ = await relay.get("/readyz")
+            if status != 503:
+                return False
+        for relay in self.rig.relays:
+            event = self.probe_maker.make()
+            status = await relay.post_event(event)
+            if status == 200:
+                self.timeline.errors.append(
+                    f"a relay acknowledged {event['message_id']} while no NATS node ran"
+                )
+            if status != 503:
+                return False
+        return True
+
+    async def _all_ready(self) -> bool:
+        return all([(await r.get("/readyz"))[0] == 200 for r in self.rig.relays])
 
     async def disk_full(self, hold: float, rng: random.Random) -> str:
         """Fill the spool's filesystem, send a burst of large events until the relay refuses,
@@ -212,13 +308,16 @@ class Injector:
         """Undo every fault, whatever state a lane was stopped in."""
         if self.filler is not None:
             self.filler.unlink(missing_ok=True)
+        if self.rig.nats is not None:
+            await self.rig.nats.start()
         self.upstream.thaw()
         if not self.upstream.alive:
             await self.upstream.start()
         await self.upstream.maskinporten_faults(unavailable=False)
         await self.upstream.status_faults(reject_match={})
-        if not self.relay.alive:
-            await self.relay.start()
+        for relay in self.rig.relays:
+            if not relay.alive:
+                await relay.start()
 
     async def _relay_ready(self, timeout: float) -> bool:
         async def ready() -> bool:

@@ -251,14 +251,15 @@ def _before_kill(message_id: str, ledger: Ledger, kills: list[float]) -> float |
     return None
 
 
-def render(r: Result, syslog_on: bool, disk_full_on: bool) -> str:
+def render(r: Result, syslog_on: bool, off: dict[str, str]) -> str:
+    """The table; `off`: the fault kinds this campaign could not inject, with why."""
     rows: list[tuple[str, str]] = [("faults injected", str(sum(r.faults.values())))]
     for kind in KINDS:
         value = str(r.faults[kind])
         if r.toothless[kind]:
             value += f" ({r.toothless[kind]} never refused by the relay: no 503)"
-        if kind == "disk_full" and not disk_full_on:
-            value = "skipped (no tmpfs)"
+        if kind in off:
+            value = off[kind]
         rows.append((f"  {kind}", value))
     rows += [
         ("events acknowledged (HTTP 200)", str(r.acked)),

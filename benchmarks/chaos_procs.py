@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -194,6 +195,18 @@ class Relay:
         except (aiohttp.ClientError, TimeoutError):
             return 0, None
 
+    async def post_event(self, event: dict) -> int:
+        """POST one event; the HTTP status, 0 when the relay does not answer."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=_HTTP) as session,
+                session.post(self.url + "/api/status", data=orjson.dumps(event)) as r,
+            ):
+                await r.read()
+                return r.status
+        except (aiohttp.ClientError, TimeoutError):
+            return 0
+
     async def cli(self, *args: str) -> subprocess.CompletedProcess:
         """`relay ARGS --config …` with the relay's environment (same spool)."""
         proc = await asyncio.create_subprocess_exec(
@@ -219,7 +232,15 @@ class Rig:
     upstream: Upstream
     spool: Path
     filler: Path | None  # on the spool's own tmpfs; None when no tmpfs could be mounted
-    syslog_port: int
+    syslog_port: int  # of `relay` (the others do not listen for syslog)
+    # --backend jetstream: a second relay on the same stream, and the NATS cluster
+    # (benchmarks.chaos_nats.Cluster) that holds it
+    others: list[Relay] = field(default_factory=list)
+    nats: Any = None
+
+    @property
+    def relays(self) -> list[Relay]:
+        return [self.relay, *self.others]
 
     def spool_free_bytes(self) -> int | None:
         """Room inside the spool's files: free database pages (read as `relay spool stats`
