@@ -58,7 +58,7 @@ def validate_jetstream(cfg: Config, name: Callable[[str], str]) -> None:
     if not js.consumer or _NAME_FORBIDDEN.search(js.consumer):
         raise _error(
             f"{name(f'{_SECTION}.consumer')} must be a JetStream name: not empty, without "
-            f'spaces, ".", "*", ">", "/" or "\\", got {_show(js.consumer)}'
+            f'spaces, ".", "*", ">", "/" or a backslash, got {_show(js.consumer)}'
         )
     subject = js.subject
     if _SUBJECT_FORBIDDEN.search(subject) or "" in subject.split("."):

@@ -37,8 +37,9 @@ _STR_LIST = "str-list"
 _CASE_INSENSITIVE = "case-insensitive"
 # Field metadata key: the only values a str field may take (validation checks them all alike).
 _CHOICES = "choices"
-# Field metadata key: the values are URLs that may carry a password or token ("user:pw@host"),
-# so everything that prints them (render, errors) masks it (relay.config.urls.mask_url).
+# Field metadata key: the values are URLs that may carry a password or token ("user:pw@host"):
+# render_config and error messages show them through relay.config.urls.mask_url, and the
+# section's repr leaves them out (a repr ends up in tracebacks and test failure diffs).
 _MASK_USERINFO = "mask-userinfo"
 
 TRANSPORTS = ("rsocket", "http")
@@ -64,7 +65,7 @@ def _str_list(*default: str, urls: bool = False) -> tuple[str, ...]:
     metadata: dict[str, Any] = {_KIND: _STR_LIST}
     if urls:
         metadata[_MASK_USERINFO] = True
-    return field(default=default, metadata=metadata)
+    return field(default=default, metadata=metadata, repr=not urls)
 
 
 def _one_of(default: str, allowed: tuple[str, ...], *, any_case: bool = False) -> str:

@@ -386,3 +386,10 @@ def test_example_file_documents_the_section() -> None:
     for field in dataclasses.fields(JetStreamSpoolConfig):
         assert f"\n{field.name} = " in text, field.name
     assert 'RELAY_SPOOL__JETSTREAM__SERVERS="nats://' in text
+
+
+def test_repr_leaves_server_urls_out() -> None:
+    # a repr ends up in tracebacks and in pytest's diffs of two configurations
+    environ = {"RELAY_SPOOL__JETSTREAM__SERVERS": f"nats://relay:{SECRET}@n1:4222"}
+    cfg = load_config(None, environ=environ)
+    assert SECRET not in repr(cfg) and "stream='RELAY_STATUS'" in repr(cfg)
