@@ -52,6 +52,7 @@ class Connection:
         self.opts = opts
         self.nc: Client | None = None
         self.problem: str | None = "not connected yet"
+        self._closing = False
         self._on_change = on_change
 
     async def connect(self, *, reconnect: bool = True) -> Client:
@@ -91,6 +92,7 @@ class Connection:
         return self.nc
 
     async def close(self) -> None:
+        self._closing = True
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -103,6 +105,8 @@ class Connection:
             self._on_change()
 
     async def _disconnected(self) -> None:
+        if self._closing:
+            return
         if self.problem is None:
             log.warning("lost the connection to NATS; reconnecting")
         self._set("lost the connection to NATS; reconnecting")

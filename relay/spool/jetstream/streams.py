@@ -4,6 +4,7 @@ stops start-up with one line naming it, since the other relays on that stream re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -186,6 +187,27 @@ async def ensure_all(
             "; check that the servers have JetStream enabled and a quorum up, and that the "
             "credentials allow managing streams"
         ) from None
+
+
+async def wait_for_leaders(js: JetStreamContext, opts: JetStreamOptions, timeout: float) -> None:
+    """A stream or consumer just created elects its leader in a moment; until then a pull
+    request or publish goes unanswered. Wait for both (or give up quietly: health reports it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            stream = await js.stream_info(opts.stream)
+            consumer = await js.consumer_info(opts.stream, opts.consumer)
+        except Exception:  # not answering yet: ask again
+            stream = consumer = None
+        if (
+            stream is not None
+            and consumer is not None
+            and (stream.cluster is None or stream.cluster.leader)
+            and (consumer.cluster is None or consumer.cluster.leader)
+        ):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def check_all(js: JetStreamContext, opts: JetStreamOptions) -> None:
