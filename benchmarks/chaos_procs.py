@@ -200,7 +200,11 @@ class Relay:
         try:
             async with (
                 aiohttp.ClientSession(timeout=_HTTP) as session,
-                session.post(self.url + "/api/status", data=orjson.dumps(event)) as r,
+                session.post(
+                    self.url + "/api/status",
+                    data=orjson.dumps(event),
+                    headers={"Content-Type": "application/json"},
+                ) as r,
             ):
                 await r.read()
                 return r.status
