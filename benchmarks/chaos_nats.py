@@ -213,5 +213,4 @@ def relay_env(cluster: Cluster) -> dict[str, str]:
         "RELAY_SPOOL__JETSTREAM__STREAM": cluster.stream,
         "RELAY_SPOOL__JETSTREAM__SUBJECT": "relay.chaos",
         "RELAY_SPOOL__JETSTREAM__REPLICAS": "3",
-        "RELAY_SPOOL__JETSTREAM__CONNECT_TIMEOUT": "2",
     }

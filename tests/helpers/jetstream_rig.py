@@ -70,7 +70,6 @@ def jetstream_env(
         "RELAY_SPOOL__JETSTREAM__SUBJECT": f"relay.{stream.lower()}",
         "RELAY_SPOOL__JETSTREAM__CONSUMER": consumer,
         "RELAY_SPOOL__JETSTREAM__REPLICAS": str(replicas),
-        "RELAY_SPOOL__JETSTREAM__CONNECT_TIMEOUT": "2",
     }
 
 
