@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.errors import NoServersError
 
 from relay.errors import UserError, one_line
 from relay.spool.jetstream.options import JetStreamOptions
@@ -54,6 +55,7 @@ class Connection:
         self.nc: Client | None = None
         self.problem: str | None = "not connected yet"
         self._closing = False
+        self._last_error: Exception | None = None
         self._on_change = on_change
 
     async def connect(self, *, reconnect: bool = True) -> Client:
@@ -67,7 +69,9 @@ class Connection:
             "servers": list(opts.servers),
             "connect_timeout": opts.connect_timeout,
             "allow_reconnect": reconnect,
-            "max_reconnect_attempts": -1 if reconnect else 0,
+            # nats-py drops a server from its pool only after more than this many failures, and
+            # only when it is above 0: with 0, connecting with no server up never returns
+            "max_reconnect_attempts": -1 if reconnect else 1,
             "reconnect_time_wait": 0.5,
             "name": "relay",
             "disconnected_cb": self._disconnected,
@@ -88,8 +92,10 @@ class Connection:
             async with asyncio.timeout(opts.connect_timeout * 2):
                 self.nc = await nats.connect(**kwargs)
         except Exception as exc:  # nats raises plain Exceptions, timeouts and OSErrors alike
+            # "no servers available" says less than why the last one failed
+            cause = self._last_error if isinstance(exc, NoServersError) else None
             raise UserError(
-                f"cannot connect to NATS at {servers_text(opts)}: {_why(exc)}; check "
+                f"cannot connect to NATS at {servers_text(opts)}: {_why(cause or exc)}; check "
                 "spool.jetstream.servers and that the servers run"
             ) from None
         self._set(None)
@@ -122,6 +128,7 @@ class Connection:
         self._set(None)
 
     async def _error(self, exc: Exception) -> None:
+        self._last_error = exc
         log.debug("NATS: %s", _why(exc))
 
     async def _closed(self) -> None:
