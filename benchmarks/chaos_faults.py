@@ -73,6 +73,8 @@ class Timeline:
     started: float = field(default_factory=time.time)
     faults: list[FaultRecord] = field(default_factory=list)
     relay_kills: list[float] = field(default_factory=list)  # wall clock
+    # (NATS fault began, every relay ready again), wall clock: the relays could not store
+    outages: list[tuple[float, float]] = field(default_factory=list)
     toothless: Counter[str] = field(default_factory=Counter)  # faults the relay never noticed
     errors: list[str] = field(default_factory=list)
 
@@ -164,16 +166,26 @@ class Injector:
         name = leader if self.nats_node_kills % 2 else rng.choice(followers)
         node = nats.node(name)
         refused_before = self.ledger.http_requests["503"]
+        began = time.time()
         pid = node.kill()
         await asyncio.sleep(hold)
         node.start()
         await node.listening()
         now = await nats.leader()
+        restarted = time.monotonic()
+        ready = await self._until(self._all_ready, READY_AFTER_NATS)
+        self.timeline.outages.append((began, time.time()))
+        if not ready:
+            self.timeline.errors.append(
+                f"nats_node_kill at {self.timeline.offset():.0f} s: relays not ready "
+                f"{READY_AFTER_NATS:.0f} s after {name} came back"
+            )
         refused = self.ledger.http_requests["503"] - refused_before
         role = "the stream leader" if name == leader else "a follower"
+        again = f"ready {time.monotonic() - restarted:.1f} s after" if ready else "NOT READY"
         return (
             f"SIGKILL nats {name} ({role}) {pid}, dead {hold:.1f} s; "
-            f"stream leader now {now}; {refused} x 503"
+            f"stream leader now {now}; {refused} x 503, {again}"
         )
 
     async def nats_all_kill(self, hold: float, rng: random.Random) -> str:
@@ -181,6 +193,7 @@ class Injector:
         200) until the nodes are back, then be ready again by itself."""
         nats = self.rig.nats
         refused_before = self.ledger.http_requests["503"]
+        began = time.time()
         for node in nats.nodes:
             node.kill()
         killed = time.monotonic()
@@ -199,6 +212,7 @@ class Injector:
         await nats.start()
         await nats.leader()
         ready = await self._until(self._all_ready, READY_AFTER_NATS)
+        self.timeline.outages.append((began, time.time()))
         if not ready:
             self.timeline.errors.append(
                 f"nats_all_kill at {self.timeline.offset():.0f} s: relays not ready "

@@ -4,7 +4,10 @@ An HTTP-acknowledged event is accounted for when the upstream received it, or wh
 deliberately rejected kind and sits in the dead-letter table. Anything else acknowledged is lost
 (or, if the backlog never drained, still queued); both fail the run. A syslog event has no
 acknowledgement: missing ones are tolerated only when written on a connection that a relay
-SIGKILL cut, in the last `SYSLOG_WINDOW` seconds before the kill or after it.
+SIGKILL cut, in the last `SYSLOG_WINDOW` seconds before the kill or after it. With the jetstream
+spool, a relay cannot store while NATS is down or electing a leader and reads no more meanwhile:
+frames written from the start of such an outage until `SYSLOG_WINDOW` after the relays were ready
+again wait in the relay, and are tolerated as in flight when a kill within that span cut them.
 
 The status-service stand-in acknowledges what it cannot use (as the real service does) and
 counts it as `dropped`: an event delivered that way is gone for good, so the count must be 0, as
@@ -147,7 +150,8 @@ def judge(
     bursts = _bursts(received, timeline.faults)
     dead_other = {m: r for m, r in dead.items() if m not in ledger.marked}
     syslog_missing = set(ledger.syslog_sent) - accounted - spooled
-    before = {m: _before_kill(m, ledger, timeline.relay_kills) for m in syslog_missing}
+    outages = _merged(timeline.outages)
+    before = {m: _before_kill(m, ledger, timeline.relay_kills, outages) for m in syslog_missing}
     in_flight = {m: t for m, t in before.items() if t is not None}
     result = Result(
         faults=timeline.counts(),
@@ -239,15 +243,34 @@ def _bursts(received: list[tuple[str, float]], faults: list[FaultRecord]) -> lis
     return sorted(bursts, key=lambda b: -b.copies)
 
 
-def _before_kill(message_id: str, ledger: Ledger, kills: list[float]) -> float | None:
+def _merged(outages: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Outages that follow one another within SYSLOG_WINDOW are one: what waited through the
+    first was not stored before the next began."""
+    merged: list[tuple[float, float]] = []
+    for start, ready in sorted(outages):
+        if merged and start <= merged[-1][1] + SYSLOG_WINDOW:
+            merged[-1] = (merged[-1][0], max(ready, merged[-1][1]))
+        else:
+            merged.append((start, ready))
+    return merged
+
+
+def _before_kill(
+    message_id: str, ledger: Ledger, kills: list[float], outages: list[tuple[float, float]]
+) -> float | None:
     """Seconds the syslog event was written before a relay kill that cut its connection
     (negative: after it), if one did within SYSLOG_WINDOW; else None."""
     number, written = ledger.syslog_sent[message_id]
     conn = ledger.syslog_connections[number]
     closed = conn.closed if conn.closed is not None else float("inf")
     for kill in kills:
-        if conn.opened <= kill <= closed and kill - SYSLOG_WINDOW <= written <= closed:
+        if not conn.opened <= kill <= closed or written > closed:
+            continue
+        if kill - SYSLOG_WINDOW <= written:
             return kill - written
+        for start, ready in outages:
+            if start <= written <= ready + SYSLOG_WINDOW and start <= kill <= ready + SYSLOG_WINDOW:
+                return kill - written
     return None
 
 
