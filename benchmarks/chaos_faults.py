@@ -143,7 +143,7 @@ class Injector:
 
     async def relay_kill(self, hold: float, rng: random.Random) -> str:
         relays = self.rig.relays
-        relay = relays[0] if len(relays) == 1 else rng.choice(relays)
+        relay = relays[(self.timeline.counts()["relay_kill"] - 1) % len(relays)]  # in turn
         which = "" if len(relays) == 1 else f"{'abcdefgh'[relays.index(relay)]} "
         pid = relay.proc.pid
         if relay is self.relay:  # the one the syslog producer writes to
