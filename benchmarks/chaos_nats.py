@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -34,6 +35,16 @@ def nats_server_binary() -> tuple[str | None, str]:
     if match is None or (int(match[1]), int(match[2])) < MIN_VERSION:
         return None, f"{found} is older than 2.11: {out.stdout.strip()}"
     return found, ""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the campaign dies without its clean-up (a
+    timeout's SIGKILL, say), so no server outlives it (Linux only; as tests/helpers/nats.py)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_ports(n: int) -> list[int]:
@@ -83,6 +94,7 @@ class Node:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # started from the event loop's thread only
             )
 
     def kill(self) -> int | None:
