@@ -3,6 +3,7 @@ and a connection state the spool's health reads. Shared by the running relay and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
@@ -86,7 +87,10 @@ class Connection:
         if opts.credentials_file:
             kwargs["user_credentials"] = opts.credentials_file
         try:
-            self.nc = await nats.connect(**kwargs)
+            # with reconnecting on, nats-py would also retry the first connect forever: a relay
+            # that cannot reach any server at start-up says so instead
+            async with asyncio.timeout(opts.connect_timeout * 2):
+                self.nc = await nats.connect(**kwargs)
         except Exception as exc:  # nats raises plain Exceptions, timeouts and OSErrors alike
             # "no servers available" says less than why the last one failed
             cause = self._last_error if isinstance(exc, NoServersError) else None
@@ -132,5 +136,7 @@ class Connection:
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
     text = one_line(str(exc)) or type(exc).__name__
     return masked(text)
