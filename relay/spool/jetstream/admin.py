@@ -13,6 +13,7 @@ list` just after a replay must not show the replayed dead letters again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ from relay.spool.jetstream.options import JetStreamOptions
 
 # per API request: a purge or a stream info of a large stream on a loaded cluster takes a while
 REQUEST_TIMEOUT = 10.0
+SCAN_WIDTH = 64  # requests in flight at once when every message of a stream is read
 
 
 class JetStreamAdmin:
@@ -94,12 +96,12 @@ class JetStreamAdmin:
             return out.setdefault(source, {"events": 0, "bytes": 0, "dead_letters": 0})
 
         async with self._session("read") as (_, js):
-            async for msg in _walk(js, opts.stream, opts.subject):
+            async for msg in _scan(js, opts.stream, opts.subject):
                 counted = numbers(msg)
                 counted["events"] += 1
                 counted["bytes"] += len(msg.data or b"")
             for stream, subject in _dead_letter_streams(opts):
-                async for msg in _walk(js, stream, subject):
+                async for msg in _scan(js, stream, subject):
                     numbers(msg)["dead_letters"] += 1
         return out
 
@@ -220,6 +222,29 @@ async def _walk(js: JetStreamContext, stream: str, subject: str) -> AsyncIterato
             return
         yield msg
         seq = msg.seq + 1
+
+
+async def _scan(js: JetStreamContext, stream: str, subject: str) -> AsyncIterator[RawStreamMsg]:
+    """Every message of `stream` up to its last one when the scan began, in no promised order:
+    `_walk`, but about three times faster on a stream with few gaps, by asking for SCAN_WIDTH
+    sequences at once (nats-py parsing each answer is what takes the time, not the server)."""
+    state = (await js.stream_info(stream)).state
+    if (state.num_deleted or 0) > state.messages:
+        async for msg in _walk(js, stream, subject):  # mostly gaps: each get would miss
+            yield msg
+        return
+
+    async def get(seq: int) -> RawStreamMsg | None:
+        try:
+            return await js.get_msg(stream, seq)
+        except NotFoundError:
+            return None  # acked, replayed or purged meanwhile, or a gap
+
+    for start in range(max(state.first_seq, 1), state.last_seq + 1, SCAN_WIDTH):
+        stop = min(start + SCAN_WIDTH, state.last_seq + 1)
+        for msg in await asyncio.gather(*(get(seq) for seq in range(start, stop))):
+            if msg is not None:
+                yield msg
 
 
 def _record(msg: RawStreamMsg, invalid: bool) -> DeadLetterRecord:
