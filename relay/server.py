@@ -19,7 +19,7 @@ from aiohttp import web
 
 from relay import gc_tuning, supervision
 from relay.auth.credentials import Credentials
-from relay.config import Config, parse_listen
+from relay.config import Config, parse_listen, spool_options
 from relay.config.advice import config_advice
 from relay.delivery.setup import DeliveryParts, build_delivery, load_delivery_credentials
 from relay.errors import UserError
@@ -114,6 +114,7 @@ async def _serve(
             max_bytes=cfg.spool.max_bytes,
             dedup_window=cfg.spool.dedup_window,
             on_commit=metrics.commit_seconds.observe,
+            options=spool_options(cfg),
         )
         stack.push_async_callback(shutdown.close_spool, spool)
         # a thread cannot be awaited: a writer that died without reporting is noticed by polling

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from relay.config import Config, load_config
+from relay.config import Config, load_config, spool_options
 from relay.errors import UserError
 from relay.spool import SpoolAdmin, SpoolError, open_admin
 
@@ -32,7 +32,12 @@ def with_admin(args: argparse.Namespace, use: Callable[[SpoolAdmin], Awaitable[T
     cfg = config(args)
 
     async def run() -> T:
-        admin = open_admin(cfg.spool.backend, cfg.spool.path, max_bytes=cfg.spool.max_bytes)
+        admin = open_admin(
+            cfg.spool.backend,
+            cfg.spool.path,
+            max_bytes=cfg.spool.max_bytes,
+            options=spool_options(cfg),
+        )
         return await use(admin)
 
     try:

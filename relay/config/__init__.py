@@ -2,7 +2,9 @@
 
 The pieces live in submodules, one concept each: :mod:`~relay.config.units` (human-written
 values), :mod:`~relay.config.model` (the schema), :mod:`~relay.config.loader`,
-:mod:`~relay.config.validate` and :mod:`~relay.config.render`. Import from ``relay.config``.
+:mod:`~relay.config.validate`, :mod:`~relay.config.render`, :mod:`~relay.config.urls` (server
+URLs, shown without passwords) and :mod:`~relay.config.spool_options` (what the spool backend is
+handed). Import from ``relay.config``.
 """
 
 from relay.config.loader import load_config
@@ -17,6 +19,7 @@ from relay.config.model import (
     HealthConfig,
     HttpIngestConfig,
     IngestConfig,
+    JetStreamSpoolConfig,
     JsonLinesIngestConfig,
     LifecycleConfig,
     LogConfig,
@@ -27,6 +30,7 @@ from relay.config.model import (
     UpstreamConfig,
 )
 from relay.config.render import render_config
+from relay.config.spool_options import spool_options
 from relay.config.units import (
     format_duration,
     format_size,
@@ -34,6 +38,7 @@ from relay.config.units import (
     parse_listen,
     parse_size,
 )
+from relay.config.urls import mask_url
 from relay.config.validate import validate_config
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "HealthConfig",
     "HttpIngestConfig",
     "IngestConfig",
+    "JetStreamSpoolConfig",
     "JsonLinesIngestConfig",
     "LifecycleConfig",
     "LogConfig",
@@ -58,9 +64,11 @@ __all__ = [
     "format_duration",
     "format_size",
     "load_config",
+    "mask_url",
     "parse_duration",
     "parse_listen",
     "parse_size",
     "render_config",
+    "spool_options",
     "validate_config",
 ]

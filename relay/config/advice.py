@@ -40,6 +40,38 @@ def _clear_text_http(url: str) -> str | None:
     return None if is_loopback_host(parts.hostname) else parts.hostname
 
 
+def _jetstream_advice(replicas: int) -> list[Advice]:
+    advice = []
+    if replicas == 1:
+        advice.append(
+            Advice(
+                logging.WARNING,
+                "NOT REPLICATED: spool.jetstream.replicas is 1: each event is on one NATS server; "
+                "losing it loses acknowledged events and stops the relay; use 3",
+            )
+        )
+    elif replicas < 3:
+        advice.append(
+            Advice(
+                logging.WARNING,
+                f"NOT HIGHLY AVAILABLE: spool.jetstream.replicas is {replicas}: a quorum needs "
+                f"{replicas // 2 + 1} of {replicas} NATS servers, so losing one stops the relay "
+                "from storing events; use 3",
+            )
+        )
+    # The relay sees only what the servers answer, not how they are set up; the promise rests
+    # on a setting that lives in the servers' own configuration files.
+    advice.append(
+        Advice(
+            logging.INFO,
+            'spool.backend is "jetstream": an acknowledgement means "on disk on a quorum" '
+            "only if every NATS server has jetstream { sync_interval: always }, which the relay "
+            "cannot see; see deploy/nats/",
+        )
+    )
+    return advice
+
+
 def config_advice(cfg: Config, delivering: bool = True) -> list[Advice]:
     """What an operator should know about ``cfg``; ``delivering`` False skips upstream advice."""
     advice: list[Advice] = []
@@ -51,6 +83,8 @@ def config_advice(cfg: Config, delivering: bool = True) -> list[Advice]:
                 'lost when the relay stops; it is meant for tests; use "sqlite"',
             )
         )
+    if cfg.spool.backend == "jetstream":
+        advice += _jetstream_advice(cfg.spool.jetstream.replicas)
     if not delivering:
         return advice
     mp_host = _clear_text_http(cfg.maskinporten.token_url)

@@ -23,6 +23,7 @@ from relay.config.model import (
     _DURATION,
     _MOVED,
     _SIZE,
+    _STR_LIST,
     ENV_PREFIX,
     ENV_SEPARATOR,
     Config,
@@ -146,6 +147,8 @@ def _convert(setting: _Setting, raw: Any, origin: _Origin) -> Any:
         return parse_duration(raw, key)
     if setting.kind == _SIZE:
         return parse_size(raw, key)
+    if setting.kind == _STR_LIST:
+        return _str_list(raw, key, origin)
     if setting.type is bool:
         if origin.from_env and isinstance(raw, str) and raw.strip().lower() in _ENV_TRUE:
             return True
@@ -175,6 +178,24 @@ def _convert(setting: _Setting, raw: Any, origin: _Origin) -> Any:
             return raw.lower() if setting.kind == _CASE_INSENSITIVE else raw
         raise _error(f"{key} must be a string (in quotes), got {_show(raw)}")
     raise TypeError(f"config field {setting.dotted} has unsupported type {setting.type!r}")
+
+
+def _str_list(raw: Any, key: str, origin: _Origin) -> tuple[str, ...]:
+    if origin.from_env and isinstance(raw, str):
+        # one variable holds the whole list: "nats://a:4222, nats://b:4222"; a trailing comma
+        # or doubled one leaves an empty item, which is dropped rather than refused
+        return tuple(item for item in (part.strip() for part in raw.split(",")) if item)
+    if isinstance(raw, str):
+        return (raw,)  # one value written without brackets
+    if isinstance(raw, list):
+        odd = [item for item in raw if not isinstance(item, str)]
+        if not odd:
+            return tuple(raw)
+        # the first item that is not a string, never the strings: they may carry passwords
+        got = f"an array holding {_show(odd[0])}"
+    else:
+        got = _show(raw)
+    raise _error(f'{key} must be an array of strings (in quotes), e.g. ["a", "b"], got {got}')
 
 
 def _build(cls: type, prefix: _Key, values: _Values) -> Any:

@@ -31,10 +31,16 @@ _KIND = "kind"
 _DURATION = "duration"
 _SIZE = "size"
 _LISTEN = "listen"
+# A list of strings: a TOML array (or one string), or a comma-separated environment variable.
+_STR_LIST = "str-list"
 # A word operators write in any case ("INFO"); stored lower-case so code compares one spelling.
 _CASE_INSENSITIVE = "case-insensitive"
 # Field metadata key: the only values a str field may take (validation checks them all alike).
 _CHOICES = "choices"
+# Field metadata key: the values are URLs that may carry a password or token ("user:pw@host"):
+# render_config and error messages show them through relay.config.urls.mask_url, and the
+# section's repr leaves them out (a repr ends up in tracebacks and test failure diffs).
+_MASK_USERINFO = "mask-userinfo"
 
 TRANSPORTS = ("rsocket", "http")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -52,6 +58,14 @@ def _size(default: str) -> int:
 
 def _listen(default: str) -> str:
     return field(default=default, metadata={_KIND: _LISTEN})
+
+
+def _str_list(*default: str, urls: bool = False) -> tuple[str, ...]:
+    # a tuple, not a list: the sections are frozen and compared by value
+    metadata: dict[str, Any] = {_KIND: _STR_LIST}
+    if urls:
+        metadata[_MASK_USERINFO] = True
+    return field(default=default, metadata=metadata, repr=not urls)
 
 
 def _one_of(default: str, allowed: tuple[str, ...], *, any_case: bool = False) -> str:
@@ -110,6 +124,25 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class JetStreamSpoolConfig:
+    """``[spool.jetstream]``: the NATS JetStream cluster of ``spool.backend = "jetstream"``."""
+
+    # any reachable one will do; the client learns the rest of the cluster from it
+    servers: tuple[str, ...] = _str_list("nats://127.0.0.1:4222", urls=True)
+    stream: str = "RELAY_STATUS"
+    subject: str = "relay.status"
+    # 3 survives the loss of one server without losing or refusing anything (quorum 2 of 3)
+    replicas: int = 3
+    # one durable pull consumer shared by every relay on the stream
+    consumer: str = "relay-delivery"
+    credentials_file: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    connect_timeout: float = _duration("5s")
+
+
+@dataclass(frozen=True)
 class SpoolConfig:
     """``[spool]``: the durable on-disk queue between ingest and upstream."""
 
@@ -118,6 +151,7 @@ class SpoolConfig:
     when_full: str = "reject"
     dedup_window: float = _duration("24h")
     backend: str = _one_of("sqlite", tuple(SPOOL_BACKENDS))
+    jetstream: JetStreamSpoolConfig = field(default_factory=JetStreamSpoolConfig)
 
 
 @dataclass(frozen=True)
@@ -219,6 +253,7 @@ class _Setting(NamedTuple):
     type: type
     kind: str | None
     choices: tuple[str, ...] = ()
+    mask_userinfo: bool = False
 
     @property
     def dotted(self) -> str:
@@ -244,7 +279,11 @@ def _schema() -> tuple[dict[_Key, type], dict[_Key, _Setting]]:
             sections[path] = hint
         else:
             settings[path] = _Setting(
-                path, hint, f.metadata.get(_KIND), f.metadata.get(_CHOICES, ())
+                path,
+                hint,
+                f.metadata.get(_KIND),
+                f.metadata.get(_CHOICES, ()),
+                f.metadata.get(_MASK_USERINFO, False),
             )
     return sections, settings
 

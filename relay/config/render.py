@@ -7,8 +7,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from relay.config.errors import _toml_string
-from relay.config.model import _DURATION, _SIZE, Config, _get, _Key, _schema, _Setting
+from relay.config.model import (
+    _DURATION,
+    _SIZE,
+    _STR_LIST,
+    Config,
+    _get,
+    _Key,
+    _schema,
+    _Setting,
+)
 from relay.config.units import format_duration, format_size
+from relay.config.urls import mask_url
 
 __all__ = ["render_config"]
 
@@ -19,6 +29,9 @@ def _render_value(setting: _Setting, value: Any) -> str:
     if setting.kind == _SIZE:
         text = format_size(value)
         return text if text.isdigit() else _toml_string(text)
+    if setting.kind == _STR_LIST:
+        items = [mask_url(v) if setting.mask_userinfo else v for v in value]
+        return "[" + ", ".join(_toml_string(v) for v in items) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -29,9 +42,10 @@ def _render_value(setting: _Setting, value: Any) -> str:
 def render_config(cfg: Config, environ: Mapping[str, str] | None = None) -> str:
     """Render the effective configuration as TOML that :func:`load_config` reads back equal.
 
-    No secret is printed: files named by the configuration are never read here, and for
-    ``maskinporten.keystore_password_env`` only whether the variable is set is shown (checked
-    in ``environ``, default ``os.environ``).
+    No secret is printed: files named by the configuration are never read here, passwords and
+    tokens in server URLs are masked (``nats://user:***@host``; such a URL then does not read
+    back equal), and for ``maskinporten.keystore_password_env`` only whether the variable is
+    set is shown (checked in ``environ``, default ``os.environ``).
     """
     if environ is None:
         environ = os.environ

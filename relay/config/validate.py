@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 
 from relay.config.errors import _error, _show, _toml_string
+from relay.config.jetstream import validate_jetstream
 from relay.config.model import (
     _LISTEN,
     _SIZE,
@@ -85,6 +86,7 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
             "refusing new events (503 + Retry-After) while the spool is full is the only "
             "supported policy, so accepted events are never dropped"
         )
+    validate_jetstream(cfg, name)
 
     up = cfg.upstream
     if up.transport == "rsocket" and not up.host:

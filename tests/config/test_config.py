@@ -817,6 +817,7 @@ def test_render_shape() -> None:
         "[ingest.syslog]",
         "[ingest.json_lines]",
         "[spool]",
+        "[spool.jetstream]",
         "[upstream]",
         "[retry]",
         "[maskinporten]",

@@ -85,7 +85,8 @@ jetstream {{
   store_dir: "{self.dir / "store"}"
   # fsync every write before the acknowledgement (the relay's promise depends on it)
   sync_interval: always
-  max_file_store: 2GB
+  # a limit, not an allocation: streams reserve their max_bytes against it
+  max_file_store: 1TB
   max_memory_store: 64MB
 }}
 cluster {{
