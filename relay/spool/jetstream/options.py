@@ -4,13 +4,14 @@ handed over by the server and the CLI as a plain mapping (`relay.spool.api.open_
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
 @dataclass(frozen=True)
 class JetStreamOptions:
-    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    # a URL may carry a password: never in a repr (tracebacks, test diffs)
+    servers: tuple[str, ...] = field(default=("nats://127.0.0.1:4222",), repr=False)
     stream: str = "RELAY_STATUS"
     subject: str = "relay.status"
     replicas: int = 3

@@ -132,10 +132,11 @@ class Puller:
     # -- answers ---------------------------------------------------------------------------------
 
     async def _on_message(self, msg: Msg) -> None:
-        req = self._requests.get(msg.subject.rsplit(".", 1)[1])
         headers = msg.headers or {}
         status = headers.get("Status")
         if status is not None and not msg.data and msg.reply in (None, ""):
+            # a status comes on the request's own reply subject
+            req = self._requests.get(msg.subject.rsplit(".", 1)[1])
             if status == "100":
                 return  # an idle heartbeat
             if req is not None:
@@ -147,6 +148,9 @@ class Puller:
             self.arrived.set()
             return
         self.problem = None
+        # a message comes with its stream subject: it answers the oldest open request (one
+        # relay has at most one open at a time, `waiting`)
+        req = next((r for r in self._requests.values() if not r.done), None)
         seq = msg.metadata.sequence.stream
         if seq in self.held:
             # handed to us twice (its ack timer ran out while we held it): keep the newer

@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import orjson
 from nats.aio.msg import Msg
-from nats.js.errors import APIError, KeyNotFoundError
+from nats.js.errors import APIError
 
 from relay.errors import one_line
 from relay.spool.api import (
@@ -33,7 +32,6 @@ from relay.spool.api import (
     SpoolStats,
     SpoolUnavailable,
     append_result,
-    bounded_delay,
     keep_rejects,
 )
 from relay.spool.dedup import digest
@@ -42,13 +40,15 @@ from relay.spool.jetstream.connect import Connection
 from relay.spool.jetstream.monitor import Monitor, message_size
 from relay.spool.jetstream.options import JetStreamOptions
 from relay.spool.jetstream.puller import Puller
+from relay.spool.jetstream.settle import Settler
 
 log = logging.getLogger("relay.spool.jetstream")
 
 _FULL_CODE = 10077  # JetStream: "maximum bytes exceeded" (discard: new)
 _IN_PROCESS_CODE = 10158  # JetStream: "duplicate message id is in process"
 _IN_PROCESS_RETRIES = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, None)
-_DEAD_LETTER_FULL_RETRY = 60.0  # seconds before an event the DLQ had no room for comes back
+# seconds after an append in which a lease that finds nothing looks again
+_VISIBLE_AFTER = 0.25
 
 
 class JetStreamSpool:
@@ -74,16 +74,11 @@ class JetStreamSpool:
         self._timeout = max(opts.connect_timeout, 1.0)
         self._puller = Puller(self._nc, opts)
         self.monitor = Monitor(self._js, opts)
-        self._kv: Any = None
-        # delivery history of held events that were given back before (the attempts bucket's
-        # value, cached while the event is held here)
-        self._history: dict[int, dict[str, Any]] = {}
-        # seqs this relay acked or dead-lettered lately: a second ack of one must not count (its
-        # removal may not be applied yet, so a delete would still find it)
-        self._settled = Recent(100_000)
+        self._settler: Settler | None = None  # made in `open`, once the bucket is reached
         self._full: str | None = None
         self._publish_problem: str | None = None
         self._not_kept = 0
+        self._appended_at = 0.0
         self._closed = False
 
     @classmethod
@@ -107,7 +102,17 @@ class JetStreamSpool:
             spool = cls(
                 conn, opts, max_bytes=max_bytes, dedup_window=dedup_window, on_commit=on_commit
             )
-            spool._kv = await spool._js.key_value(opts.attempts_bucket)
+            kv = await spool._js.key_value(opts.attempts_bucket)
+            spool._settler = Settler(
+                nc,
+                spool._js,
+                kv,
+                opts,
+                spool._puller,
+                spool.monitor,
+                spool._publish,
+                spool._timeout,
+            )
             await spool._puller.start()
             await spool.monitor.start()
         except BaseException:
@@ -166,6 +171,7 @@ class JetStreamSpool:
         self._publish_problem = None
         if stored:
             self._full = None
+            self._appended_at = time.monotonic()
         dead, not_kept = await self._keep_invalid(rejects)
         if self._on_commit is not None:
             self._on_commit(time.monotonic() - started)
@@ -232,15 +238,19 @@ class JetStreamSpool:
         self._check_open()
         puller = self._puller
         msgs = puller.take(limit)
-        if not msgs and self._conn.problem is None:
-            if not puller.waiting():
-                req = await puller.request(limit, 0.0)
-                await puller.settle(req, self._timeout)
-            msgs = puller.take(limit)
-            if not msgs and wait > 0:
+        if len(msgs) < limit and self._conn.problem is None and not puller.waiting():
+            req = await puller.request(limit - len(msgs), 0.0)
+            await puller.settle(req, self._timeout)
+            msgs += puller.take(limit - len(msgs))
+            if not msgs and time.monotonic() - self._appended_at < _VISIBLE_AFTER:
+                # the consumer's leader may be the replica that stores our last append a
+                # moment after the quorum acknowledged it: look again, briefly
+                wait = max(wait, _VISIBLE_AFTER)
+        if not msgs and wait > 0:
+            if self._conn.problem is None:
                 msgs = await self._wait_for(limit, wait)
-        elif not msgs and wait > 0:
-            await asyncio.sleep(min(wait, 0.5))  # disconnected: nothing can come; do not spin
+            else:
+                await asyncio.sleep(min(wait, 0.5))  # disconnected: nothing can come; no spin
         return [await self._leased(m) for m in msgs]
 
     async def _wait_for(self, limit: int, wait: float) -> list[Msg]:
@@ -265,173 +275,27 @@ class JetStreamSpool:
         meta = msg.metadata
         seq = meta.sequence.stream
         attempts = rejections = 0
-        if meta.num_delivered > 1 or seq in self._history:
-            history = await self._history_of(seq)
+        if meta.num_delivered > 1 or self._settler.known(seq):
+            history = await self._settler.history_of(seq)
             attempts, rejections = history.get("attempts", 0), history.get("rejections", 0)
         source = (msg.headers or {}).get(records.SOURCE, "unknown")
         received = records.stream_time(meta.timestamp)
         return Leased(seq, msg.data, source, received, attempts, rejections)
 
-    async def _history_of(self, seq: int) -> dict[str, Any]:
-        known = self._history.get(seq)
-        if known is not None:
-            return known
-        try:
-            entry = await self._kv.get(str(seq))
-        except KeyNotFoundError:
-            return {}
-        except Exception as exc:  # unreadable now: counted as fresh, which only delays giving up
-            log.warning("attempts of event %d unreadable: %s", seq, _why(exc))
-            return {}
-        try:
-            history = orjson.loads(entry.value or b"{}")
-        except orjson.JSONDecodeError:
-            return {}
-        self._history[seq] = history
-        return history
-
     # -- settle ------------------------------------------------------------------------------
 
     async def ack(self, ids: Sequence[int]) -> None:
         self._check_open()
-        removed = size = 0
-        for seq in ids:
-            msg = self._puller.drop(seq)
-            if msg is None:
-                # not held (released to the server meanwhile, or acked already): delete it
-                if seq not in self._settled:
-                    removed += await self._delete(seq)
-                continue
-            self._settled.add(seq)
-            with contextlib.suppress(Exception):  # not acked: it comes back, and dedup upstream
-                await msg.ack()
-            removed += 1
-            size += message_size(self.options.subject, msg.headers, msg.data)
-            await self._forget_history(seq)
-        if removed:
-            self.monitor.removed(removed, size)
-            self._full = None
-            await self._flush()
+        await self._settler.ack(ids)
+        self._full = None
 
     async def release(self, items: Sequence[Release]) -> None:
         self._check_open()
-        now = time.time()
-        for item in items:
-            msg = self._puller.held.get(item.id)
-            if msg is None or item.id in self._puller.buffer_seqs():
-                continue  # not leased: nothing to give back
-            history = await self._history_of(item.id)
-            history = {
-                "attempts": history.get("attempts", 0) + 1,
-                "rejections": history.get("rejections", 0) + int(item.rejected),
-                "first_error": history.get("first_error") or item.error,
-                "last_error": item.error,
-                "first_attempt_at": history.get("first_attempt_at") or now,
-            }
-            self._history[item.id] = history
-            try:
-                await self._kv.put(str(item.id), orjson.dumps(history))
-            except Exception as exc:  # the retry matters more than its count
-                log.warning("attempts of event %d not recorded: %s", item.id, _why(exc))
-            delay = bounded_delay(item.delay)
-            if delay < self.options.ack_wait / 2:
-                # a short delay is kept here (in_progress keeps it ours): due exactly then and
-                # before new events, where the server's redelivery of a nak comes whenever its
-                # ack queue gets to it
-                self._puller.later(item.id, delay)
-                continue
-            self._puller.drop(item.id)
-            self._history.pop(item.id, None)
-            with contextlib.suppress(Exception):  # not naked: it comes back after ack_wait
-                await msg.nak(delay=delay)
-        await self._flush()
+        await self._settler.release(items)
 
     async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
         self._check_open()
-        removed = size = 0
-        for item in items:
-            msg = self._puller.held.get(item.id)
-            if msg is None and item.id in self._settled:
-                continue
-            if msg is not None:
-                self._settled.add(item.id)
-                stored = await self._dead_letter_one(
-                    item, msg.data, msg.headers, msg.metadata.timestamp
-                )
-                self._puller.drop(item.id)
-                if stored:
-                    with contextlib.suppress(Exception):
-                        await msg.ack()
-                else:  # never acked without its dead letter stored: it stays in the queue
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=_DEAD_LETTER_FULL_RETRY)
-                    continue
-            else:
-                # released to the server meanwhile: read it, store its dead letter, delete it
-                try:
-                    raw = await self._js.get_msg(self.options.stream, seq=item.id, direct=True)
-                except Exception:  # gone (delivered or dead-lettered by another relay)
-                    continue
-                if not await self._dead_letter_one(item, raw.data or b"", raw.headers, raw.time):
-                    continue
-                await self._delete(item.id)
-                msg = raw
-            removed += 1
-            size += message_size(self.options.subject, msg.headers, msg.data or b"")
-            await self._forget_history(item.id)
-        if removed:
-            self.monitor.removed(removed, size)
-        await self._flush()
-
-    async def _dead_letter_one(
-        self, item: DeadLetter, body: bytes, headers: dict[str, str] | None, stamp: Any
-    ) -> bool:
-        history = await self._history_of(item.id)
-        subject = self.options.dlq_subject
-        dl_headers = records.dead_letter_headers(
-            source=(headers or {}).get(records.SOURCE, "unknown"),
-            event_id=item.id,
-            reason=item.reason,
-            attempts=history.get("attempts", 0) + 1,
-            first_error=history.get("first_error") or item.error,
-            last_error=item.error,
-            received_at=records.stream_time(stamp),
-            first_attempt_at=history.get("first_attempt_at") or time.time(),
-            msg_id=f"{self.options.stream}:{item.id}",
-        )
-        try:
-            await self._publish(subject, body, dl_headers)
-        except Exception as exc:
-            log.warning(
-                "event %d not moved to dead letters (%s); kept in the queue, retried in %.0f s",
-                item.id,
-                _why(exc),
-                _DEAD_LETTER_FULL_RETRY,
-            )
-            return False
-        self.monitor.dead_lettered(1, message_size(subject, dl_headers, body), invalid=False)
-        return True
-
-    async def _delete(self, seq: int) -> int:
-        """Delete a message this relay does not hold; 1 when it was there."""
-        try:
-            await self._js.delete_msg(self.options.stream, seq)
-        except Exception:  # not there (delivered already): nothing to delete
-            return 0
-        return 1
-
-    async def _forget_history(self, seq: int) -> None:
-        if self._history.pop(seq, None) is not None:
-            with contextlib.suppress(Exception):  # a leftover expires with the bucket's max age
-                await self._kv.purge(str(seq))
-
-    async def _flush(self) -> None:
-        # acks and naks are fire-and-forget; a flush returns once the server has read them, so
-        # the next lease cannot overtake them
-        with contextlib.suppress(Exception):
-            await self._nc.flush(timeout=self._timeout)
-
-    # -- state -----------------------------------------------------------------------------------
+        await self._settler.dead_letter(items)
 
     def stats(self) -> SpoolStats:
         r = self.monitor.current()
@@ -474,7 +338,8 @@ class JetStreamSpool:
         await self.monitor.stop()
         await self._puller.stop()
         await self._puller.release_all()
-        await self._flush()
+        with contextlib.suppress(Exception):  # the naks must reach the server before we leave
+            await self._nc.flush(timeout=self._timeout)
         await self._conn.close()
 
     def _check_open(self) -> None:
@@ -485,22 +350,6 @@ class JetStreamSpool:
         self._check_open()
         if self._conn.problem is not None:
             raise SpoolUnavailable(f"JetStream: {self._conn.problem}")
-
-
-class Recent:
-    """The last `size` ints added, for membership tests."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: dict[int, None] = {}
-
-    def add(self, item: int) -> None:
-        self._items[item] = None
-        if len(self._items) > self._size:
-            del self._items[next(iter(self._items))]
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
 
 
 def _why(exc: BaseException) -> str:
