@@ -252,7 +252,10 @@ def _log_ready(
     log.info(
         "relay ready: %s; spool %s (%d events, %d bytes queued, %d dead letters)",
         ", ".join(listeners),
-        cfg.spool.path,
+        # a shared stream holds the events, not the relay's own folder
+        f"jetstream stream {cfg.spool.jetstream.stream}"
+        if cfg.spool.backend == "jetstream"
+        else cfg.spool.path,
         stats.events,
         stats.bytes,
         stats.dead_letters,

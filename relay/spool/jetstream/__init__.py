@@ -18,9 +18,13 @@ naming the difference (`streams.py`).
   The message's stream time is the event's `received_at`; its stream sequence is the `Leased.id`.
 - `<consumer>`: one durable pull consumer on `<stream>` shared by every relay: explicit ack,
   `ack_wait` = 2 x `upstream.request_timeout`, `max_deliver` unlimited, `max_ack_pending` =
-  `options.max_ack_pending`. Ack after the upstream acknowledged; a retry is a `nak` with the
-  backoff delay; the relay sends `in_progress` for every message it holds (leased or fetched and
-  not yet handed out) every `ack_wait` / 3, so a slow delivery is never handed to a second relay.
+  `options.max_ack_pending`. Ack after the upstream acknowledged. A retry with a delay shorter
+  than `ack_wait` / 2 stays with the relay and is handed out again when due (the server's
+  redelivery of a nak comes whenever its ack queue gets to it, not before new events); a longer
+  one is a `nak` with the delay. The relay sends `in_progress` for every message it holds
+  (leased, pulled and not yet handed out, or waiting for its retry) every `ack_wait` / 3, so a
+  slow delivery is never handed to a second relay; closing, it naks them all for the others.
+  Pull requests are the relay's own (`puller.py`), one open at a time.
 - `<stream>_ATTEMPTS` (KV bucket): the delivery history of an event that was given back, under
   key = its stream sequence (decimal): JSON {"attempts", "rejections", "first_error",
   "last_error", "first_attempt_at"}. Written (and acknowledged) before the `nak`; deleted after

@@ -3,6 +3,7 @@ and a connection state the spool's health reads. Shared by the running relay and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
@@ -11,6 +12,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.errors import NoServersError
 
 from relay.errors import UserError, one_line
 from relay.spool.jetstream.options import JetStreamOptions
@@ -53,6 +55,7 @@ class Connection:
         self.nc: Client | None = None
         self.problem: str | None = "not connected yet"
         self._closing = False
+        self._last_error: Exception | None = None
         self._on_change = on_change
 
     async def connect(self, *, reconnect: bool = True) -> Client:
@@ -66,7 +69,9 @@ class Connection:
             "servers": list(opts.servers),
             "connect_timeout": opts.connect_timeout,
             "allow_reconnect": reconnect,
-            "max_reconnect_attempts": -1 if reconnect else 0,
+            # nats-py drops a server from its pool only after more than this many failures, and
+            # only when it is above 0: with 0, connecting with no server up never returns
+            "max_reconnect_attempts": -1 if reconnect else 1,
             "reconnect_time_wait": 0.5,
             "name": "relay",
             "disconnected_cb": self._disconnected,
@@ -82,10 +87,15 @@ class Connection:
         if opts.credentials_file:
             kwargs["user_credentials"] = opts.credentials_file
         try:
-            self.nc = await nats.connect(**kwargs)
+            # with reconnecting on, nats-py would also retry the first connect forever: a relay
+            # that cannot reach any server at start-up says so instead
+            async with asyncio.timeout(opts.connect_timeout * 2):
+                self.nc = await nats.connect(**kwargs)
         except Exception as exc:  # nats raises plain Exceptions, timeouts and OSErrors alike
+            # "no servers available" says less than why the last one failed
+            cause = self._last_error if isinstance(exc, NoServersError) else None
             raise UserError(
-                f"cannot connect to NATS at {servers_text(opts)}: {_why(exc)}; check "
+                f"cannot connect to NATS at {servers_text(opts)}: {_why(cause or exc)}; check "
                 "spool.jetstream.servers and that the servers run"
             ) from None
         self._set(None)
@@ -118,6 +128,7 @@ class Connection:
         self._set(None)
 
     async def _error(self, exc: Exception) -> None:
+        self._last_error = exc
         log.debug("NATS: %s", _why(exc))
 
     async def _closed(self) -> None:
@@ -125,5 +136,7 @@ class Connection:
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
     text = one_line(str(exc)) or type(exc).__name__
     return masked(text)

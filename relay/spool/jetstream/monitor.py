@@ -112,8 +112,8 @@ class Monitor:
     async def refresh(self, force: bool = False) -> None:
         asked = time.monotonic()
         settled_quietly = asked - self._last_settle > SETTLING
-        if not (force or settled_quietly or asked - self._adopted_at > STALE):
-            return
+        # read even when the reading will not be adopted: it is also the health check
+        adopt = force or settled_quietly or asked - self._adopted_at > STALE
         before = Reading(**vars(self.delta))
         try:
             reading = await self._read()
@@ -126,8 +126,8 @@ class Monitor:
         if self.problem is not None:
             log.info("JetStream stream %s answers again", self._opts.stream)
         self.problem = None
-        if self._last_settle > asked and not force:
-            return  # acks went out while asking: this reading may or may not count them
+        if not adopt or (self._last_settle > asked and not force):
+            return  # acks went out just before or while asking: it may or may not count them
         self.reading = reading
         # changes made while the reading was on its way may be in it or not: keep them out of
         # the delta only if they were made before asking

@@ -54,7 +54,7 @@ class Settler:
         self._history: dict[int, dict[str, Any]] = {}
         # seqs this relay acked or dead-lettered lately: a second ack of one must not count (its
         # removal may not be applied yet, so a delete would still find it)
-        self._settled = Recent(100_000)
+        self._settled = Recent(10_000)
 
     def known(self, seq: int) -> bool:
         return seq in self._history

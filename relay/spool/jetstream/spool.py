@@ -347,9 +347,12 @@ class JetStreamSpool:
             raise SpoolUnavailable("the spool is closed")
 
     def _check_usable(self) -> None:
+        """Refuse at once what cannot be stored now, rather than after a publish timeout; the
+        monitor looks again every second, so this lifts by itself."""
         self._check_open()
-        if self._conn.problem is not None:
-            raise SpoolUnavailable(f"JetStream: {self._conn.problem}")
+        problem = self._conn.problem or self.monitor.problem
+        if problem is not None:
+            raise SpoolUnavailable(problem)
 
 
 def _why(exc: BaseException) -> str:
