@@ -8,6 +8,7 @@ saying why, when no `nats-server` of 2.11 or later can be found.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -22,6 +23,16 @@ import pytest
 from tests.helpers.waiting import wait_until
 
 MIN_VERSION = (2, 11)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the test process dies (killed by a timeout, say)
+    without its teardown, so no server outlives the run that started it (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_ports(n: int) -> list[int]:
@@ -109,6 +120,7 @@ cluster {{
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         return self
