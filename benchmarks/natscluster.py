@@ -8,8 +8,11 @@ one disk and two cores with the relay and the load generator.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +35,13 @@ def nats_server() -> str:
     if match is None or (int(match[1]), int(match[2])) < MIN_VERSION:
         raise RuntimeError(f"{found} is older than 2.11: {out.stdout.strip()}")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the benchmark dies without its clean-up (a
+    timeout's SIGKILL, say), so no server outlives the run that started it (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class NatsNode(Proc):
@@ -58,6 +68,14 @@ class NatsNode(Proc):
             "}\n"
         )
         super().__init__([binary, "-c", str(conf)], folder / f"{name}.log")
+
+    def spawn(self, stdout: int | None = None) -> subprocess.Popen:
+        with open(self.log, "ab") as logf:
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(
+                self.args, stdout=stdout or logf, stderr=logf, preexec_fn=_die_with_parent
+            )
+        return self.proc
 
     @property
     def url(self) -> str:
