@@ -100,6 +100,9 @@ def test_the_three_nodes_form_one_cluster(where: str) -> None:
     assert len({n["server_name"] for n in nodes}) == 3, "server names must differ"
     assert len({n["cluster"]["name"] for n in nodes}) == 1
     assert len({tuple(n["cluster"]["routes"]) for n in nodes}) == 1
+    # and nothing else differs: one node stored or synced differently would be the weak one
+    rest = [{k: v for k, v in n.items() if k != "server_name"} for n in nodes]
+    assert all(r == rest[0] for r in rest), "the nodes differ beyond server_name"
 
 
 # ---- nats-server's own check -----------------------------------------------------------------
