@@ -13,6 +13,7 @@ list` just after a replay must not show the replayed dead letters again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -41,6 +42,10 @@ from relay.spool.jetstream.options import JetStreamOptions
 
 # per API request: a purge or a stream info of a large stream on a loaded cluster takes a while
 REQUEST_TIMEOUT = 10.0
+SCAN_WIDTH = 64  # requests in flight at once when every message of a stream is read
+# per_source reads the oldest this many waiting events; the rest are one "(not read)" entry
+PER_SOURCE_READ = 20_000
+NOT_READ = "(not read)"
 
 
 class JetStreamAdmin:
@@ -94,12 +99,20 @@ class JetStreamAdmin:
             return out.setdefault(source, {"events": 0, "bytes": 0, "dead_letters": 0})
 
         async with self._session("read") as (_, js):
-            async for msg in _walk(js, opts.stream, opts.subject):
+            total = (await js.stream_info(opts.stream)).state.messages
+            read = 0
+            async for msg in _scan(js, opts.stream, opts.subject):
                 counted = numbers(msg)
                 counted["events"] += 1
                 counted["bytes"] += len(msg.data or b"")
+                read += 1
+                if read >= PER_SOURCE_READ:
+                    break
+            if total > read >= PER_SOURCE_READ:
+                # reading a message costs ~0.4 ms here: a big backlog is counted, not read
+                out[NOT_READ] = {"events": total - read, "bytes": 0, "dead_letters": 0}
             for stream, subject in _dead_letter_streams(opts):
-                async for msg in _walk(js, stream, subject):
+                async for msg in _scan(js, stream, subject):
                     numbers(msg)["dead_letters"] += 1
         return out
 
@@ -222,6 +235,34 @@ async def _walk(js: JetStreamContext, stream: str, subject: str) -> AsyncIterato
         seq = msg.seq + 1
 
 
+def replay_id(stream: str, record: DeadLetterRecord) -> str:
+    """The msg id a replay of `record` is published with."""
+    return f"replay:{stream}:{record.id}:{int(record.dead_at * 1e6)}"
+
+
+async def _scan(js: JetStreamContext, stream: str, subject: str) -> AsyncIterator[RawStreamMsg]:
+    """Every message of `stream` up to its last one when the scan began, in no promised order:
+    `_walk`, but about three times faster on a stream with few gaps, by asking for SCAN_WIDTH
+    sequences at once (nats-py parsing each answer is what takes the time, not the server)."""
+    state = (await js.stream_info(stream)).state
+    if (state.num_deleted or 0) > state.messages:
+        async for msg in _walk(js, stream, subject):  # mostly gaps: each get would miss
+            yield msg
+        return
+
+    async def get(seq: int) -> RawStreamMsg | None:
+        try:
+            return await js.get_msg(stream, seq)
+        except NotFoundError:
+            return None  # acked, replayed or purged meanwhile, or a gap
+
+    for start in range(max(state.first_seq, 1), state.last_seq + 1, SCAN_WIDTH):
+        stop = min(start + SCAN_WIDTH, state.last_seq + 1)
+        for msg in await asyncio.gather(*(get(seq) for seq in range(start, stop))):
+            if msg is not None:
+                yield msg
+
+
 def _record(msg: RawStreamMsg, invalid: bool) -> DeadLetterRecord:
     return records.dead_letter_record(
         msg.seq or 0, invalid, msg.headers, msg.data or b"", records.stream_time(msg.time)
@@ -283,7 +324,8 @@ async def _replay(
     # A fixed id per dead letter, not the event's digest: the digest would be dropped as a
     # duplicate within spool.dedup_window (the event was stored once already), while this id
     # makes a replay that died before the delete below, and ran again, store the event once.
-    msg_id = f"replay:{opts.stream}:{record.id}"
+    # the dead letter's time too: a dead-letter stream made again restarts its sequences
+    msg_id = replay_id(opts.stream, record)
     try:
         await js.publish(
             opts.subject,
