@@ -16,6 +16,10 @@ import urllib.error
 import urllib.request
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.natscluster import NatsCluster
 
 PY = sys.executable
 
@@ -261,6 +265,15 @@ class Procs:
     def upstream(self, name: str = "upstream", ack_only: bool = False) -> Upstream:
         log = self.workdir / f"{name}.log"
         return self._track(Upstream(self.workdir / name, log, ack_only))
+
+    def nats_cluster(self, size: int = 3) -> NatsCluster:
+        """A JetStream cluster on loopback (not started), its nodes killed on exit."""
+        from benchmarks.natscluster import NatsCluster  # it builds on this module's Proc
+
+        cluster = NatsCluster(self.workdir / "nats", size)
+        for node in cluster.nodes:
+            self._track(node)
+        return cluster
 
     def python(self, module: str, *args: str, log: str) -> Proc:
         return self._track(Proc([PY, "-m", module, *args], self.workdir / log))

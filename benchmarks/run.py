@@ -17,12 +17,16 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.context import Ctx
 from benchmarks.report import Row
-from benchmarks.scenarios import backlog, delivery, ingest, latency
+from benchmarks.scenarios import backlog, delivery, ingest, jetstream, latency
 
 SCENARIOS = [
     ("1", "ingest, 1 event/POST", ingest.single_events),
+    # the jetstream rows each measure the sqlite spool beside it again, in alternating rounds
+    ("1j", "ingest, 1 event/POST, jetstream vs sqlite", jetstream.ingest_single),
     ("2", "ingest, NDJSON", ingest.ndjson),
+    ("2j", "ingest, NDJSON, jetstream vs sqlite", jetstream.ingest_ndjson),
     ("3", "delivery, RSocket", delivery.rsocket_single),
+    ("3j", "delivery, RSocket, jetstream vs sqlite", jetstream.delivery),
     ("4", "delivery, RSocket batches", delivery.rsocket_batch),
     ("5", "delivery, HTTP", delivery.http_single),
     ("6", "end-to-end latency", latency.latency),
@@ -35,7 +39,7 @@ RESULTS = Path(__file__).parent / "results" / "latest.json"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Benchmarks of the relay against baselines.")
     p.add_argument("--quick", action="store_true", help="smaller backlogs, fewer rounds (< 2 min)")
-    p.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,3")
+    p.add_argument("--only", help="comma-separated scenario ids, e.g. 1,3,1j")
     p.add_argument("--keep", action="store_true", help="keep the working folder (logs, spools)")
     a = p.parse_args(argv)
     only = set(a.only.split(",")) if a.only else None

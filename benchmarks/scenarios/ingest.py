@@ -15,9 +15,12 @@ from benchmarks.report import Row, Target, median
 NO_DELIVERY = {}  # no Maskinporten settings: the relay only accepts and stores
 
 
-def loadgen(url: str, connections: int, seconds: float, batch: int = 1) -> dict:
+def loadgen(
+    url: str, connections: int, seconds: float, batch: int = 1, by_answer: bool = False
+) -> dict:
     args = [PY, "-m", "benchmarks.loadgen", "--url", url, "--connections", str(connections)]
     args += ["--duration", str(seconds), "--batch", str(batch)]
+    args += ["--by-answer"] if by_answer else []
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return orjson.loads(out.stdout)
 

@@ -27,6 +27,13 @@ def config(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
+def spool_place(cfg: Config) -> str:
+    """Where the configured spool is, as commands name it."""
+    if cfg.spool.backend == "jetstream":
+        return f"jetstream stream {cfg.spool.jetstream.stream}"
+    return str(cfg.spool.path)
+
+
 def with_admin(args: argparse.Namespace, use: Callable[[SpoolAdmin], Awaitable[T]]) -> T:
     """Run `use` with the admin side of the configured spool; its errors become one line."""
     cfg = config(args)

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from relay.cli.common import add_config, config, with_admin
+from relay.cli.common import add_config, config, spool_place, with_admin
 from relay.config import spool_options
 from relay.errors import UserError
 from relay.spool import SpoolAdmin, SpoolError, SpoolStats, open_spool
@@ -76,7 +76,8 @@ def _stats(args: argparse.Namespace) -> int:
     stats, sources = with_admin(args, read)
     age = time.time() - stats.oldest_received_at if stats.oldest_received_at else None
     report = {
-        "path": str(cfg.spool.path),
+        "backend": cfg.spool.backend,
+        "path": spool_place(cfg),
         "depth": stats.events,
         "bytes": stats.bytes,
         "capacity_bytes": stats.capacity_bytes,
@@ -108,9 +109,9 @@ def _check(args: argparse.Namespace) -> int:
     cfg = config(args)
     problems = with_admin(args, lambda admin: admin.check())
     for problem in problems:
-        print(f"spool {cfg.spool.path}: {problem}", file=sys.stderr)
+        print(f"spool {spool_place(cfg)}: {problem}", file=sys.stderr)
     if not problems:
-        print(f"spool {cfg.spool.path} is sound")
+        print(f"spool {spool_place(cfg)} is sound")
     return 1 if problems else 0
 
 
@@ -121,7 +122,7 @@ def _salvage(args: argparse.Namespace) -> int:
         print(f"{table}: ids {lo}-{hi} could not be read (or did not exist)", file=sys.stderr)
     print(
         f"salvaged {report.events} event(s) and {report.dead_letters} dead letter(s) from "
-        f"{args.folder} into {cfg.spool.path}"
+        f"{args.folder} into {spool_place(cfg)}"
     )
     return 0
 

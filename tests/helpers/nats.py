@@ -8,6 +8,7 @@ saying why, when no `nats-server` of 2.11 or later can be found.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import re
@@ -16,6 +17,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -185,6 +188,35 @@ class NatsCluster:
         for n in self.nodes:
             wait_until(n.ready, timeout, f"nats-server {n.name} to listen", n.output)
         wait_until(self._has_meta_leader, timeout, "the JetStream meta leader", self.output)
+        # a meta leader is not yet a cluster that creates replicated streams (and the log may
+        # name one from before a restart): create one and delete it, as a relay would
+        wait_until(self._takes_a_stream, timeout, "JetStream to create a stream", self.output)
+
+    def _takes_a_stream(self) -> bool:
+        # in a thread of its own: a test calling this may be inside a running event loop
+        result: list[bool] = []
+        thread = threading.Thread(target=lambda: result.append(asyncio.run(self._probe())))
+        thread.start()
+        thread.join()
+        return bool(result and result[0])
+
+    async def _probe(self) -> bool:
+        import nats  # the test extra has it; imported here so a skip needs no client
+
+        try:
+            nc = await nats.connect(self.urls, connect_timeout=2, max_reconnect_attempts=1)
+        except Exception:
+            return False
+        try:
+            js = nc.jetstream(timeout=2)
+            name = f"PROBE{uuid.uuid4().hex[:8].upper()}"
+            await js.add_stream(name=name, subjects=[name.lower()], num_replicas=len(self.nodes))
+            await js.delete_stream(name)
+            return True
+        except Exception:
+            return False
+        finally:
+            await nc.close()
 
     def _has_meta_leader(self) -> bool:
         return any(

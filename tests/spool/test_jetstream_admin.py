@@ -24,7 +24,7 @@ from relay.errors import UserError
 from relay.spool import SpoolUnreadable
 from relay.spool.api import INVALID_SHARE
 from relay.spool.jetstream import records, streams
-from relay.spool.jetstream.admin import JetStreamAdmin
+from relay.spool.jetstream.admin import JetStreamAdmin, replay_id
 from relay.spool.jetstream.options import JetStreamOptions
 from tests.helpers import eventually, free_port
 from tests.helpers.nats import NatsCluster
@@ -233,14 +233,16 @@ async def test_replay_queues_bodies_with_their_source_and_deletes_the_dead_lette
         return body + b" "
 
     admin = layout.admin()
+    listed = {r.id: r for r in await admin.list_dead_letters()}
     replayed, skipped = await admin.replay_dead_letters(None, prepare)
     assert replayed == [d1, d2]
     assert skipped == {junk: "not an event"}
     stream = layout.opts.stream
+    id1, id2 = replay_id(stream, listed[d1]), replay_id(stream, listed[d2])
     assert await layout.queue() == [
         (b"waiting", {records.SOURCE: "http"}),
-        (b'{"n":1} ', {records.SOURCE: "syslog", records.MSG_ID: f"replay:{stream}:{d1}"}),
-        (b'{"n":2} ', {records.SOURCE: "http", records.MSG_ID: f"replay:{stream}:{d2}"}),
+        (b'{"n":1} ', {records.SOURCE: "syslog", records.MSG_ID: id1}),
+        (b'{"n":2} ', {records.SOURCE: "http", records.MSG_ID: id2}),
     ]
     assert [r.id for r in await admin.list_dead_letters()] == [junk]
     _, missing = await admin.replay_dead_letters([d1, 999_999, 0, -3], prepare)
@@ -265,8 +267,9 @@ async def test_a_replay_that_died_before_the_delete_stores_the_event_once(
     layout: Layout,
 ) -> None:
     dl = await layout.dead(b'{"n":1}', "http")
+    [record] = await layout.admin().list_dead_letters()
     # the first run published the event and died before deleting the dead letter
-    await layout.event(b'{"n":1}', "http", msg_id=f"replay:{layout.opts.stream}:{dl}")
+    await layout.event(b'{"n":1}', "http", msg_id=replay_id(layout.opts.stream, record))
     replayed, skipped = await layout.admin().replay_dead_letters([dl], lambda body: body)
     assert (replayed, skipped) == ([dl], {})
     assert [body for body, _ in await layout.queue()] == [b'{"n":1}']

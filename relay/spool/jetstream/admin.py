@@ -43,6 +43,9 @@ from relay.spool.jetstream.options import JetStreamOptions
 # per API request: a purge or a stream info of a large stream on a loaded cluster takes a while
 REQUEST_TIMEOUT = 10.0
 SCAN_WIDTH = 64  # requests in flight at once when every message of a stream is read
+# per_source reads the oldest this many waiting events; the rest are one "(not read)" entry
+PER_SOURCE_READ = 20_000
+NOT_READ = "(not read)"
 
 
 class JetStreamAdmin:
@@ -96,10 +99,18 @@ class JetStreamAdmin:
             return out.setdefault(source, {"events": 0, "bytes": 0, "dead_letters": 0})
 
         async with self._session("read") as (_, js):
+            total = (await js.stream_info(opts.stream)).state.messages
+            read = 0
             async for msg in _scan(js, opts.stream, opts.subject):
                 counted = numbers(msg)
                 counted["events"] += 1
                 counted["bytes"] += len(msg.data or b"")
+                read += 1
+                if read >= PER_SOURCE_READ:
+                    break
+            if total > read >= PER_SOURCE_READ:
+                # reading a message costs ~0.4 ms here: a big backlog is counted, not read
+                out[NOT_READ] = {"events": total - read, "bytes": 0, "dead_letters": 0}
             for stream, subject in _dead_letter_streams(opts):
                 async for msg in _scan(js, stream, subject):
                     numbers(msg)["dead_letters"] += 1
@@ -224,6 +235,11 @@ async def _walk(js: JetStreamContext, stream: str, subject: str) -> AsyncIterato
         seq = msg.seq + 1
 
 
+def replay_id(stream: str, record: DeadLetterRecord) -> str:
+    """The msg id a replay of `record` is published with."""
+    return f"replay:{stream}:{record.id}:{int(record.dead_at * 1e6)}"
+
+
 async def _scan(js: JetStreamContext, stream: str, subject: str) -> AsyncIterator[RawStreamMsg]:
     """Every message of `stream` up to its last one when the scan began, in no promised order:
     `_walk`, but about three times faster on a stream with few gaps, by asking for SCAN_WIDTH
@@ -308,7 +324,8 @@ async def _replay(
     # A fixed id per dead letter, not the event's digest: the digest would be dropped as a
     # duplicate within spool.dedup_window (the event was stored once already), while this id
     # makes a replay that died before the delete below, and ran again, store the event once.
-    msg_id = f"replay:{opts.stream}:{record.id}"
+    # the dead letter's time too: a dead-letter stream made again restarts its sequences
+    msg_id = replay_id(opts.stream, record)
     try:
         await js.publish(
             opts.subject,

@@ -163,30 +163,61 @@ async def ensure_consumer(js: JetStreamContext, opts: JetStreamOptions) -> None:
 async def ensure_all(
     js: JetStreamContext, opts: JetStreamOptions, max_bytes: int, dedup_window: float
 ) -> None:
-    """Everything the design names, so that the first append or lease finds it in place."""
-    try:
-        await ensure_stream(js, queue_config(opts, max_bytes, dedup_window))
-        await ensure_stream(js, dead_letter_config(opts, max_bytes, invalid=False))
-        await ensure_stream(js, dead_letter_config(opts, max_bytes, invalid=True))
-        await ensure_consumer(js, opts)
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=opts.attempts_bucket,
-                history=1,
-                ttl=ATTEMPTS_MAX_AGE,
-                storage=StorageType.FILE,
-                replicas=opts.replicas,
-            )
+    """Everything the design names, so that the first append or lease finds it in place.
+
+    A cluster that is still forming (started together with the relay, say) answers with
+    timeouts or "temporarily unavailable" for a while: that is waited out, up to
+    `SETUP_PATIENCE` x connect_timeout, with one log line; a wrong setting is not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETUP_PATIENCE * opts.connect_timeout
+    said = False
+    while True:
+        try:
+            await _ensure_all_once(js, opts, max_bytes, dedup_window)
+            return
+        except UserError:
+            raise
+        except Exception as exc:
+            why = one_line(str(exc)) or type(exc).__name__
+            if loop.time() > deadline or not _transient(exc):
+                raise UserError(
+                    f"cannot set up JetStream stream {opts.stream}: {why}"
+                    "; check that the servers have JetStream enabled and a quorum up, and that "
+                    "the credentials allow managing streams"
+                ) from None
+            if not said:
+                log.warning("JetStream is not ready yet (%s); waiting for it", why)
+                said = True
+        await asyncio.sleep(0.5)
+
+
+SETUP_PATIENCE = 6
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, TimeoutError):
+        return True
+    code = getattr(exc, "code", None)
+    text = str(exc).lower()
+    return code in (503, 408) or "temporarily unavailable" in text or "no responders" in text
+
+
+async def _ensure_all_once(
+    js: JetStreamContext, opts: JetStreamOptions, max_bytes: int, dedup_window: float
+) -> None:
+    await ensure_stream(js, queue_config(opts, max_bytes, dedup_window))
+    await ensure_stream(js, dead_letter_config(opts, max_bytes, invalid=False))
+    await ensure_stream(js, dead_letter_config(opts, max_bytes, invalid=True))
+    await ensure_consumer(js, opts)
+    await js.create_key_value(
+        KeyValueConfig(
+            bucket=opts.attempts_bucket,
+            history=1,
+            ttl=ATTEMPTS_MAX_AGE,
+            storage=StorageType.FILE,
+            replicas=opts.replicas,
         )
-    except UserError:
-        raise
-    except Exception as exc:
-        why = one_line(str(exc)) or type(exc).__name__
-        raise UserError(
-            f"cannot set up JetStream stream {opts.stream}: {why}"
-            "; check that the servers have JetStream enabled and a quorum up, and that the "
-            "credentials allow managing streams"
-        ) from None
+    )
 
 
 async def wait_for_leaders(js: JetStreamContext, opts: JetStreamOptions, timeout: float) -> None:
