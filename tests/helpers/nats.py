@@ -123,7 +123,11 @@ cluster {{
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            # the death signal follows the starting *thread*: only the main thread lives as
+            # long as the run (a restart from asyncio.to_thread must not tie it to a worker)
+            preexec_fn=_die_with_parent
+            if threading.current_thread() is threading.main_thread()
+            else None,
         )
         log.close()
         return self

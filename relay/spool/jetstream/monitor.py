@@ -28,6 +28,7 @@ log = logging.getLogger("relay.spool.jetstream")
 EVERY = 1.0
 SETTLING = 0.5  # an ack this recent may not be reflected in a stream reading yet
 STALE = 10.0
+READ_TIMEOUT = 1.0
 
 
 @dataclass
@@ -106,7 +107,8 @@ class Monitor:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(EVERY)
+            # while the streams cannot be read, look again sooner: readiness comes back with it
+            await asyncio.sleep(EVERY if self.problem is None else EVERY / 4)
             await self.refresh()
 
     async def refresh(self, force: bool = False) -> None:
@@ -143,7 +145,8 @@ class Monitor:
 
     async def _read(self) -> Reading:
         opts = self._opts
-        timeout = max(opts.connect_timeout, 1.0)
+        # short: a reading that hangs on a cluster electing leaders would hold readiness back
+        timeout = READ_TIMEOUT
         queue = await asyncio.wait_for(self._js.stream_info(opts.stream), timeout)
         if queue.cluster is not None and not queue.cluster.leader:
             raise RuntimeError("no leader (a quorum of its replicas is down)")

@@ -21,11 +21,13 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from relay.errors import one_line
 from relay.spool.jetstream.options import JetStreamOptions
 
 log = logging.getLogger("relay.spool.jetstream")
 
-_NO_MESSAGES = {"404", "408"}  # the request ended: nothing (more) to give, or it expired
+_NO_MESSAGES = {"404", "408"}
+_PAUSE_AFTER_ERROR = 0.25  # seconds  # the request ended: nothing (more) to give, or it expired
 
 
 class _Request:
@@ -55,6 +57,7 @@ class Puller:
         self._sub = None
         self._keepalive: asyncio.Task[None] | None = None
         self.problem: str | None = None  # the last error status the consumer sent, if any
+        self.refused_at = -1e9  # loop time of that status
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
@@ -70,6 +73,13 @@ class Puller:
                 await self._sub.unsubscribe()
 
     # -- asking ---------------------------------------------------------------------------------
+
+    def pause(self) -> float:
+        """Seconds to wait before asking again: a consumer that just answered with an error
+        (no leader, say) is asked again after a moment, not in a loop."""
+        if self.problem is None:
+            return 0.0
+        return max(0.0, self.refused_at + _PAUSE_AFTER_ERROR - asyncio.get_running_loop().time())
 
     def waiting(self) -> bool:
         """A pull request is open on the server (a message may come without asking again)."""
@@ -142,9 +152,13 @@ class Puller:
             if req is not None:
                 req.done = True
             if status not in _NO_MESSAGES:
-                # 409: consumer deleted, leadership change, too many waiting requests, ...
-                self.problem = f"{status} {headers.get('Description', '')}".strip()
-                log.warning("JetStream consumer %s said: %s", self._opts.consumer, self.problem)
+                # 409: consumer deleted, leadership change, too many waiting requests; 503: no
+                # leader yet. Logged once per change; `pause` keeps lease from asking in a loop.
+                problem = one_line(f"{status} {headers.get('Description', '')}".strip())
+                if problem != self.problem:
+                    log.warning("JetStream consumer %s said: %s", self._opts.consumer, problem)
+                self.problem = problem
+                self.refused_at = asyncio.get_running_loop().time()
             self.arrived.set()
             return
         self.problem = None

@@ -49,6 +49,7 @@ _IN_PROCESS_CODE = 10158  # JetStream: "duplicate message id is in process"
 _IN_PROCESS_RETRIES = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, None)
 # seconds after an append in which a lease that finds nothing looks again
 _VISIBLE_AFTER = 0.25
+_PUBLISH_PROBLEM_FOR = 5.0  # seconds a failed publish keeps the relay not-ready
 
 
 class JetStreamSpool:
@@ -77,6 +78,7 @@ class JetStreamSpool:
         self._settler: Settler | None = None  # made in `open`, once the bucket is reached
         self._full: str | None = None
         self._publish_problem: str | None = None
+        self._publish_failed_at = 0.0
         self._not_kept = 0
         self._appended_at = 0.0
         self._closed = False
@@ -168,7 +170,10 @@ class JetStreamSpool:
         self.monitor.appended(stored, size * stored // max(len(messages), 1))
         if failed is not None:
             raise self._refusal(failed)
-        self._publish_problem = None
+        if self._publish_problem is not None:
+            log.info("JetStream stores events again")
+            self._publish_problem = None
+            self._publish_failed_at = 0.0
         if stored:
             self._full = None
             self._appended_at = time.monotonic()
@@ -193,10 +198,12 @@ class JetStreamSpool:
         if isinstance(exc, APIError) and exc.err_code == _FULL_CODE:
             self._full = "the JetStream stream is full (spool.max_bytes)"
             return SpoolFull(self._full)
-        why = _why(exc)
-        self._publish_problem = f"JetStream did not store the events: {why}"
-        log.warning("%s", self._publish_problem)
-        return SpoolUnavailable(self._publish_problem)
+        problem = f"JetStream did not store the events: {_why(exc)}"
+        if problem != self._publish_problem:  # once per change, not once per refused request
+            log.warning("%s", problem)
+        self._publish_problem = problem
+        self._publish_failed_at = time.monotonic()
+        return SpoolUnavailable(problem)
 
     async def _keep_invalid(self, rejects: Sequence[Reject]) -> tuple[int, int]:
         if not rejects:
@@ -238,7 +245,14 @@ class JetStreamSpool:
         self._check_open()
         puller = self._puller
         msgs = puller.take(limit)
-        if len(msgs) < limit and self._conn.problem is None and not puller.waiting():
+        if (pause := puller.pause()) > 0 and not msgs:
+            await asyncio.sleep(min(pause, max(wait, 0.0)))
+        if (
+            len(msgs) < limit
+            and self._conn.problem is None
+            and not puller.waiting()
+            and puller.pause() <= 0
+        ):
             req = await puller.request(limit - len(msgs), 0.0)
             await puller.settle(req, self._timeout)
             msgs += puller.take(limit - len(msgs))
@@ -247,7 +261,7 @@ class JetStreamSpool:
                 # moment after the quorum acknowledged it: look again, briefly
                 wait = max(wait, _VISIBLE_AFTER)
         if not msgs and wait > 0:
-            if self._conn.problem is None:
+            if self._conn.problem is None and puller.pause() <= 0:
                 msgs = await self._wait_for(limit, wait)
             else:
                 await asyncio.sleep(min(wait, 0.5))  # disconnected: nothing can come; no spin
@@ -317,7 +331,9 @@ class JetStreamSpool:
         return len(self._puller.held)
 
     def refusing(self) -> str | None:
-        problem = self._conn.problem or self.monitor.problem or self._publish_problem
+        problem = self._conn.problem or self.monitor.problem
+        if problem is None and time.monotonic() - self._publish_failed_at < _PUBLISH_PROBLEM_FOR:
+            problem = self._publish_problem  # with no producer now, nothing would clear it
         if problem is not None:
             return problem
         used = self.monitor.current().bytes
