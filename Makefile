@@ -26,15 +26,16 @@ $(NODE_STAMP): tests/node/package-lock.json
 # four worker processes (pytest-xdist) overlap well; PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= 4
 FAST := -m "not e2e and not interop" -n $(PYTEST_WORKERS)
-# the end-to-end and real-peer tests kill processes, time rates and fill disks: one at a time
-SLOW := -m "e2e or interop"
+# the end-to-end and real-peer tests kill processes, time rates and fill disks: one at a time,
+# except that the JetStream ones run beside them on a second worker (tests/conftest.py groups)
+SLOW := -m "e2e or interop" -n 2 --dist loadgroup
 
 # Python's bytecode, and pytest's rewritten test modules, cached in __pycache__ (git-ignored) even
 # where the environment sets PYTHONDONTWRITEBYTECODE: otherwise every worker and every `relay`
 # subprocess a test starts compiles it all again (about 3 s of CPU per pytest process).
 test test-fast chaos bench: export PYTHONDONTWRITEBYTECODE =
 
-# everything: the fast tests in parallel, then the slow ones in sequence (both always run)
+# everything: the fast tests in parallel, then the slow ones in two sequences (both always run)
 test: $(STAMP) $(NODE_STAMP) lint
 	@status=0; \
 	$(BIN)/pytest -q $(FAST) || status=1; \
