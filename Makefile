@@ -27,8 +27,9 @@ $(NODE_STAMP): tests/node/package-lock.json
 PYTEST_WORKERS ?= 4
 FAST := -m "not e2e and not interop" -n $(PYTEST_WORKERS)
 # the end-to-end and real-peer tests kill processes, time rates and fill disks: one at a time,
-# except that the JetStream ones run beside them on a second worker (tests/conftest.py groups)
-SLOW := -m "e2e or interop" -n 2 --dist loadgroup
+# except that the JetStream ones (real NATS clusters, mostly waiting) run beside the others in
+# a second pytest, whose report follows
+SLOW := -m "e2e or interop"
 
 # Python's bytecode, and pytest's rewritten test modules, cached in __pycache__ (git-ignored) even
 # where the environment sets PYTHONDONTWRITEBYTECODE: otherwise every worker and every `relay`
@@ -39,7 +40,12 @@ test test-fast chaos bench: export PYTHONDONTWRITEBYTECODE =
 test: $(STAMP) $(NODE_STAMP) lint
 	@status=0; \
 	$(BIN)/pytest -q $(FAST) || status=1; \
-	$(BIN)/pytest -q $(SLOW) || status=1; \
+	$(BIN)/pytest -q -p no:cacheprovider $(SLOW) -k jetstream > $(VENV)/jetstream-tests.log 2>&1 & \
+	beside=$$!; \
+	$(BIN)/pytest -q $(SLOW) -k "not jetstream" || status=1; \
+	wait $$beside || status=1; \
+	echo "--- the JetStream end-to-end tests, run beside the others:"; \
+	cat $(VENV)/jetstream-tests.log; \
 	exit $$status
 
 # everything but the slow end-to-end and real-peer tests: under a minute

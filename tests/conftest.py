@@ -17,12 +17,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SUBPROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
-        if item.get_closest_marker("e2e") or item.get_closest_marker("interop"):
-            # `make test` runs the slow tests on two workers, one test at a time on each: the
-            # JetStream ones (they wait on NATS, little CPU) beside all the others, which
-            # stay in sequence among themselves (pytest-xdist --dist loadgroup)
-            group = "jetstream" if "jetstream" in item.nodeid else "serial"
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
