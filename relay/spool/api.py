@@ -110,6 +110,14 @@ ROW_OVERHEAD = 64
 MAX_DELAY = 7 * 86400.0  # no event is put off further than this, whatever a caller asks
 
 
+def fill_refusal(used: int, max_bytes: int, full: bool) -> str | None:
+    """Why a spool holding `used` bytes refuses for want of room (`full`: a write was just
+    refused for it), or None: every backend says it the same way."""
+    if full or used >= READY_FILL * max_bytes:
+        return f"spool is {100 * used / max_bytes:.0f}% full ({used} of {max_bytes} bytes)"
+    return None
+
+
 def bounded_delay(delay: float) -> float:
     """A release's delay as stored: an infinite (or NaN) one would hide the event forever."""
     if not math.isfinite(delay):

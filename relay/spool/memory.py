@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from relay.spool.api import (
     INVALID_SHARE,
-    READY_FILL,
     AppendResult,
     DeadLetter,
     DeadLetterRecord,
@@ -28,6 +27,7 @@ from relay.spool.api import (
     SpoolUnavailable,
     bounded_delay,
     dead_letter_size,
+    fill_refusal,
     keep_rejects,
 )
 from relay.spool.dedup import digest
@@ -221,12 +221,7 @@ class MemorySpool:
 
     def refusing(self) -> str | None:
         used = self._used()
-        if self._full or used >= READY_FILL * self._max_bytes:
-            return (
-                f"spool is {100 * used / self._max_bytes:.0f}% full "
-                f"({used} of {self._max_bytes} bytes)"
-            )
-        return None
+        return fill_refusal(used, self._max_bytes, bool(self._full))
 
     def alive(self) -> bool:
         return not self._closed

@@ -187,8 +187,9 @@ class Puller:
         if timer is not None:
             timer.cancel()
         msg = self.held.pop(seq, None)
-        if msg is not None and msg in self.buffer:
-            self.buffer.remove(msg)
+        if msg is not None and any(m is msg for m in self.buffer):
+            # by identity: Msg is a dataclass, and comparing by value reads every field
+            self.buffer = deque(m for m in self.buffer if m is not msg)
         return msg
 
     async def _keep_alive(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
 
 from relay.spool.api import DeadLetterRecord
 
@@ -65,20 +64,9 @@ def split_dead_letter_id(dl_id: int) -> tuple[int, bool]:
     return dl_id // 2, bool(dl_id % 2)
 
 
-def stream_time(value: Any) -> float:
-    """A message's stream time (a datetime from nats-py, or RFC 3339 text) in epoch seconds."""
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        text = value.replace("Z", "+00:00")
-        # RFC 3339 with nanoseconds: Python takes at most microseconds
-        if "." in text:
-            head, _, tail = text.partition(".")
-            digits = "".join(c for c in tail if c.isdigit())
-            zone = tail[len(digits) :]
-            text = f"{head}.{digits[:6]}{zone}"
-        return datetime.fromisoformat(text).timestamp()
-    return float(value or 0.0)
+def stream_time(value: datetime | None) -> float:
+    """A message's stream time (nats-py gives a datetime) in epoch seconds; 0 when missing."""
+    return value.timestamp() if value is not None else 0.0
 
 
 def dead_letter_record(

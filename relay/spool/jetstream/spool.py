@@ -21,7 +21,6 @@ from nats.js.errors import APIError
 from relay.errors import one_line
 from relay.spool.api import (
     INVALID_SHARE,
-    READY_FILL,
     AppendResult,
     DeadLetter,
     Incoming,
@@ -32,6 +31,7 @@ from relay.spool.api import (
     SpoolStats,
     SpoolUnavailable,
     append_result,
+    fill_refusal,
     keep_rejects,
 )
 from relay.spool.dedup import digest
@@ -139,8 +139,7 @@ class JetStreamSpool:
         self._check_usable()
         started = time.monotonic()
         subject = self.options.subject
-        messages = []
-        size = 0
+        messages: list[tuple[bytes, dict[str, str], int]] = []  # body, headers, stored size
         seen: set[str] = set()
         repeated = 0  # the same event twice in one call: the stream would see both at once
         for ev in events:
@@ -151,23 +150,27 @@ class JetStreamSpool:
                     continue
                 seen.add(msg_id)
             headers = records.event_headers(ev.source, msg_id)
-            messages.append((ev.body, headers))
-            size += message_size(subject, headers, ev.body)
-        if size:
-            used = self.monitor.current().bytes
-            if used + size > self._max_bytes:
-                self._full = f"storing {size} bytes would exceed spool.max_bytes"
-                raise SpoolFull(self._full)
+            messages.append((ev.body, headers, message_size(subject, headers, ev.body)))
+        size = sum(m[2] for m in messages)
+        if size and self.monitor.current().bytes + size > self._max_bytes:
+            self._full = f"storing {size} bytes would exceed spool.max_bytes"
+            raise SpoolFull(self._full)
         acks = await asyncio.gather(
-            *(self._publish(subject, body, headers) for body, headers in messages),
+            *(self._publish(subject, body, headers) for body, headers, _ in messages),
             return_exceptions=True,
         )
         failed = next((a for a in acks if isinstance(a, BaseException)), None)
-        duplicates = sum(1 for a in acks if not isinstance(a, BaseException) and a.duplicate)
-        duplicates += repeated
-        stored = len(acks) - (duplicates - repeated)
-        stored -= sum(1 for a in acks if isinstance(a, BaseException))
-        self.monitor.appended(stored, size * stored // max(len(messages), 1))
+        duplicates = repeated
+        stored = stored_size = 0
+        for ack, (_, _, msg_size) in zip(acks, messages, strict=True):
+            if isinstance(ack, BaseException):
+                continue
+            if ack.duplicate:
+                duplicates += 1
+            else:
+                stored += 1
+                stored_size += msg_size
+        self.monitor.appended(stored, stored_size)
         if failed is not None:
             raise self._refusal(failed)
         if self._publish_problem is not None:
@@ -326,10 +329,6 @@ class JetStreamSpool:
             invalid_not_kept=self._not_kept,
         )
 
-    def in_flight(self) -> int:
-        """Messages this relay holds (leased or pulled): its share of the consumer's ack pending."""
-        return len(self._puller.held)
-
     def refusing(self) -> str | None:
         problem = self._conn.problem or self.monitor.problem
         if problem is None and time.monotonic() - self._publish_failed_at < _PUBLISH_PROBLEM_FOR:
@@ -337,12 +336,7 @@ class JetStreamSpool:
         if problem is not None:
             return problem
         used = self.monitor.current().bytes
-        if self._full or used >= READY_FILL * self._max_bytes:
-            return (
-                f"spool is {100 * used / self._max_bytes:.0f}% full "
-                f"({used} of {self._max_bytes} bytes)"
-            )
-        return None
+        return fill_refusal(used, self._max_bytes, bool(self._full))
 
     def alive(self) -> bool:
         return not self._closed

@@ -20,6 +20,13 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import NotFoundError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from relay.errors import UserError, one_line
 from relay.spool.api import INVALID_SHARE, SpoolUnreadable
@@ -168,33 +175,42 @@ async def ensure_all(
     A cluster that is still forming (started together with the relay, say) answers with
     timeouts or "temporarily unavailable" for a while: that is waited out, up to
     `SETUP_PATIENCE` x connect_timeout, with one log line; a wrong setting is not."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETUP_PATIENCE * opts.connect_timeout
-    said = False
-    while True:
-        try:
-            await _ensure_all_once(js, opts, max_bytes, dedup_window)
-            return
-        except UserError:
-            raise
-        except Exception as exc:
-            why = one_line(str(exc)) or type(exc).__name__
-            if loop.time() > deadline or not _transient(exc):
-                raise UserError(
-                    f"cannot set up JetStream stream {opts.stream}: {why}"
-                    "; check that the servers have JetStream enabled and a quorum up, and that "
-                    "the credentials allow managing streams"
-                ) from None
-            if not said:
-                log.warning("JetStream is not ready yet (%s); waiting for it", why)
-                said = True
-        await asyncio.sleep(0.5)
+    said: list[str] = []
+
+    def say_once(state: RetryCallState) -> None:
+        if not said and state.outcome is not None:
+            said.append(_why(state.outcome.exception()))
+            log.warning("JetStream is not ready yet (%s); waiting for it", said[0])
+
+    retrying = AsyncRetrying(
+        stop=stop_after_delay(SETUP_PATIENCE * opts.connect_timeout),
+        wait=wait_fixed(0.5),
+        retry=retry_if_exception(_transient),
+        before_sleep=say_once,
+        reraise=True,
+    )
+    try:
+        await retrying(_ensure_all_once, js, opts, max_bytes, dedup_window)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"cannot set up JetStream stream {opts.stream}: {_why(exc)}"
+            "; check that the servers have JetStream enabled and a quorum up, and that "
+            "the credentials allow managing streams"
+        ) from None
+
+
+def _why(exc: BaseException | None) -> str:
+    return one_line(str(exc)) or type(exc).__name__
 
 
 SETUP_PATIENCE = 6
 
 
-def _transient(exc: Exception) -> bool:
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, UserError):
+        return False  # a setting that does not match: waiting does not change it
     if isinstance(exc, TimeoutError):
         return True
     code = getattr(exc, "code", None)

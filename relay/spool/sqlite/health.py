@@ -14,7 +14,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from relay.spool.api import INVALID_SHARE, READY_FILL
+from relay.spool.api import INVALID_SHARE, fill_refusal
 from relay.spool.sqlite.sql import Store
 
 log = logging.getLogger("relay.spool")
@@ -77,12 +77,7 @@ class Health:
             return self.failing
         if self._disk_refusing:
             return "the spool's filesystem is (almost) full"
-        if self.full or used >= READY_FILL * self.max_bytes:
-            return (
-                f"spool is {100 * used / self.max_bytes:.0f}% full "
-                f"({used} of {self.max_bytes} bytes)"
-            )
-        return None
+        return fill_refusal(used, self.max_bytes, bool(self.full))
 
     def disk_short(self) -> str | None:
         """Why the filesystem is too full for new events, or None. A reserve is kept free so
