@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -31,7 +32,9 @@ from relay.sources.http import HttpSource, read_auth_token
 from relay.sources.http_listener import LimitedTCPSite
 from relay.sources.intake import Intake
 from relay.sources.json_lines import JsonLinesSource, start_json_lines
+from relay.sources.relp import RelpSource, start_relp
 from relay.sources.syslog import SyslogSource, start_syslog
+from relay.sources.tls import ListenerTLS, listener_tls
 from relay.spool import Spool, open_spool
 
 log = logging.getLogger("relay")
@@ -83,11 +86,12 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     auth_token = read_auth_token(cfg.ingest.http.auth_token_file)
     host, port = parse_listen(cfg.ingest.http.listen, "ingest.http.listen")
     creds = load_delivery_credentials(cfg)
+    tls = listeners_tls(cfg)
 
     supervisor = supervision.Supervisor(asyncio.get_running_loop())
     supervision.install(supervisor)
     try:
-        await _serve(cfg, stop, supervisor, auth_token, host, port, creds)
+        await _serve(cfg, stop, supervisor, auth_token, host, port, creds, tls)
     finally:
         supervision.uninstall()
     if supervisor.failed is not None:
@@ -102,6 +106,7 @@ async def _serve(
     host: str,
     port: int,
     creds: Credentials | None,
+    tls: dict[str, ListenerTLS | None],
 ) -> None:
     metrics = Metrics()
     shutdown = _Shutdown(cfg.lifecycle.shutdown_timeout, supervisor)
@@ -131,17 +136,23 @@ async def _serve(
         stack.push_async_callback(shutdown.close_listeners)
         intake = Intake(spool, cfg.ingest.max_event_bytes)
         app = build_app(cfg, spool, auth_token, delivery, intake, metrics)
-        http_port = await _start_http(cfg, app, host, port, shutdown)
-        syslog = await start_syslog(cfg.ingest.syslog, intake)
+        http_tls = tls["ingest.http"]
+        http_port = await _start_http(
+            cfg, app, host, port, shutdown, http_tls.context if http_tls else None
+        )
+        syslog = await start_syslog(cfg.ingest.syslog, intake, tls["ingest.syslog"])
         shutdown.listeners.append(syslog.close)
-        json_lines = await start_json_lines(cfg.ingest.json_lines, intake)
+        json_lines = await start_json_lines(cfg.ingest.json_lines, intake, tls["ingest.json_lines"])
         shutdown.listeners.append(json_lines.close)
+        relp = await start_relp(cfg.ingest.relp, intake, tls["ingest.relp"])
+        shutdown.listeners.append(relp.close)
         collectors.register_listeners(
             metrics, {"syslog_tcp": syslog.tcp, "json_lines": json_lines.tcp}, syslog.kernel_drops
         )
 
         shown_host = f"[{host}]" if ":" in host else host
-        _log_ready(cfg, spool, f"{shown_host}:{http_port}", syslog, json_lines)
+        scheme = f" ({http_tls.describe()})" if http_tls else ""
+        _log_ready(cfg, spool, f"{shown_host}:{http_port}{scheme}", syslog, json_lines, relp)
         for advice in config_advice(cfg, delivering=delivery is not None):
             log.log(advice.level, "%s", advice.text)
         if delivery is not None:
@@ -155,8 +166,24 @@ async def _serve(
             gc_tuning.restore(thresholds)
 
 
+def listeners_tls(cfg: Config) -> dict[str, ListenerTLS | None]:
+    """Each listener's TLS (None where it is off), by its section; raises UserError."""
+    ingest = cfg.ingest
+    return {
+        "ingest.http": listener_tls("ingest.http", ingest.http),
+        "ingest.syslog": listener_tls("ingest.syslog", ingest.syslog),
+        "ingest.json_lines": listener_tls("ingest.json_lines", ingest.json_lines),
+        "ingest.relp": listener_tls("ingest.relp", ingest.relp),
+    }
+
+
 async def _start_http(
-    cfg: Config, app: web.Application, host: str, port: int, shutdown: _Shutdown
+    cfg: Config,
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown: _Shutdown,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Serve `app` on host:port; returns the port (the one the OS chose for port 0)."""
     # the drain of delivery bounds shutdown; the HTTP side only finishes the requests it holds
@@ -165,7 +192,13 @@ async def _start_http(
     )
     await runner.setup()
     shutdown.listeners.append(runner.cleanup)
-    site = LimitedTCPSite(runner, host, port, max_connections=cfg.ingest.http.max_connections)
+    site = LimitedTCPSite(
+        runner,
+        host,
+        port,
+        max_connections=cfg.ingest.http.max_connections,
+        ssl_context=ssl_context,
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -232,6 +265,7 @@ def _log_ready(
     http_address: str,
     syslog: SyslogSource,
     json_lines: JsonLinesSource,
+    relp: RelpSource,
 ) -> None:
     stats = spool.stats()
     ingest = cfg.ingest
@@ -246,6 +280,7 @@ def _log_ready(
             ("syslog tcp", ingest.syslog.tcp_listen, syslog.tcp_port),
             ("syslog udp", ingest.syslog.udp_listen, syslog.udp_port),
             ("json lines", ingest.json_lines.tcp_listen, json_lines.port),
+            ("relp", ingest.relp.listen, relp.port),
         )
         if address
     ]

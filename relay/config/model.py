@@ -88,6 +88,11 @@ class HttpIngestConfig:
     keepalive_timeout: float = _duration("75s")
     # open connections at once; more wait in the kernel's accept queue
     max_connections: int = 1024
+    # TLS: a certificate chain and its key (PEM) turn TLS on; with tls_client_ca_file set, every
+    # client must present a certificate that CA signed (mutual TLS)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,11 @@ class SyslogIngestConfig:
     udp_listen: str = _listen("")
     # open TCP connections at once on tcp_listen; more are refused (closed at once)
     max_connections: int = 1024
+    # TLS: a certificate chain and its key (PEM) turn TLS on for tcp_listen (RFC 5425); with
+    # tls_client_ca_file set, every client must present a certificate that CA signed (mutual TLS)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,28 @@ class JsonLinesIngestConfig:
     tcp_listen: str = _listen("")
     # open TCP connections at once; more are refused (closed at once)
     max_connections: int = 1024
+    # TLS: a certificate chain and its key (PEM) turn TLS on; with tls_client_ca_file set, every
+    # client must present a certificate that CA signed (mutual TLS)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class RelpIngestConfig:
+    """``[ingest.relp]``: acknowledged syslog (RELP, as rsyslog's omrelp sends it); empty is off."""
+
+    listen: str = _listen("")
+    # open connections at once; more are refused (closed at once)
+    max_connections: int = 1024
+    # while the spool refuses, responses are held (the sender's window fills and it waits); a
+    # connection held this long is closed, and the sender reconnects and resends
+    refused_close_after: float = _duration("30s")
+    # TLS: a certificate chain and its key (PEM) turn TLS on; with tls_client_ca_file set, every
+    # client must present a certificate that CA signed (mutual TLS)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +153,7 @@ class IngestConfig:
     http: HttpIngestConfig = field(default_factory=HttpIngestConfig)
     syslog: SyslogIngestConfig = field(default_factory=SyslogIngestConfig)
     json_lines: JsonLinesIngestConfig = field(default_factory=JsonLinesIngestConfig)
+    relp: RelpIngestConfig = field(default_factory=RelpIngestConfig)
 
 
 @dataclass(frozen=True)
@@ -172,6 +205,11 @@ class UpstreamConfig:
     accepts_arrays: bool = False
     keepalive_interval: float = _duration("20s")
     keepalive_max_lifetime: float = _duration("90s")
+    # an HTTP proxy ("http://proxy.example:3128", "http://user@proxy:3128"); wins over
+    # HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment, which are used when it is empty
+    proxy: str = field(default="", metadata={_MASK_USERINFO: True}, repr=False)
+    # the password for the proxy user named in the URL, read from this file (kept out of config)
+    proxy_password_file: str = ""
 
     @property
     def address(self) -> str:
@@ -202,6 +240,11 @@ class MaskinportenConfig:
     key_file: str = ""
     cert_file: str = ""
     kid: str = ""
+    # an HTTP proxy ("http://proxy.example:3128", "http://user@proxy:3128"); wins over
+    # HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment, which are used when it is empty
+    proxy: str = field(default="", metadata={_MASK_USERINFO: True}, repr=False)
+    # the password for the proxy user named in the URL, read from this file (kept out of config)
+    proxy_password_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,6 +267,8 @@ class LifecycleConfig:
     """``[lifecycle]``: start-up and shutdown."""
 
     shutdown_timeout: float = _duration("10s")
+    # when set, `relay run` writes its process id here (for `relay reload --pid-file`)
+    pid_file: str = ""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ def _render_value(setting: _Setting, value: Any) -> str:
     if setting.kind == _STR_LIST:
         items = [mask_url(v) if setting.mask_userinfo else v for v in value]
         return "[" + ", ".join(_toml_string(v) for v in items) + "]"
+    if setting.mask_userinfo:
+        return _toml_string(mask_url(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

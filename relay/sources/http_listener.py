@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 
 from aiohttp import web
 
 from relay import supervision
+from relay.sources.tls import HANDSHAKE_TIMEOUT
 
 log = logging.getLogger("relay.sources.http")
 
@@ -24,7 +26,7 @@ log = logging.getLogger("relay.sources.http")
 class LimitedTCPSite(web.BaseSite):
     """A TCPSite (same runner, same handlers) that keeps at most `max_connections` open."""
 
-    __slots__ = ("_host", "_port", "_slots", "_socks", "_accepting")
+    __slots__ = ("_host", "_port", "_slots", "_socks", "_accepting", "_handshakes")
 
     def __init__(
         self,
@@ -34,16 +36,19 @@ class LimitedTCPSite(web.BaseSite):
         *,
         max_connections: int,
         backlog: int = 1024,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, backlog=backlog)
+        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         self._host, self._port = host, port
         self._slots = asyncio.Semaphore(max_connections)
         self._socks: list[socket.socket] = []
         self._accepting: list[asyncio.Task] = []
+        self._handshakes: set[asyncio.Task] = set()
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}"
 
     @property
     def port(self) -> int:
@@ -77,8 +82,6 @@ class LimitedTCPSite(web.BaseSite):
 
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None
         while True:
             await self._slots.acquire()
             try:
@@ -91,12 +94,36 @@ class LimitedTCPSite(web.BaseSite):
                 log.warning("cannot accept an HTTP connection: %s", exc.strerror or exc)
                 await asyncio.sleep(0.1)
                 continue
-            try:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await loop.connect_accepted_socket(lambda: _Counted(server(), self), conn)
-            except OSError:
-                conn.close()
-                self._slots.release()
+            if self._ssl_context is None:
+                await self._connect(conn)
+            else:
+                # a TLS handshake takes round trips (and a silent client up to HANDSHAKE_TIMEOUT):
+                # it must not hold up the next accept
+                task = asyncio.create_task(self._connect(conn))
+                self._handshakes.add(task)
+                task.add_done_callback(self._handshakes.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        server = self._runner.server
+        assert server is not None
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _Counted(server(), self),
+                conn,
+                ssl=self._ssl_context,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self._ssl_context else None,
+            )
+        except (OSError, TimeoutError) as exc:
+            # a failed handshake (no or a wrong client certificate, plain text on a TLS port):
+            # the client's problem, told to it by the TLS alert; a debug line here
+            log.debug("HTTP connection dropped before it was served: %s", exc)
+            conn.close()
+            self._slots.release()
+        except asyncio.CancelledError:  # the listener closes mid-handshake
+            conn.close()
+            self._slots.release()
+            raise
 
     def _closed(self) -> None:
         self._slots.release()
@@ -107,6 +134,8 @@ class LimitedTCPSite(web.BaseSite):
             task.add_done_callback(lambda _, sock=sock: sock.close())
             task.cancel()
         self._accepting = []
+        for task in self._handshakes:
+            task.cancel()
 
 
 def _listen(family: int, proto: int, address: tuple, backlog: int) -> socket.socket:

@@ -25,6 +25,7 @@ from relay.event import STATUS_LOGGER, other_logger
 from relay.sources.intake import Intake
 from relay.sources.syslog_framing import Frame
 from relay.sources.tcp import Convert, Item, TcpIngest
+from relay.sources.tls import ListenerTLS
 
 __all__ = ["LINE_ALLOWANCE", "SOURCE", "JsonLinesSource", "start_json_lines"]
 
@@ -81,8 +82,11 @@ class JsonLinesSource:
             await self.tcp.close()
 
 
-async def start_json_lines(cfg: JsonLinesIngestConfig, intake: Intake) -> JsonLinesSource:
-    """Start the listener when `cfg.tcp_listen` is set; raises UserError when it cannot listen."""
+async def start_json_lines(
+    cfg: JsonLinesIngestConfig, intake: Intake, tls: ListenerTLS | None = None
+) -> JsonLinesSource:
+    """Start the listener when `cfg.tcp_listen` is set, with `tls` when given; raises UserError
+    when it cannot listen."""
     if not cfg.tcp_listen:
         return JsonLinesSource(None)
     tcp = TcpIngest(
@@ -94,6 +98,7 @@ async def start_json_lines(cfg: JsonLinesIngestConfig, intake: Intake) -> JsonLi
         octet_counting=False,
         max_connections=cfg.max_connections,
     )
-    await tcp.start(cfg.tcp_listen)
-    log.info("json_lines: listening on tcp %s", tcp.address)
+    await tcp.start(cfg.tcp_listen, tls.context if tls is not None else None)
+    kind = f"tcp+{tls.describe()}" if tls is not None else "tcp"
+    log.info("json_lines: listening on %s %s", kind, tcp.address)
     return JsonLinesSource(tcp)

@@ -37,6 +37,7 @@ from relay.sources.intake import Intake
 from relay.sources.syslog_framing import HEAD_BYTES, Frame
 from relay.sources.syslog_header import decode_event
 from relay.sources.tcp import Convert, Item, Refusals, TcpIngest, show_address
+from relay.sources.tls import ListenerTLS
 from relay.spool import Incoming, Reject, SpoolRefused
 
 __all__ = ["HEADER_ALLOWANCE", "SOURCE_TCP", "SOURCE_UDP", "SyslogSource", "start_syslog"]
@@ -104,9 +105,11 @@ class SyslogSource:
         await asyncio.gather(*(part.close() for part in (self.tcp, self.udp) if part is not None))
 
 
-async def start_syslog(cfg: SyslogIngestConfig, intake: Intake) -> SyslogSource:
-    """Start the listeners `cfg` enables (an empty address is off); raises UserError when one
-    cannot listen."""
+async def start_syslog(
+    cfg: SyslogIngestConfig, intake: Intake, tls: ListenerTLS | None = None
+) -> SyslogSource:
+    """Start the listeners `cfg` enables (an empty address is off), TCP with `tls` when given
+    (RFC 5425: octet-counted frames inside TLS); raises UserError when one cannot listen."""
     max_frame = intake.max_event_bytes + HEADER_ALLOWANCE
     tcp = udp = None
     if cfg.tcp_listen:
@@ -119,7 +122,7 @@ async def start_syslog(cfg: SyslogIngestConfig, intake: Intake) -> SyslogSource:
             octet_counting=True,
             max_connections=cfg.max_connections,
         )
-        await tcp.start(cfg.tcp_listen)
+        await tcp.start(cfg.tcp_listen, tls.context if tls is not None else None)
     if cfg.udp_listen:
         udp = UdpIngest(intake, max_frame)
         try:
@@ -128,8 +131,11 @@ async def start_syslog(cfg: SyslogIngestConfig, intake: Intake) -> SyslogSource:
             if tcp is not None:
                 await tcp.close()
             raise
+    tcp_kind = f"tcp+{tls.describe()}" if tls is not None else "tcp"
     listening = [
-        f"{kind} {part.address}" for kind, part in (("tcp", tcp), ("udp", udp)) if part is not None
+        f"{kind} {part.address}"
+        for kind, part in ((tcp_kind, tcp), ("udp", udp))
+        if part is not None
     ]
     if listening:
         log.info("syslog: listening on %s", " and ".join(listening))

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import ssl
 import struct
 import termios
 import time
@@ -34,6 +35,7 @@ from relay.config import parse_listen
 from relay.errors import UserError
 from relay.sources.intake import Intake
 from relay.sources.syslog_framing import Frame, FrameReader
+from relay.sources.tls import HANDSHAKE_TIMEOUT
 from relay.spool import Incoming, Reject, SpoolFull, SpoolRefused
 
 __all__ = [
@@ -141,13 +143,19 @@ class TcpIngest:
             source, "keeping what was read and reading no more until it is stored"
         )
 
-    async def start(self, listen: str) -> None:
-        """Listen on `listen` ("host:port"); raises UserError naming the setting."""
+    async def start(self, listen: str, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on `listen` ("host:port"), with TLS when `tls` is given; raises UserError
+        naming the setting."""
         host, port = parse_listen(listen, self.setting)
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: _Connection(self), host, port, reuse_address=True
+                lambda: _Connection(self),
+                host,
+                port,
+                reuse_address=True,
+                ssl=tls,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls is not None else None,
             )
         except OSError as exc:
             raise UserError(
@@ -308,7 +316,9 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._end()
-        return True  # keep the transport; it is closed once what was read is stored
+        # keep the transport; it is closed once what was read is stored. A TLS transport
+        # cannot stay half-open (asyncio warns on True); what was read is stored all the same.
+        return self._transport is None or self._transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()  # a reset: what was read is stored all the same

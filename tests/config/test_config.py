@@ -816,6 +816,7 @@ def test_render_shape() -> None:
         "[ingest.http]",
         "[ingest.syslog]",
         "[ingest.json_lines]",
+        "[ingest.relp]",
         "[spool]",
         "[spool.jetstream]",
         "[upstream]",
