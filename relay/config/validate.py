@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from relay.config.errors import _error, _show, _toml_string
 from relay.config.jetstream import validate_jetstream
+from relay.config.listener_tls import validate_listener_tls
 from relay.config.model import (
     _LISTEN,
     _SIZE,
@@ -17,6 +18,7 @@ from relay.config.model import (
     _get,
     _schema,
 )
+from relay.config.proxy import validate_proxies
 from relay.config.units import format_duration, format_size, parse_listen
 
 __all__ = ["validate_config"]
@@ -87,6 +89,8 @@ def _validate(cfg: Config, where: Mapping[str, str]) -> None:
             "supported policy, so accepted events are never dropped"
         )
     validate_jetstream(cfg, name)
+    validate_listener_tls(cfg, name)
+    validate_proxies(cfg, name)
 
     up = cfg.upstream
     if up.transport == "rsocket" and not up.host:
