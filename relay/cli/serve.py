@@ -79,8 +79,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from relay.config.advice import config_advice
+    from relay.sources.tls import listeners_tls
 
     cfg = config(args)
+    # the listeners' certificates are loaded as `relay run` loads them: a missing file, a key
+    # that does not match or a CA file that is not PEM fails here, not at the next start
+    listeners_tls(cfg)
     sys.stdout.write(render_config(cfg))
     for advice in config_advice(cfg):
         prefix = "warning" if advice.level >= logging.WARNING else "note"

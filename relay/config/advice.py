@@ -12,6 +12,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from relay.config.model import Config
+from relay.config.units import parse_listen
 
 __all__ = ["Advice", "config_advice", "is_loopback_host"]
 
@@ -72,9 +73,51 @@ def _jetstream_advice(replicas: int) -> list[Advice]:
     return advice
 
 
+def _open_listeners(cfg: Config) -> list[Advice]:
+    """One warning per listener that takes plain text from other machines: bound to an address
+    that is not loopback (0.0.0.0 and :: are every address) with no TLS, and, for HTTP, no
+    bearer token either. Anyone on the network can then send events, or read them on the way."""
+    ingest = cfg.ingest
+    http = ingest.http
+    listeners = [
+        ("ingest.http.listen", http.listen, bool(http.tls_cert_file or http.auth_token_file)),
+        ("ingest.syslog.tcp_listen", ingest.syslog.tcp_listen, bool(ingest.syslog.tls_cert_file)),
+        ("ingest.syslog.udp_listen", ingest.syslog.udp_listen, False),
+        (
+            "ingest.json_lines.tcp_listen",
+            ingest.json_lines.tcp_listen,
+            bool(ingest.json_lines.tls_cert_file),
+        ),
+        ("ingest.relp.listen", ingest.relp.listen, bool(ingest.relp.tls_cert_file)),
+    ]
+    advice = []
+    for setting, listen, protected in listeners:
+        if not listen or protected:
+            continue
+        host, _ = parse_listen(listen, setting)
+        if is_loopback_host(host):
+            continue
+        section = setting.rsplit(".", 1)[0]
+        if setting.endswith("udp_listen"):
+            todo = "UDP has neither TLS nor authentication: use tcp_listen with TLS, or RELP"
+        elif section == "ingest.http":
+            todo = f"set {section}.tls_cert_file and tls_key_file, or auth_token_file, or both"
+        else:
+            todo = f"set {section}.tls_cert_file and tls_key_file (and tls_client_ca_file)"
+        advice.append(
+            Advice(
+                logging.WARNING,
+                f"INSECURE: {setting} is {listen}, reachable from other machines, with no TLS"
+                f"{' and no bearer token' if section == 'ingest.http' else ''}: anyone on the "
+                f"network can send events and read them on the way; {todo}",
+            )
+        )
+    return advice
+
+
 def config_advice(cfg: Config, delivering: bool = True) -> list[Advice]:
     """What an operator should know about ``cfg``; ``delivering`` False skips upstream advice."""
-    advice: list[Advice] = []
+    advice: list[Advice] = _open_listeners(cfg)
     if cfg.spool.backend == "memory":
         advice.append(
             Advice(

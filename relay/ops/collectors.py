@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from relay.delivery.setup import DeliveryParts
 from relay.ops.metrics import Metrics, counter, gauge
 from relay.sources.counters import ListenerCounts, SourceCounters
+from relay.sources.tls import handshake_failures
 from relay.spool import Spool
 
 
@@ -33,6 +34,7 @@ def register_listeners(
     how to read the kernel's drops on the syslog UDP socket."""
     metrics.add_collector(lambda: udp_kernel_drops(udp_drops()))
     metrics.add_collector(lambda: tcp_connections(tcp))
+    metrics.add_collector(tls_handshake_failures)
 
 
 def _source_metrics(sources: SourceCounters) -> Callable[[], Iterable[Metric]]:
@@ -203,3 +205,16 @@ def tcp_connections(listeners: Mapping[str, ListenerCounts | None]) -> Iterable[
     for name, tcp in running.items():
         family.add_metric([name], tcp.connections)
     yield family
+
+
+def tls_handshake_failures() -> Iterable[Metric]:
+    """Per TLS listener (by section): handshakes that failed or were refused over the limit."""
+    failures = handshake_failures()
+    if failures:
+        yield counter(
+            "relay_tls_handshake_failures",
+            "TLS handshakes on a listener that failed (no or a bad client certificate, not TLS, "
+            "too slow) or were refused (too many at once)",
+            failures,
+            "listener",
+        )

@@ -18,7 +18,7 @@ import ssl
 from aiohttp import web
 
 from relay import supervision
-from relay.sources.tls import HANDSHAKE_TIMEOUT
+from relay.sources.tls import HANDSHAKE_TIMEOUT, handshake_failed
 
 log = logging.getLogger("relay.sources.http")
 
@@ -115,9 +115,13 @@ class LimitedTCPSite(web.BaseSite):
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self._ssl_context else None,
             )
         except (OSError, TimeoutError) as exc:
-            # a failed handshake (no or a wrong client certificate, plain text on a TLS port):
-            # the client's problem, told to it by the TLS alert; a debug line here
-            log.debug("HTTP connection dropped before it was served: %s", exc)
+            # a failed handshake (no or a wrong client certificate, plain text on a TLS port, a
+            # silent client past HANDSHAKE_TIMEOUT): the client's problem, told to it by the TLS
+            # alert; counted, and a debug line here
+            if self._ssl_context is not None:
+                handshake_failed(self._ssl_context, _peer(conn), exc)
+            else:
+                log.debug("HTTP connection dropped before it was served: %s", exc)
             conn.close()
             self._slots.release()
         except asyncio.CancelledError:  # the listener closes mid-handshake
@@ -136,6 +140,13 @@ class LimitedTCPSite(web.BaseSite):
         self._accepting = []
         for task in self._handshakes:
             task.cancel()
+
+
+def _peer(conn: socket.socket) -> object:
+    try:
+        return conn.getpeername()
+    except OSError:  # already reset
+        return "?"
 
 
 def _listen(family: int, proto: int, address: tuple, backlog: int) -> socket.socket:

@@ -35,7 +35,7 @@ from relay.config import parse_listen
 from relay.errors import UserError
 from relay.sources.intake import Intake
 from relay.sources.syslog_framing import Frame, FrameReader
-from relay.sources.tls import HANDSHAKE_TIMEOUT
+from relay.sources.tls import TlsHandshakes
 from relay.spool import Incoming, Reject, SpoolFull, SpoolRefused
 
 __all__ = [
@@ -137,6 +137,7 @@ class TcpIngest:
         self.port: int | None = None
         self.address = ""  # host:port once listening
         self._server: asyncio.Server | None = None
+        self._handshakes: TlsHandshakes | None = None  # with TLS
         self._connections: set[_Connection] = set()
         self._closing = asyncio.Event()
         self._refusals = Refusals(
@@ -148,15 +149,14 @@ class TcpIngest:
         naming the setting."""
         host, port = parse_listen(listen, self.setting)
         loop = asyncio.get_running_loop()
+        factory: Callable[[], asyncio.BaseProtocol] = lambda: _Connection(self)  # noqa: E731
+        if tls is not None:
+            # handshakes counted and bounded (max_connections at a time), failures counted: a
+            # connection reaches _Connection (and takes a slot there) only once it is TLS
+            self._handshakes = TlsHandshakes(tls, self.max_connections)
+            factory = self._handshakes.wrap(factory)
         try:
-            self._server = await loop.create_server(
-                lambda: _Connection(self),
-                host,
-                port,
-                reuse_address=True,
-                ssl=tls,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls is not None else None,
-            )
+            self._server = await loop.create_server(factory, host, port, reuse_address=True)
         except OSError as exc:
             raise UserError(
                 f"cannot listen on {listen} ({self.setting}): {exc.strerror or exc}; "
@@ -172,6 +172,8 @@ class TcpIngest:
         it, once that is logged)."""
         if self._server is not None:
             self._server.close()
+        if self._handshakes is not None:
+            self._handshakes.close()
         self._closing.set()
         connections = list(self._connections)
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
