@@ -153,8 +153,9 @@ def _load_into(context: ssl.SSLContext, section: str, files: _Files, pem: _Pem) 
             context.load_cert_chain(cert or files.cert, key or files.key)
     except (OSError, ssl.SSLError) as exc:
         raise UserError(
-            f"{section}: cannot load the TLS certificate {files.cert} with key {files.key}: "
-            f"{_reason(exc)}; both must be PEM and the key must belong to the certificate"
+            f"{section}.tls_cert_file and tls_key_file: cannot load the certificate "
+            f"{files.cert} with the key {files.key}: {_reason(exc)}; both must be PEM and the key "
+            "must belong to the certificate"
         ) from None
     if not files.client_ca:
         return
