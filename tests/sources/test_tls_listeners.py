@@ -279,3 +279,20 @@ async def test_https_through_aiohttp_with_a_client_certificate(
             async with session.post(url, json=[make_event()], ssl=pki.client_context()) as r:
                 await r.read()
     await relay.collect(3)
+
+
+async def test_silent_https_clients_hold_a_slot_for_the_handshake_timeout_only(
+    relay: InProcessRelay, pki: TlsPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP keeps callers over max_connections in the kernel's queue: silent clients in every
+    slot delay a good client by at most the handshake timeout, and are counted as failures."""
+    monkeypatch.setattr("relay.sources.http_listener.HANDSHAKE_TIMEOUT", 0.5)
+    listener = await started(relay, "http", pki, max_connections=2)
+    silent = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(4)]
+    serial, answer = await listener.send(pki.good_client_context(), [make_event()])
+    assert answer.startswith(b"HTTP/1.1 200") and serial == serial_of(pki.server_cert)
+    await eventually(lambda: listener.tls.handshake_failures >= 2, 5, "the timeouts counted")
+    for reader, writer in silent:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    await relay.collect(1)
