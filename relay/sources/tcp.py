@@ -34,6 +34,7 @@ from collections.abc import Callable
 from relay.config import parse_listen
 from relay.errors import UserError
 from relay.sources.intake import Intake
+from relay.sources.refusals import Refusals
 from relay.sources.syslog_framing import Frame, FrameReader
 from relay.sources.tls import TlsHandshakes
 from relay.spool import Incoming, Reject, SpoolFull, SpoolRefused
@@ -68,43 +69,6 @@ Item = Incoming | Reject
 Convert = Callable[[Frame], Item | None]
 
 
-class Refusals:
-    """One log line when the spool starts refusing a source's events and one when it stores
-    them again, however many retries and connections lie in between. A nearly full spool
-    takes some events and refuses others for as long as delivery frees space bit by bit, so
-    the episode ends only with a success after `QUIET` seconds without a refusal."""
-
-    QUIET = 10.0
-
-    def __init__(self, source: str, consequence: str, *, lost: bool = False) -> None:
-        self.source = source
-        self.consequence = consequence
-        self.lost = lost  # refused items are gone (UDP), not held for a retry (TCP)
-        self.since: float | None = None
-        self.last = 0.0
-        self.refused_items = 0
-
-    def refused(self, exc: SpoolRefused, items: int) -> None:
-        self.refused_items += items
-        self.last = time.monotonic()
-        if self.since is None:
-            self.since = self.last
-            log.warning("%s: the spool refuses events (%s); %s", self.source, exc, self.consequence)
-
-    def stored(self) -> None:
-        if self.since is None or time.monotonic() - self.last < self.QUIET:
-            return
-        lost = f"; {self.refused_items} were lost" if self.lost else ""
-        log.warning(
-            "%s: the spool stores events again; it refused them for %.1f s%s",
-            self.source,
-            self.last - self.since,
-            lost,
-        )
-        self.since = None
-        self.refused_items = 0
-
-
 class TcpIngest:
     """One TCP listener feeding `intake` as `source`; `convert` turns frames into items."""
 
@@ -137,7 +101,7 @@ class TcpIngest:
         self.port: int | None = None
         self.address = ""  # host:port once listening
         self._server: asyncio.Server | None = None
-        self._handshakes: TlsHandshakes | None = None  # with TLS
+        self._tls = TlsHandshakes(None, max_connections)  # handshakes, once started with TLS
         self._connections: set[_Connection] = set()
         self._closing = asyncio.Event()
         self._refusals = Refusals(
@@ -149,14 +113,13 @@ class TcpIngest:
         naming the setting."""
         host, port = parse_listen(listen, self.setting)
         loop = asyncio.get_running_loop()
-        factory: Callable[[], asyncio.BaseProtocol] = lambda: _Connection(self)  # noqa: E731
-        if tls is not None:
-            # handshakes counted and bounded (max_connections at a time), failures counted: a
-            # connection reaches _Connection (and takes a slot there) only once it is TLS
-            self._handshakes = TlsHandshakes(tls, self.max_connections)
-            factory = self._handshakes.wrap(factory)
+        # with TLS, handshakes are bounded and counted (relay.sources.tls): a connection reaches
+        # _Connection, and takes one of max_connections there, only once its handshake is done
+        self._tls = TlsHandshakes(tls, self.max_connections)
         try:
-            self._server = await loop.create_server(factory, host, port, reuse_address=True)
+            self._server = await loop.create_server(
+                self._tls.wrap(lambda: _Connection(self)), host, port, reuse_address=True
+            )
         except OSError as exc:
             raise UserError(
                 f"cannot listen on {listen} ({self.setting}): {exc.strerror or exc}; "
@@ -172,8 +135,7 @@ class TcpIngest:
         it, once that is logged)."""
         if self._server is not None:
             self._server.close()
-        if self._handshakes is not None:
-            self._handshakes.close()
+        self._tls.close()
         self._closing.set()
         connections = list(self._connections)
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS

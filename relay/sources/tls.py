@@ -250,8 +250,8 @@ class TlsHandshakes:
     `connection_made` after a good handshake, exactly as with `ssl=`.
     """
 
-    def __init__(self, context: ssl.SSLContext, limit: int) -> None:
-        self.context = context
+    def __init__(self, context: ssl.SSLContext | None, limit: int) -> None:
+        self.context = context  # None: plain TCP, `wrap` leaves the factory as it is
         self.limit = limit
         self.refused = 0  # connections closed at once because `limit` handshakes were running
         self._running: set[_Handshake] = set()
@@ -261,7 +261,11 @@ class TlsHandshakes:
         """Handshakes in progress now."""
         return len(self._running)
 
-    def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
+    def wrap(
+        self, factory: Callable[[], asyncio.BaseProtocol]
+    ) -> Callable[[], asyncio.BaseProtocol]:
+        if self.context is None:
+            return factory
         return lambda: self._protocol(factory)
 
     def close(self) -> None:
@@ -269,7 +273,8 @@ class TlsHandshakes:
         for handshake in list(self._running):
             handshake.abort()
 
-    def _protocol(self, factory: Callable[[], asyncio.BaseProtocol]) -> asyncio.Protocol:
+    def _protocol(self, factory: Callable[[], asyncio.BaseProtocol]) -> asyncio.BaseProtocol:
+        assert self.context is not None
         if len(self._running) >= self.limit:
             self.refused += 1
             return _Refused(self.context)

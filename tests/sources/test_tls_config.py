@@ -18,7 +18,7 @@ from relay.ops.metrics import Metrics
 from relay.sources.tls import listeners_tls
 from tests.helpers import InProcessRelay, inprocess_relay, make_event
 from tests.helpers.tls import TlsPki, make_tls_pki
-from tests.sources.test_tls_listeners import started
+from tests.helpers.tls_listener import started
 
 SECTIONS = ("http", "syslog", "json_lines", "relp")
 

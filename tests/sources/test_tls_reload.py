@@ -15,7 +15,7 @@ from relay.errors import UserError
 from relay.sources.tls import ListenerTLS
 from tests.helpers import InProcessRelay, inprocess_relay, make_event
 from tests.helpers.tls import TlsPki, make_tls_pki, peer_serial, renew_server_cert, serial_of
-from tests.sources.test_tls_listeners import KINDS, Listener, _close, started
+from tests.helpers.tls_listener import KINDS, Listener, close_writer, started
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ async def test_renewed_certificate_is_shown_after_reload_and_open_connections_go
     await writer.drain()
     if kind == "http":
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-    await _close(writer)
+    await close_writer(writer)
     await relay.collect(5)  # 3 one by one, 2 over the connection that was open all along
 
 
