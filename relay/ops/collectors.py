@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from relay.delivery.setup import DeliveryParts
 from relay.ops.metrics import Metrics, counter, gauge
 from relay.sources.counters import ListenerCounts, SourceCounters
-from relay.sources.tls import handshake_failures
+from relay.sources.tls import certificates_expire, handshake_failures
 from relay.spool import Spool
 
 
@@ -34,7 +34,7 @@ def register_listeners(
     how to read the kernel's drops on the syslog UDP socket."""
     metrics.add_collector(lambda: udp_kernel_drops(udp_drops()))
     metrics.add_collector(lambda: tcp_connections(tcp))
-    metrics.add_collector(tls_handshake_failures)
+    metrics.add_collector(tls_listeners)
 
 
 def _source_metrics(sources: SourceCounters) -> Callable[[], Iterable[Metric]]:
@@ -207,8 +207,17 @@ def tcp_connections(listeners: Mapping[str, ListenerCounts | None]) -> Iterable[
     yield family
 
 
-def tls_handshake_failures() -> Iterable[Metric]:
-    """Per TLS listener (by section): handshakes that failed or were refused over the limit."""
+def tls_listeners() -> Iterable[Metric]:
+    """Per TLS listener (by section): handshakes that failed or were refused over the limit, and
+    when its certificate expires."""
+    expiry = GaugeMetricFamily(
+        "relay_tls_certificate_expiry_timestamp_seconds",
+        "When the TLS certificate a listener serves expires (Unix time)",
+        labels=["listener"],
+    )
+    for section, when in certificates_expire().items():
+        expiry.add_metric([section], when)
+    yield expiry
     failures = handshake_failures()
     if failures:
         yield counter(

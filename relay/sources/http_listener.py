@@ -18,7 +18,8 @@ import ssl
 from aiohttp import web
 
 from relay import supervision
-from relay.sources.tls import HANDSHAKE_TIMEOUT, handshake_failed
+from relay.sources.tls import HANDSHAKE_TIMEOUT
+from relay.sources.tls_handshakes import handshake_failed
 
 log = logging.getLogger("relay.sources.http")
 

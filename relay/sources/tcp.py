@@ -36,7 +36,7 @@ from relay.errors import UserError
 from relay.sources.intake import Intake
 from relay.sources.refusals import Refusals
 from relay.sources.syslog_framing import Frame, FrameReader
-from relay.sources.tls import TlsHandshakes
+from relay.sources.tls_handshakes import TlsHandshakes
 from relay.spool import Incoming, Reject, SpoolFull, SpoolRefused
 
 __all__ = [

@@ -15,19 +15,20 @@ secret, since only paths and OpenSSL's reason are shown.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
 import re
 import ssl
+import time
 import weakref
-from asyncio import sslproto
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 from relay.config.model import Config
 from relay.errors import UserError
@@ -36,8 +37,8 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "ListenerContext",
     "ListenerTLS",
-    "TlsHandshakes",
-    "handshake_failed",
+    "certificates_expire",
+    "failure_reason",
     "handshake_failures",
     "listener_tls",
     "listeners_tls",
@@ -48,6 +49,11 @@ log = logging.getLogger("relay.sources.tls")
 # how long a client may take over its TLS handshake before the connection is dropped: a slow or
 # silent client must not hold a connection slot for asyncio's default of a minute
 HANDSHAKE_TIMEOUT = 10.0
+
+# a certificate that expires sooner than this is warned about when it is loaded (ACME clients
+# renew at 30 days left: 14 means a renewal that should have happened did not)
+EXPIRY_WARNING = 14 * 86400.0
+_warned: set[tuple[str, int]] = set()  # (section, serial): each certificate warned about once
 
 # every live listener's TLS, for the metrics: each one owns its own count of failed handshakes
 _live: weakref.WeakSet[ListenerTLS] = weakref.WeakSet()
@@ -78,6 +84,7 @@ class ListenerTLS:
         self.context.section = section
         pem = _read(section, files)
         _load_into(self.context, section, files, pem)
+        self.not_after = _check_expiry(section, files.cert, pem.cert)
         self._ca_digest = (
             hashlib.sha256(pem.client_ca.encode()).digest() if files.client_ca else b""
         )
@@ -109,6 +116,7 @@ class ListenerTLS:
         pem = _read(self.section, files)
         _load_into(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), self.section, files, pem)
         _load_into(self.context, self.section, files, pem)
+        self.not_after = _check_expiry(self.section, cert, pem.cert)
         digest = hashlib.sha256(pem.client_ca.encode()).digest() if client_ca else b""
         if client_ca and digest != self._ca_digest:
             log.warning(
@@ -154,8 +162,8 @@ def _load_into(context: ssl.SSLContext, section: str, files: _Files, pem: _Pem) 
     except (OSError, ssl.SSLError) as exc:
         raise UserError(
             f"{section}.tls_cert_file and tls_key_file: cannot load the certificate "
-            f"{files.cert} with the key {files.key}: {_reason(exc)}; both must be PEM and the key "
-            "must belong to the certificate"
+            f"{files.cert} with the key {files.key}: {failure_reason(exc)}; both must be PEM and "
+            "the key must belong to the certificate"
         ) from None
     if not files.client_ca:
         return
@@ -163,7 +171,7 @@ def _load_into(context: ssl.SSLContext, section: str, files: _Files, pem: _Pem) 
         context.load_verify_locations(cadata=pem.client_ca)
     except (OSError, ssl.SSLError, ValueError, TypeError) as exc:
         raise UserError(
-            f"{section}.tls_client_ca_file: cannot load {files.client_ca}: {_reason(exc)}; "
+            f"{section}.tls_client_ca_file: cannot load {files.client_ca}: {failure_reason(exc)}; "
             "it must hold PEM CA certificates"
         ) from None
     context.verify_mode = ssl.CERT_REQUIRED
@@ -188,7 +196,7 @@ def _in_memory(data: bytes) -> Iterator[str]:
         os.close(fd)
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return exc.reason.lower().replace("_", " ")
     if isinstance(exc, OSError) and exc.strerror:
@@ -220,15 +228,47 @@ def listener_tls(section: str, cfg: object) -> ListenerTLS | None:
     return ListenerTLS(section, _Files(cert, key, client_ca))
 
 
-def handshake_failed(context: ssl.SSLContext | None, peer: object, exc: BaseException) -> None:
-    """Count and log (at debug: a scanner must not flood the log; the counter shows a trend) a
-    TLS handshake that failed on the listener of `context`."""
-    section = "a TLS listener"
-    if isinstance(context, ListenerContext):
-        context.handshake_failures += 1
-        section = context.section
-    peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "?")
-    log.debug("%s: TLS handshake with %s failed: %s", section, peer_text, _reason(exc))
+def certificates_expire() -> dict[str, float]:
+    """When each live listener's certificate expires (Unix time), by section; the sooner one
+    while a reload's trial copy is alive beside the running one."""
+    expiry: dict[str, float] = {}
+    for tls in list(_live):
+        if tls.not_after is not None:
+            expiry[tls.section] = min(tls.not_after, expiry.get(tls.section, tls.not_after))
+    return expiry
+
+
+def _check_expiry(section: str, path: str, cert_pem: bytes) -> float | None:
+    """When the leaf certificate expires (Unix time); a warning when it has expired or will
+    within EXPIRY_WARNING, once per certificate: an expired certificate still loads, and
+    every client then refuses the listener."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:  # OpenSSL took it, so this is unlikely: the metric is left out then
+        return None
+    not_after = cert.not_valid_after_utc
+    left = not_after.timestamp() - time.time()
+    if left < EXPIRY_WARNING and (section, cert.serial_number) not in _warned:
+        _warned.add((section, cert.serial_number))
+        when = not_after.strftime("%Y-%m-%d %H:%M UTC")
+        if left <= 0:
+            log.warning(
+                "%s.tls_cert_file: %s expired on %s: clients refuse the listener; renew it "
+                "(a reload takes the renewed file)",
+                section,
+                path,
+                when,
+            )
+        else:
+            log.warning(
+                "%s.tls_cert_file: %s expires in %d day(s), on %s; renew it (a reload takes the "
+                "renewed file)",
+                section,
+                path,
+                left // 86400,
+                when,
+            )
+    return not_after.timestamp()
 
 
 def handshake_failures() -> Counter[str]:
@@ -237,98 +277,6 @@ def handshake_failures() -> Counter[str]:
     for tls in list(_live):
         counts[tls.section] += tls.handshake_failures
     return counts
-
-
-class TlsHandshakes:
-    """TLS in front of a protocol factory for `loop.create_server` (without its `ssl=`).
-
-    asyncio's own `ssl=` hands a connection to the protocol only once its handshake is done, and
-    a failed handshake vanishes without a trace. Here each handshake is counted while it runs:
-    at most `limit` at a time (a flood of silent clients holds at most that many sockets, each
-    for at most HANDSHAKE_TIMEOUT; over it, a new connection is closed at once), and a failure
-    is counted and logged by `handshake_failed`. The protocol made by the wrapped factory sees
-    `connection_made` after a good handshake, exactly as with `ssl=`.
-    """
-
-    def __init__(self, context: ssl.SSLContext | None, limit: int) -> None:
-        self.context = context  # None: plain TCP, `wrap` leaves the factory as it is
-        self.limit = limit
-        self.refused = 0  # connections closed at once because `limit` handshakes were running
-        self._running: set[_Handshake] = set()
-
-    @property
-    def running(self) -> int:
-        """Handshakes in progress now."""
-        return len(self._running)
-
-    def wrap(
-        self, factory: Callable[[], asyncio.BaseProtocol]
-    ) -> Callable[[], asyncio.BaseProtocol]:
-        if self.context is None:
-            return factory
-        return lambda: self._protocol(factory)
-
-    def close(self) -> None:
-        """Abort the handshakes still running: the listener is closing."""
-        for handshake in list(self._running):
-            handshake.abort()
-
-    def _protocol(self, factory: Callable[[], asyncio.BaseProtocol]) -> asyncio.BaseProtocol:
-        assert self.context is not None
-        if len(self._running) >= self.limit:
-            self.refused += 1
-            return _Refused(self.context)
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        handshake = _Handshake(
-            loop,
-            factory(),
-            self.context,
-            waiter,
-            server_side=True,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-        )
-        self._running.add(handshake)
-        waiter.add_done_callback(lambda done: self._done(handshake, done))
-        return handshake  # type: ignore[return-value]  # a BufferedProtocol, as asyncio takes
-
-    def _done(self, handshake: _Handshake, done: asyncio.Future[None]) -> None:
-        self._running.discard(handshake)
-        # no exception: the handshake succeeded, or the peer went away before it said anything
-        # (a port check), which is not a TLS failure
-        exc = None if done.cancelled() else done.exception()
-        if exc is not None:
-            handshake_failed(self.context, handshake.peer, exc)
-
-
-class _Handshake(sslproto.SSLProtocol):
-    """asyncio's own TLS protocol (what `create_server(ssl=...)` uses), remembering its socket
-    transport so that a closing listener can abort a handshake still running."""
-
-    raw: asyncio.BaseTransport | None = None
-    peer: object = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.raw = transport
-        self.peer = transport.get_extra_info("peername")
-        super().connection_made(transport)
-
-    def abort(self) -> None:
-        if isinstance(self.raw, asyncio.Transport):
-            self.raw.abort()
-
-
-class _Refused(asyncio.Protocol):
-    """A connection over the limit of handshakes at a time: closed at once, counted as failed."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self._context = context
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.abort()
-        busy = ConnectionRefusedError("too many TLS handshakes at once (max_connections)")
-        handshake_failed(self._context, transport.get_extra_info("peername"), busy)
 
 
 def listeners_tls(cfg: Config) -> dict[str, ListenerTLS | None]:

@@ -190,3 +190,35 @@ async def test_failed_handshakes_are_counted_on_metrics(tmp_path: Path, pki: Tls
         ]
         # other tests' listeners in this process may still be alive: at least ours
         assert lines and float(lines[0].split()[-1]) >= 2, text
+
+
+def test_an_expired_listener_certificate_is_one_warning_and_on_metrics(
+    pki: TlsPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An expired certificate still loads (clients then refuse the listener): the relay says so
+    once per certificate, and /metrics shows when each listener's certificate expires."""
+    from cryptography import x509
+
+    # a certificate and its key that expired a day ago (made as a client's, served here)
+    settings = {"tls_cert_file": str(pki.expired_client_cert)}
+    settings["tls_key_file"] = str(pki.expired_client_key)
+    cfg = load_config(None, environ=env("relp", **settings))
+    with caplog.at_level(logging.WARNING, "relay.sources.tls"):
+        tls = listeners_tls(cfg)["ingest.relp"]
+        again = listeners_tls(cfg)["ingest.relp"]  # a reload's trial copy: no second line
+    lines = [r.getMessage() for r in caplog.records if "expired on" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("ingest.relp.tls_cert_file: "), lines
+    expires = x509.load_pem_x509_certificate(pki.expired_client_cert.read_bytes())
+    assert tls is not None and again is not None
+    assert tls.not_after == expires.not_valid_after_utc.timestamp()
+    metrics = Metrics()
+    collectors.register_listeners(metrics, {}, lambda: None)
+    text = metrics.render().decode()
+    sample = 'relay_tls_certificate_expiry_timestamp_seconds{listener="ingest.relp"}'
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample)]
+    assert values == [tls.not_after], text
+    # a good certificate: no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "relay.sources.tls"):
+        listeners_tls(load_config(None, environ=tls_env("http", pki)))
+    assert not caplog.records
