@@ -15,10 +15,12 @@ from relay.config import (
     HttpIngestConfig,
     IngestConfig,
     JsonLinesIngestConfig,
+    RelpIngestConfig,
     SpoolConfig,
     SyslogIngestConfig,
 )
 from relay.server import build_app
+from relay.sources import relp
 from relay.sources.http_listener import LimitedTCPSite
 from relay.sources.json_lines import start_json_lines
 from relay.sources.syslog import start_syslog
@@ -29,7 +31,10 @@ from tests.helpers.tls import TlsPki, peer_serial
 
 __all__ = ["KINDS", "Listener", "close_writer", "started", "tls_settings"]
 
-KINDS = ("http", "syslog", "json_lines")
+# RELP joins once its listener exists in this tree (the placeholder has no RelpListener)
+RELP = hasattr(relp, "RelpListener")
+KINDS = ("http", "syslog", "json_lines") + (("relp",) if RELP else ())
+RELP_OFFERS = b"relp_version=0\nrelp_software=relay-tls-test,1,none\ncommands=syslog"
 
 
 def tls_settings(pki: TlsPki, mutual: bool = True) -> dict[str, str]:
@@ -81,6 +86,12 @@ class Listener:
             self.relay.syslog = await start_syslog(cfg_s, self.relay.intake, self.tls)
             assert self.relay.syslog.tcp is not None
             self.port = self.relay.syslog.tcp.port or 0
+        elif self.kind == "relp":
+            cfg_r = RelpIngestConfig(listen="127.0.0.1:0", **settings)
+            source = await relp.start_relp(cfg_r, self.relay.intake, self.tls)
+            # InProcessRelay closes its syslog source on the way out: any source with close()
+            self.relay.syslog = source  # type: ignore[assignment]
+            self.port = source.port or 0
         else:
             cfg_j = JsonLinesIngestConfig(tcp_listen="127.0.0.1:0", **settings)
             self.relay.json_lines = await start_json_lines(cfg_j, self.relay.intake, self.tls)
@@ -97,6 +108,14 @@ class Listener:
             for e in events:
                 msg = b"<134>1 2024-05-01T10:00:00Z host app - - - " + orjson.dumps(e)
                 frames.append(b"%d %s" % (len(msg), msg))
+            return b"".join(frames)
+        if self.kind == "relp":
+            # a session as librelp's client opens it, one syslog command per event, then close
+            frames = [_relp_frame(1, b"open", RELP_OFFERS)]
+            for txnr, e in enumerate(events, 2):
+                msg = b"<134>1 2024-05-01T10:00:00Z host app - - - " + orjson.dumps(e)
+                frames.append(_relp_frame(txnr, b"syslog", msg))
+            frames.append(_relp_frame(len(events) + 2, b"close", b""))
             return b"".join(frames)
         body = orjson.dumps(events)
         return (
@@ -116,7 +135,9 @@ class Listener:
             serial = peer_serial(ssl_object) if ssl_object is not None else 0
             writer.write(self.payload(events))
             await writer.drain()
-            answer = await asyncio.wait_for(reader.read(), 15) if self.kind == "http" else b""
+            answer = b""
+            if self.kind in ("http", "relp"):  # they answer: read until the relay closes
+                answer = await asyncio.wait_for(reader.read(), 15)
             return serial, answer
         finally:
             await close_writer(writer)
@@ -142,6 +163,12 @@ class Listener:
         finally:
             await close_writer(writer)
         assert answer == b"", f"a refused client was answered: {answer[:200]!r}"
+
+
+def _relp_frame(txnr: int, command: bytes, data: bytes) -> bytes:
+    if not data:
+        return b"%d %s 0\n" % (txnr, command)
+    return b"%d %s %d %s\n" % (txnr, command, len(data), data)
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:

@@ -54,6 +54,8 @@ async def test_mutual_tls_serves_the_good_client_and_refuses_the_others(
     assert serial == serial_of(pki.server_cert)  # the configured certificate was shown
     if kind == "http":
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    if kind == "relp":  # open, three syslog and close: each answered 200
+        assert answer.count(b" rsp ") == 5 and answer.count(b" 200 OK") == 5, answer
     seen = await relay.collect(3)
     assert {e["message_id"] for e in seen} == {e["message_id"] for e in good}
     # nothing a refused client sent was stored (the good events are in, so it had its chance)
