@@ -45,17 +45,18 @@ async def test_mutual_tls_serves_the_good_client_and_refuses_the_others(
     for context in bad.values():
         await listener.refused(context)
     await listener.refused(None)  # plain text on the TLS port
-    await eventually(
-        lambda: listener.tls.handshake_failures >= 4, 10, "four failed handshakes counted"
-    )
+    if listener.counts_handshakes:
+        await eventually(
+            lambda: listener.tls.handshake_failures >= 4, 10, "four failed handshakes counted"
+        )
 
     good = [make_event() for _ in range(3)]
     serial, answer = await listener.send(pki.good_client_context(), good)
     assert serial == serial_of(pki.server_cert)  # the configured certificate was shown
     if kind == "http":
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-    if kind == "relp":  # open, three syslog and close: each answered 200
-        assert answer.count(b" rsp ") == 5 and answer.count(b" 200 OK") == 5, answer
+    if kind == "relp":  # open and the three syslog commands answered 200, then close
+        assert answer.startswith(b"1 rsp ") and answer.count(b" rsp 6 200 OK\n") == 3, answer
     seen = await relay.collect(3)
     assert {e["message_id"] for e in seen} == {e["message_id"] for e in good}
     # nothing a refused client sent was stored (the good events are in, so it had its chance)
@@ -85,7 +86,8 @@ async def test_failed_handshakes_give_their_connection_slots_back(
     for _ in range(10):
         await listener.refused(no_cert)
         await listener.refused(None)
-    await eventually(lambda: listener.tls.handshake_failures >= 20, 10, "20 failures counted")
+    if listener.counts_handshakes:
+        await eventually(lambda: listener.tls.handshake_failures >= 20, 10, "20 failures")
     await listener.send(pki.good_client_context(), [make_event()])
     await relay.collect(1)
     assert relay.spool.stats().events == 1
