@@ -81,6 +81,9 @@ class ListenerTLS:
         self.files = files
         self.context = ListenerContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # TLS 1.2 lets a client ask for a new handshake at any time, for free on its side and
+        # for a costly one on ours, as often as it likes: none of our producers needs it
+        self.context.options |= ssl.OP_NO_RENEGOTIATION
         self.context.section = section
         pem = _read(section, files)
         _load_into(self.context, section, files, pem)

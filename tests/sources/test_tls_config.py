@@ -5,6 +5,7 @@ to the network in plain text, and the failed-handshake counter on /metrics."""
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,14 @@ def test_an_expired_listener_certificate_is_one_warning_and_on_metrics(
     with caplog.at_level(logging.WARNING, "relay.sources.tls"):
         listeners_tls(load_config(None, environ=tls_env("http", pki)))
     assert not caplog.records
+
+
+def test_the_listener_context_is_hardened(pki: TlsPki) -> None:
+    cfg = load_config(None, environ=tls_env("http", pki))
+    tls = listeners_tls(cfg)["ingest.http"]
+    assert tls is not None
+    context = tls.context
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert context.verify_mode == ssl.CERT_REQUIRED
