@@ -1,11 +1,13 @@
-"""Debian's rsyslogd with the GnuTLS stream driver (`gtls`, package rsyslog-gnutls) forwarding to
-the relay's syslog TLS listener: RFC 5425, octet-counted frames inside TLS, with and without a
-client certificate (mutual TLS)."""
+"""Peers no one here wrote, over TLS: Debian's rsyslogd with the GnuTLS stream driver (`gtls`,
+package rsyslog-gnutls) forwarding to the relay's syslog TLS listener (RFC 5425, octet-counted
+frames inside TLS) with and without a client certificate; curl posting over HTTPS with mutual
+TLS; `openssl s_client` sending JSON lines with a client certificate."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 
 import orjson
@@ -14,8 +16,9 @@ import pytest
 from relay.config import SyslogIngestConfig
 from relay.sources.syslog import start_syslog
 from relay.sources.tls import listener_tls
-from tests.helpers import InProcessRelay, eventually, make_event
+from tests.helpers import InProcessRelay, eventually, inprocess_relay, make_event
 from tests.helpers.tls import TlsPki, make_tls_pki
+from tests.helpers.tls_listener import started
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
 GTLS = [
@@ -24,8 +27,8 @@ GTLS = [
     + ("/usr/lib/rsyslog", "/usr/lib64/rsyslog")
 ]
 
-pytestmark = [
-    pytest.mark.interop,
+pytestmark = pytest.mark.interop
+needs_rsyslog_gtls = [
     pytest.mark.skipif(
         not os.access(RSYSLOGD, os.X_OK),
         reason=f"{RSYSLOGD} is not installed (Debian/Ubuntu: apt-get install rsyslog)",
@@ -36,6 +39,8 @@ pytestmark = [
         "apt-get install rsyslog-gnutls)",
     ),
 ]
+CURL = shutil.which("curl")
+OPENSSL = shutil.which("openssl")
 
 
 def rsyslog_conf(work: Path, pki: TlsPki, relay_port: int, client_cert: bool) -> Path:
@@ -68,6 +73,8 @@ def rsyslog_conf(work: Path, pki: TlsPki, relay_port: int, client_cert: bool) ->
 
 
 @pytest.mark.parametrize("mutual", [True, False], ids=["mutual-tls", "tls"])
+@needs_rsyslog_gtls[0]
+@needs_rsyslog_gtls[1]
 async def test_rsyslog_gtls_forwards_to_the_syslog_tls_listener(
     tmp_path: Path, mutual: bool
 ) -> None:
@@ -113,6 +120,8 @@ async def test_rsyslog_gtls_forwards_to_the_syslog_tls_listener(
         await relay.close()
 
 
+@needs_rsyslog_gtls[0]
+@needs_rsyslog_gtls[1]
 async def test_rsyslog_without_a_client_certificate_is_refused(tmp_path: Path) -> None:
     pki = make_tls_pki(tmp_path / "pki")
     relay = await InProcessRelay.open(tmp_path)
@@ -173,3 +182,87 @@ async def _producer(work: Path, proc: asyncio.subprocess.Process, log: Path):
 
     await eventually(connected, 15, "rsyslogd to listen", log.read_text)
     return writers[0]
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
+async def test_curl_posts_over_https_with_a_client_certificate(tmp_path: Path) -> None:
+    pki = make_tls_pki(tmp_path / "pki")
+    async with inprocess_relay(tmp_path) as relay:
+        listener = await started(relay, "http", pki)
+        events = [make_event() for _ in range(5)]
+        body = tmp_path / "events.ndjson"
+        body.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
+        url = f"https://localhost:{listener.port}/api/status"
+        common = [
+            CURL,
+            "-sS",
+            "--cacert",
+            str(pki.ca_cert),
+            "-H",
+            "Content-Type: application/x-ndjson",
+        ]
+        good = await asyncio.create_subprocess_exec(
+            *common,
+            "--cert",
+            str(pki.client_cert),
+            "--key",
+            str(pki.client_key),
+            "--data-binary",
+            f"@{body}",
+            "-w",
+            "\n%{http_code}",
+            url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await good.communicate()
+        assert good.returncode == 0, err
+        assert out.decode().rsplit("\n", 1)[-1] == "200", out
+        bad = await asyncio.create_subprocess_exec(
+            *common,
+            "--data-binary",
+            f"@{body}",
+            url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await bad.communicate()
+        assert bad.returncode != 0 and b'"accepted"' not in out, (out, err)
+        seen = await relay.collect(5)
+        assert {e["message_id"] for e in seen} == {e["message_id"] for e in events}
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed (apt-get install openssl)")
+async def test_openssl_s_client_sends_json_lines_with_a_client_certificate(tmp_path: Path) -> None:
+    pki = make_tls_pki(tmp_path / "pki")
+    async with inprocess_relay(tmp_path) as relay:
+        listener = await started(relay, "json_lines", pki)
+        events = [make_event() for _ in range(5)]
+        client = await asyncio.create_subprocess_exec(
+            OPENSSL,
+            "s_client",
+            "-quiet",
+            "-no_ign_eof",  # -quiet alone would wait for the relay to close after our EOF
+            "-connect",
+            f"127.0.0.1:{listener.port}",
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-CAfile",
+            str(pki.ca_cert),
+            "-cert",
+            str(pki.client_cert),
+            "-key",
+            str(pki.client_key),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert client.stdin is not None
+        client.stdin.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
+        await client.stdin.drain()
+        seen = await relay.collect(5, timeout=20)
+        assert {e["message_id"] for e in seen} == {e["message_id"] for e in events}
+        client.stdin.close()
+        await asyncio.wait_for(client.wait(), 10)
+        assert listener.tls.handshake_failures == 0
