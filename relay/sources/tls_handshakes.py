@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from asyncio import sslproto
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ from relay.sources.tls import ListenerContext, failure_reason
 __all__ = ["TlsHandshakes", "handshake_failed"]
 
 log = logging.getLogger("relay.sources.tls")
+
+BUSY_QUIET = 10.0  # handshakes refused over the limit within this long: one warning line
 
 
 def handshake_failed(context: ssl.SSLContext | None, peer: object, exc: BaseException) -> None:
@@ -51,6 +54,7 @@ class TlsHandshakes:
         self.limit = limit
         self.refused = 0  # connections closed at once because `limit` handshakes were running
         self._running: set[_Handshake] = set()
+        self._warned_at = -BUSY_QUIET
 
     @property
     def running(self) -> int:
@@ -73,6 +77,17 @@ class TlsHandshakes:
         assert self.context is not None
         if len(self._running) >= self.limit:
             self.refused += 1
+            now = time.monotonic()
+            if now - self._warned_at >= BUSY_QUIET:  # once a burst: a flood must not flood
+                self._warned_at = now
+                log.warning(
+                    "%s: %d TLS handshakes are running, the limit (max_connections); new "
+                    "connections are closed at once (%d so far): clients that connect and say "
+                    "nothing, or more senders than the limit",
+                    getattr(self.context, "section", "a TLS listener"),
+                    len(self._running),
+                    self.refused,
+                )
             return _Refused(self.context)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()

@@ -10,6 +10,7 @@ checked the client's certificate, so a refusal shows up on the client as the con
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -94,7 +95,10 @@ async def test_failed_handshakes_give_their_connection_slots_back(
 
 
 async def test_silent_clients_hold_no_more_than_the_handshake_limit(
-    relay: InProcessRelay, pki: TlsPki, monkeypatch: pytest.MonkeyPatch
+    relay: InProcessRelay,
+    pki: TlsPki,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Clients that connect and say nothing: at most max_connections handshakes wait at a time
     (the others are closed at once), each for at most HANDSHAKE_TIMEOUT; then a good client is
@@ -104,7 +108,12 @@ async def test_silent_clients_hold_no_more_than_the_handshake_limit(
     silent = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(6)]
     tcp = relay.json_lines.tcp if relay.json_lines else None
     assert tcp is not None and tcp._tls.context is not None
-    await eventually(lambda: tcp._tls.refused == 3, 5, "3 connections over the limit")
+    with caplog.at_level(logging.WARNING, "relay.sources.tls"):
+        await eventually(lambda: tcp._tls.refused == 3, 5, "3 connections over the limit")
+    busy = [
+        r.getMessage() for r in caplog.records if "TLS handshakes are running" in r.getMessage()
+    ]
+    assert len(busy) == 1 and busy[0].startswith("ingest.json_lines: 3 TLS handshakes"), busy
     assert tcp._tls.running <= 3
     # the ones over the limit are closed at once; the others when their handshake times out
     for reader, _ in silent:
