@@ -84,8 +84,11 @@ def _check_config(args: argparse.Namespace) -> int:
     cfg = config(args)
     # the listeners' certificates are loaded as `relay run` loads them: a missing file, a key
     # that does not match or a CA file that is not PEM fails here, not at the next start
-    listeners_tls(cfg)
+    loaded = listeners_tls(cfg)
     sys.stdout.write(render_config(cfg))
+    for section, tls in loaded.items():
+        if tls is not None:
+            print(f"# note: {section}: {tls.describe()}; {tls.valid_until()}", file=sys.stderr)
     for advice in config_advice(cfg):
         prefix = "warning" if advice.level >= logging.WARNING else "note"
         print(f"# {prefix}: {advice.text}", file=sys.stderr)

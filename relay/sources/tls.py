@@ -107,6 +107,13 @@ class ListenerTLS:
         """ "tls" or "mutual tls", for the ready line."""
         return "mutual tls" if self.mutual else "tls"
 
+    def valid_until(self) -> str:
+        """The certificate and when it expires, for check-config."""
+        if self.not_after is None:
+            return self.files.cert
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.not_after))
+        return f"{self.files.cert} valid until {until}"
+
     def reload(self, cert: str, key: str, client_ca: str) -> None:
         """Load the (renewed) files into the running context; raises UserError and keeps the
         old certificate when the new files do not load. Turning TLS or mutual TLS on or off

@@ -107,7 +107,10 @@ def test_check_config_loads_the_certificates(
     line = _one_line_error(main(["check-config"]), capsys.readouterr().err)
     assert "ingest.syslog.tls_client_ca_file" in line and "No such file" in line
     monkeypatch.setenv("RELAY_INGEST__SYSLOG__TLS_CLIENT_CA_FILE", str(pki.ca_cert))
-    assert main(["check-config"]) == 0, capsys.readouterr().err
+    assert main(["check-config"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "ingest.syslog:" in line]
+    assert len(notes) == 1 and notes[0].startswith("# note: ingest.syslog: mutual tls; "), notes
+    assert f"{pki.server_cert} valid until 20" in notes[0]
 
 
 # -- advice ------------------------------------------------------------------------------------
