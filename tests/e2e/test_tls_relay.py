@@ -22,6 +22,7 @@ import pytest
 
 from tests.helpers import RelayProcess, make_event
 from tests.helpers.tls import TlsPki, make_tls_pki, peer_serial, serial_of
+from tests.helpers.tls_listener import RELP, RELP_OFFERS
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -76,6 +77,25 @@ def stream(port: int, context: ssl.SSLContext, data: bytes) -> int:
     return serial
 
 
+def relp_session(port: int, context: ssl.SSLContext, events: list[dict]) -> bytes:
+    """A RELP session over TLS as librelp's client opens it: open, a syslog command per event,
+    close; everything the relay answered, up to its closing the connection."""
+    frames = [b"1 open %d %s\n" % (len(RELP_OFFERS), RELP_OFFERS)]
+    for txnr, event in enumerate(events, 2):
+        msg = b"<134>1 2024-05-01T10:00:00Z producer app - - - " + orjson.dumps(event)
+        frames.append(b"%d syslog %d %s\n" % (txnr, len(msg), msg))
+    frames.append(b"%d close 0\n" % (len(events) + 2))
+    answers = b""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=15) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as conn,
+    ):
+        conn.sendall(b"".join(frames))
+        while chunk := conn.recv(65536):
+            answers += chunk
+    return answers
+
+
 def test_every_listener_over_mutual_tls_delivers(
     tmp_path: Path, upstream_factory, relay_factory
 ) -> None:
@@ -90,6 +110,9 @@ def test_every_listener_over_mutual_tls_delivers(
         # open to the network, plain text: one warning line at start-up
         "RELAY_INGEST__SYSLOG__UDP_LISTEN": "0.0.0.0:0",
     }
+    if RELP:
+        env.update(tls_env(pki, "relp"))
+        env["RELAY_INGEST__RELP__LISTEN"] = "127.0.0.1:0"
     relay = relay_factory(config=up.config, env=env)
     start(relay)
     good, no_cert = pki.good_client_context(), pki.client_context()
@@ -118,7 +141,12 @@ def test_every_listener_over_mutual_tls_delivers(
     with contextlib.suppress(ssl.SSLError, ConnectionError):
         stream(relay.listening("json lines"), no_cert, orjson.dumps(refused) + b"\n")
 
-    expected = {e["message_id"] for e in by_http + by_syslog + by_lines}
+    by_relp = [make_event() for _ in range(20)] if RELP else []
+    if RELP:
+        answers = relp_session(relay.listening("relp"), good, by_relp)
+        assert answers.count(b" rsp 6 200 OK\n") == 20, answers
+
+    expected = {e["message_id"] for e in by_http + by_syslog + by_lines + by_relp}
     wait_until(
         lambda: expected <= {s["message_id"] for s in up.statuses()},
         30,

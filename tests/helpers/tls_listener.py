@@ -30,7 +30,7 @@ from tests.helpers.events import make_event
 from tests.helpers.inprocess import InProcessRelay
 from tests.helpers.tls import TlsPki, peer_serial
 
-__all__ = ["KINDS", "Listener", "close_writer", "started", "tls_settings"]
+__all__ = ["KINDS", "RELP", "RELP_OFFERS", "Listener", "close_writer", "started", "tls_settings"]
 
 # RELP joins once its listener exists in this tree (the placeholder has no RelpListener)
 RELP = hasattr(relp, "RelpListener")
