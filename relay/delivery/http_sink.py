@@ -13,6 +13,7 @@ from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
 from relay.delivery.payload import request_data
+from relay.delivery.proxy import proxied_session
 from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.errors import one_line
 
@@ -50,7 +51,12 @@ class HttpSink:
     async def start(self) -> None:
         self.down_since = time.time()  # until the first answer, the upstream is not known to work
         connector = aiohttp.TCPConnector(limit=self._cfg.max_in_flight, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(
+        # through upstream.proxy or the environment's proxy (relay.delivery.proxy)
+        self._session = proxied_session(
+            self._cfg.http_url,
+            "upstream",
+            self._cfg.proxy,
+            self._cfg.proxy_password_file,
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._cfg.request_timeout),
         )
