@@ -22,6 +22,7 @@ import base64
 import ipaddress
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -75,10 +76,6 @@ class Proxy:
         if not self.user:
             return self.url
         return f"http://{self.user}:***@{self.url.removeprefix('http://')}"
-
-    @property
-    def auth(self) -> aiohttp.BasicAuth | None:
-        return aiohttp.BasicAuth(self.user, self.password) if self.user else None
 
     @property
     def authorization(self) -> str | None:
@@ -254,7 +251,13 @@ def proxied_session(
     describe_route(section, url, proxy)
     if proxy is None:
         return aiohttp.ClientSession(**kwargs)
-    return aiohttp.ClientSession(proxy=proxy.url, proxy_auth=proxy.auth, **kwargs)
+    with warnings.catch_warnings():
+        # aiohttp 3.12+ would rather have per-request proxy_headers (the session has none of
+        # its own); the session-wide proxy_auth (and BasicAuth) it deprecates work throughout
+        # 3.x, and keep the proxy out of every request call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        auth = aiohttp.BasicAuth(proxy.user, proxy.password) if proxy.user else None
+        return aiohttp.ClientSession(proxy=proxy.url, proxy_auth=auth, **kwargs)
 
 
 def describe_route(section: str, target: str, proxy: Proxy | None) -> None:
