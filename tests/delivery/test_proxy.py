@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.cli import main
 from relay.config import UpstreamConfig, load_config
 from relay.delivery.proxy import (
     ProxyProblem,
@@ -241,3 +242,12 @@ def test_choose_proxy_for_a_host_and_port() -> None:
     kwargs = {"setting": "", "setting_name": "upstream.proxy", "environ": env}
     assert choose_proxy("https", "10.2.3.4", 7070, **kwargs) is None
     assert choose_proxy("https", "status.example", 7070, **kwargs).host == "p"
+
+
+def test_check_config_says_it_in_one_line(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("RELAY_MASKINPORTEN__PROXY", "https://relay:hunter2@proxy.example:3128")
+    code = main(["check-config"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("relay: error: maskinporten.proxy from environment variable")
+    assert "https:// proxy" in err and "hunter2" not in err and "relay:***@" in err
