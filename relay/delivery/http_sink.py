@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from relay.backoff import backoff_delay
-from relay.config import RetryConfig, UpstreamConfig
+from relay.config import RetryConfig, UpstreamConfig, mask_url
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
 from relay.delivery.payload import request_data
 from relay.delivery.proxy import proxied_session
@@ -23,6 +23,7 @@ _NOT_READY_STATUSES = {
     403: "check maskinporten.scope",
     404: "check upstream.http_url",
     405: "check upstream.http_url",
+    407: "the proxy wants a user and password: check upstream.proxy and its password file",
 }
 # An error answer's body is only read this far: its first line is all a log line or /readyz shows,
 # and a hostile or misconfigured upstream (a proxy's HTML page) must not make us buffer megabytes.
@@ -99,6 +100,12 @@ class HttpSink:
         except TimeoutError:
             self._unreachable()
             return Outcome(Verdict.RETRY, "timeout", "no answer within upstream.request_timeout")
+        except aiohttp.ClientHttpProxyError as exc:  # the proxy refused CONNECT (https://)
+            self._unreachable()
+            target = urlsplit(self._cfg.http_url).netloc.rpartition("@")[2]
+            reason = f"the proxy {mask_url(str(exc.request_info.real_url))} refused CONNECT "
+            reason += f"{target}: {exc.status} {one_line(exc.message, 120)}"
+            return self._refused_by_configuration(reason, Outcome(Verdict.RETRY, "proxy", reason))
         except aiohttp.ClientError as exc:
             self._unreachable()
             return Outcome(Verdict.RETRY, "connection", one_line(f"{type(exc).__name__}: {exc}"))

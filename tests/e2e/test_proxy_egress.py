@@ -359,3 +359,32 @@ def test_a_bad_proxy_variable_stops_the_start_in_one_line(upstream_factory, tmp_
     assert last.startswith("relay: error: environment variable HTTPS_PROXY "), run.stderr
     assert "only http:// proxies" in last and "Traceback" not in run.stderr
     assert PASSWORD not in run.stderr + run.stdout
+
+
+def test_http_delivery_says_when_the_proxy_refuses_connect(
+    gated, tinyproxy_factory, relay_factory
+) -> None:
+    """An https:// upstream.http_url is tunnelled with CONNECT by aiohttp; tinyproxy refuses that
+    port, so /readyz names the proxy and its answer, and the events stay in the spool."""
+    up, gates = gated
+    proxy = tinyproxy_factory([gates["http"].port + 1])
+    env = {
+        **FAST_RETRY,
+        **_no_proxy_environment(),
+        **_gated_targets(up, gates),
+        "RELAY_UPSTREAM__TRANSPORT": "http",
+        "RELAY_UPSTREAM__HTTP_URL": f"https://{GATE_HOST}:{gates['http'].port}/api/status",
+        "HTTPS_PROXY": proxy.url,
+        "HTTP_PROXY": proxy.url,
+    }
+    relay = relay_factory(config=up.config, env=env).start()
+    send(relay, [make_event() for _ in range(3)])
+    expected = (
+        f"not ready: the proxy {proxy.url} refused CONNECT {GATE_HOST}:{gates['http'].port}: 403"
+    )
+    wait_until(
+        lambda: expected in _get(relay.url + "/readyz"), 20, "/readyz to say why", relay.output
+    )
+    assert f"CONNECT {GATE_HOST}:{gates['http'].port} HTTP/1.1" in proxy.requests()
+    assert spool_stats(relay)["depth"] == 3
+    assert gates.refused() == []
