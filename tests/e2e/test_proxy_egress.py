@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -134,8 +135,6 @@ class Tinyproxy:
     def _listening(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"tinyproxy exited with {self.proc.returncode}: {self.text()}")
-        import socket
-
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", self.port)) == 0
 
@@ -388,3 +387,31 @@ def test_http_delivery_says_when_the_proxy_refuses_connect(
     assert f"CONNECT {GATE_HOST}:{gates['http'].port} HTTP/1.1" in proxy.requests()
     assert spool_stats(relay)["depth"] == 3
     assert gates.refused() == []
+
+
+def test_relay_token_fetches_through_the_proxy(gated, tinyproxy_factory, tmp_path: Path) -> None:
+    """`relay token`, the operator's check of a set-up, takes the same route as the relay."""
+    up, gates = gated
+    proxy = tinyproxy_factory([], user="relay")
+    secret = tmp_path / "proxy-password"
+    secret.write_text(PASSWORD)
+    env = {
+        **os.environ,
+        **_no_proxy_environment(),
+        **_gated_targets(up, gates),
+        "HTTP_PROXY": f"http://relay@127.0.0.1:{proxy.port}",
+        "RELAY_MASKINPORTEN__PROXY_PASSWORD_FILE": str(secret),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "relay", "token", "--config", str(up.config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("access token for MOVE_IP_991825827")
+    token_url = f"http://{GATE_HOST}:{gates['maskinporten'].port}/token"
+    assert f"POST {token_url} HTTP/1.1" in proxy.requests()
+    assert gates.refused() == [] and gates["maskinporten"].accepted == 1
+    assert PASSWORD not in run.stdout + run.stderr
