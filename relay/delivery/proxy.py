@@ -36,10 +36,10 @@ from relay.errors import UserError
 
 __all__ = [
     "Proxy",
-    "maskinporten_session",
     "ProxyProblem",
     "bypassed",
     "choose_proxy",
+    "maskinporten_session",
     "parse_proxy",
     "proxied_session",
     "proxy_for_url",
