@@ -13,7 +13,7 @@ from relay.backoff import backoff_delay
 from relay.config import RetryConfig, UpstreamConfig, mask_url
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
 from relay.delivery.payload import request_data
-from relay.delivery.proxy import proxied_session
+from relay.delivery.proxy import section_proxy, session_through
 from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.errors import one_line
 
@@ -36,6 +36,7 @@ class HttpSink:
         self._retry = retry
         self._tokens = tokens
         self._session: aiohttp.ClientSession | None = None
+        self.proxy: str | None = None  # the proxy in use, as /status shows it (password masked)
         self._not_ready: str | None = None
         self.down_since: float | None = None  # wall time the upstream became unreachable
         self._failures = 0  # consecutive requests that got no answer at all
@@ -53,11 +54,11 @@ class HttpSink:
         self.down_since = time.time()  # until the first answer, the upstream is not known to work
         connector = aiohttp.TCPConnector(limit=self._cfg.max_in_flight, keepalive_timeout=60)
         # through upstream.proxy or the environment's proxy (relay.delivery.proxy)
-        self._session = proxied_session(
-            self._cfg.http_url,
-            "upstream",
-            self._cfg.proxy,
-            self._cfg.proxy_password_file,
+        cfg = self._cfg
+        proxy = section_proxy(cfg.http_url, "upstream", cfg.proxy, cfg.proxy_password_file)
+        self.proxy = proxy.shown if proxy else None
+        self._session = session_through(
+            proxy,
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._cfg.request_timeout),
         )

@@ -45,6 +45,8 @@ __all__ = [
     "proxy_for_url",
     "proxy_problem",
     "rsocket_proxy",
+    "section_proxy",
+    "session_through",
 ]
 
 log = logging.getLogger("relay.delivery.proxy")
@@ -239,8 +241,12 @@ def proxied_session(
 ) -> aiohttp.ClientSession:
     """An aiohttp session whose requests to ``url`` go through the proxy chosen for it.
 
-    ``section`` is the settings' section ("maskinporten", "upstream"). The session never reads
-    the environment itself (``trust_env`` stays off): the choice here is the only one."""
+    ``section`` is the settings' section ("maskinporten", "upstream")."""
+    return session_through(section_proxy(url, section, proxy_setting, password_file), **kwargs)
+
+
+def section_proxy(url: str, section: str, proxy_setting: str, password_file: str) -> Proxy | None:
+    """The proxy for ``url`` by ``section``'s settings or the environment; logs the choice."""
     proxy = proxy_for_url(
         url,
         setting=proxy_setting,
@@ -249,6 +255,12 @@ def proxied_session(
         password_setting=f"{section}.proxy_password_file",
     )
     describe_route(section, url, proxy)
+    return proxy
+
+
+def session_through(proxy: Proxy | None, **kwargs) -> aiohttp.ClientSession:
+    """An aiohttp session whose every request goes through ``proxy`` (direct when None). It
+    never reads the environment itself (``trust_env`` stays off): the choice made here holds."""
     if proxy is None:
         return aiohttp.ClientSession(**kwargs)
     with warnings.catch_warnings():

@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.helpers import FAST_RETRY, free_port, make_event, send, spool_stats, wait_until
@@ -251,6 +252,8 @@ def test_rsocket_and_tokens_through_the_configured_proxy_with_basic_auth(
     assert up.tokens_issued() >= 1
     log = relay.output()
     assert f"through the proxy http://relay:***@127.0.0.1:{proxy.port}" in log
+    shown = orjson.loads(_get(relay.url + "/status"))["upstream"]["proxy"]
+    assert shown == f"http://relay:***@127.0.0.1:{proxy.port}"
     _assert_password_nowhere(relay)
 
 
@@ -284,6 +287,8 @@ def test_http_delivery_through_the_environment_proxy(
     )
     assert gates.refused() == []
     assert "from environment variable HTTP_PROXY" in relay.output()
+    shown = orjson.loads(_get(relay.url + "/status"))["upstream"]["proxy"]
+    assert shown == f"http://relay:***@127.0.0.1:{proxy.port}"
     _assert_password_nowhere(relay)
 
 
@@ -305,6 +310,7 @@ def test_no_proxy_sends_the_named_hosts_direct(
     relay = relay_factory(config=up.config, env=env).start()
     _deliver(relay, up, 20)
     assert proxy.requests() == []
+    assert orjson.loads(_get(relay.url + "/status"))["upstream"]["proxy"] is None
 
 
 def test_a_refused_connect_is_the_not_ready_reason(

@@ -42,6 +42,7 @@ class RSocketSink:
         self._retry = retry
         self._tokens = tokens
         self._proxy = rsocket_proxy(upstream)  # raises a one-line UserError for a bad one
+        self.proxy = self._proxy.shown if self._proxy else None  # for /status, masked
         self._conn: RSocketConnection | None = None
         self._ready = asyncio.Event()
         self._supervisor: asyncio.Task | None = None
