@@ -342,15 +342,22 @@ def test_a_refused_connect_is_the_not_ready_reason(
     _assert_password_nowhere(relay)
 
 
-def test_a_bad_proxy_variable_stops_the_start_in_one_line(upstream_factory, tmp_path: Path) -> None:
-    """The environment is not part of the configuration file, so `relay run` checks it."""
+@pytest.mark.parametrize(
+    ("variable", "transport"), [("HTTPS_PROXY", "rsocket"), ("HTTP_PROXY", "http")]
+)
+def test_a_bad_proxy_variable_stops_the_start_in_one_line(
+    upstream_factory, tmp_path: Path, variable: str, transport: str
+) -> None:
+    """The environment is not part of the configuration file, so `relay run` checks it (the
+    stand-ins' URLs are http://, so HTTP_PROXY is the one for tokens and HTTP delivery)."""
     up = upstream_factory()
     env = {
         **os.environ,
         **_no_proxy_environment(),
         "RELAY_SPOOL__PATH": str(tmp_path / "spool"),
         "RELAY_INGEST__HTTP__LISTEN": "127.0.0.1:0",
-        "HTTPS_PROXY": f"socks5://relay:{PASSWORD}@127.0.0.1:1080",
+        "RELAY_UPSTREAM__TRANSPORT": transport,
+        variable: f"socks5://relay:{PASSWORD}@127.0.0.1:1080",
     }
     run = subprocess.run(
         [sys.executable, "-m", "relay", "run", "--config", str(up.config)],
@@ -361,7 +368,7 @@ def test_a_bad_proxy_variable_stops_the_start_in_one_line(upstream_factory, tmp_
     )
     assert run.returncode == 2, run.stderr
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("relay: error: environment variable HTTPS_PROXY "), run.stderr
+    assert last.startswith(f"relay: error: environment variable {variable} "), run.stderr
     assert "only http:// proxies" in last and "Traceback" not in run.stderr
     assert PASSWORD not in run.stderr + run.stdout
 
