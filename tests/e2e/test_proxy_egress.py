@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,8 +30,15 @@ from pathlib import Path
 
 import orjson
 import pytest
+from rsocket.payload import Payload
+from rsocket.request_handler import BaseRequestHandler
+from rsocket.rsocket_server import RSocketServer
+from rsocket.transports.tcp import TransportTCP
 
+from relay.delivery.proxy import Proxy
+from relay.delivery.rsocket.connection import RSocketConnection
 from tests.helpers import FAST_RETRY, free_port, make_event, send, spool_stats, wait_until
+from tests.helpers.tls import make_tls_pki
 
 pytestmark = pytest.mark.e2e
 
@@ -428,3 +436,51 @@ def test_relay_token_fetches_through_the_proxy(gated, tinyproxy_factory, tmp_pat
     assert f"POST {token_url} HTTP/1.1" in proxy.requests()
     assert gates.refused() == [] and gates["maskinporten"].accepted == 1
     assert PASSWORD not in run.stdout + run.stderr
+
+
+class _Acks(BaseRequestHandler):
+    received: list[bytes] = []
+
+    async def request_response(self, payload: Payload) -> asyncio.Future:
+        _Acks.received.append(payload.data or b"")
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_result(Payload())
+        return answer
+
+
+async def test_rsocket_tls_runs_inside_tinyproxys_tunnel(tinyproxy_factory, tmp_path: Path) -> None:
+    """upstream.tls through a real proxy: the relay's connection (RSocketConnection, as the sink
+    opens it) verifies the server's certificate through tinyproxy's tunnel and gets an answer.
+    The server's certificate names 127.0.0.1; the peer address it sees is the proxy's."""
+    pki = make_tls_pki(tmp_path / "pki")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    peers: list[str] = []
+    servers: list[RSocketServer] = []
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        servers.append(RSocketServer(TransportTCP(reader, writer), handler_factory=_Acks))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    proxy = tinyproxy_factory([port], user="relay")
+    _Acks.received.clear()
+    conn = await RSocketConnection.open(
+        "127.0.0.1",
+        port,
+        tls=True,
+        ssl_context=pki.client_context(),
+        keepalive_interval=20,
+        keepalive_max_lifetime=90,
+        connect_timeout=10,
+        proxy=Proxy("127.0.0.1", proxy.port, "upstream.proxy", "relay", PASSWORD),
+    )
+    try:
+        await conn.request(b'{"status": "LEVERT"}', b"", timeout=10)
+    finally:
+        await conn.close()
+        server.close()
+    assert _Acks.received == [b'{"status": "LEVERT"}']
+    assert peers == [PROXY_SOURCE]  # the TLS client hello came from the proxy
+    assert f"CONNECT 127.0.0.1:{port} HTTP/1.1" in proxy.requests()
