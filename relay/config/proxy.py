@@ -2,7 +2,8 @@
 
 Only ``http://host:port`` proxies, optionally with a user: the relay speaks plain HTTP to the
 proxy (CONNECT for RSocket and https:// targets). An ``https://`` proxy (TLS to the proxy itself)
-is refused: aiohttp 3.14 can do it for https:// targets only, and the RSocket tunnel does not.
+is refused: the RSocket tunnel does not speak TLS to the proxy, and aiohttp's support (3.8+)
+depends on the Python version for https:// targets (TLS in TLS needs asyncio from 3.11).
 The environment's ``HTTPS_PROXY`` and friends are checked when the relay starts
 (relay.delivery.proxy), since they are not part of the configuration.
 """

@@ -8,8 +8,10 @@ an upper-case ``HTTP_PROXY`` because a CGI program gets it from a request header
 CGI program, so both spellings count.) RSocket over TCP is tunnelled with CONNECT as HTTPS is, so
 it uses the https variables.
 
-Only ``http://`` proxies: the CONNECT tunnel and aiohttp both speak plain HTTP to the proxy
-(aiohttp can do TLS to a proxy only for https:// targets, and not in all versions).
+Only ``http://`` proxies: the CONNECT tunnel and aiohttp both speak plain HTTP to the proxy.
+(aiohttp 3.8+ can speak TLS to an https:// proxy, but for an https:// target that is TLS in TLS,
+which asyncio refuses before Python 3.11 and aiohttp only warns about; the RSocket tunnel here
+does not do it at all, and one proxy setting serves both.)
 
 Credentials come from the URL's user part, the password optionally from
 ``*.proxy_password_file``. They go to the proxy in a ``Proxy-Authorization`` header and nowhere
