@@ -17,7 +17,7 @@ from relay.errors import UserError
 from relay.sources.relp import RelpSource, start_relp
 from relay.sources.tls import listener_tls
 from relay.spool import Incoming, SpoolRefused, list_dead_letters
-from tests.helpers import InProcessRelay, eventually, make_event
+from tests.helpers import InProcessRelay, make_event
 from tests.helpers.tls import make_tls_pki
 from tests.sources.relp_client import RelpClient
 
