@@ -4,6 +4,7 @@ look at every answer (or the lack of one)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 from relay.sources.relp_framing import RelpFrame, RelpParser, encode_frame
@@ -77,7 +78,5 @@ class RelpClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
             await self.writer.wait_closed()
-        except (ConnectionError, ssl.SSLError):
-            pass
