@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from relay import __version__
 from relay.sources.relp_framing import RelpFrame, RelpParser, encode_frame
+from relay.sources.relp_listener import RelpListener
 from relay.sources.syslog_framing import Frame
 from relay.sources.tcp import MAX_BATCH_BYTES, MAX_BATCH_FRAMES, Item
-
-if TYPE_CHECKING:
-    from relay.sources.relp import RelpListener
 
 __all__ = ["OFFERS", "RelpSession"]
 

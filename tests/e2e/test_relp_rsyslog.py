@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.helpers import FAST_RETRY, free_port, make_event, spool_stats, wait_until
-from tests.sources.rsyslog_rig import Rsyslogd, omrelp_missing, shipped
+from tests.helpers.rsyslog import Rsyslogd, omrelp_missing, shipped
 
 NODE = shutil.which("node")
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
@@ -89,7 +89,10 @@ def test_rsyslog_omrelp_stream_survives_relay_sigkills(
         tmp_path / "rsyslog",
         shipped(
             "relay-relp.conf",
-            **{'"2514"': f'"{relp_port}"', 'action.resumeInterval="2"': 'action.resumeInterval="1"'},
+            **{
+                '"2514"': f'"{relp_port}"',
+                'action.resumeInterval="2"': 'action.resumeInterval="1"',
+            },
         ),
     ).start()
     events = [make_event() for _ in range(EVENTS)]

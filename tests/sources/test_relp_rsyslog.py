@@ -14,8 +14,8 @@ from relay.config import RelpIngestConfig
 from relay.sources.relp import start_relp
 from relay.sources.tls import listener_tls
 from tests.helpers import InProcessRelay, eventually, make_event
+from tests.helpers.rsyslog import Rsyslogd, omrelp_missing, shipped
 from tests.helpers.tls import make_tls_pki
-from tests.sources.rsyslog_rig import Rsyslogd, omrelp_missing, shipped
 
 pytestmark = [
     pytest.mark.interop,
