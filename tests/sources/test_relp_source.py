@@ -1,5 +1,5 @@
 """The RELP source on a real port with a real SQLite spool behind it, talked to by a RELP client
-written here (tests/sources/relp_client.py) the way librelp talks."""
+written here (tests/helpers/relp.py) the way librelp talks."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from relay.sources.relp import RelpSource, start_relp
 from relay.sources.tls import listener_tls
 from relay.spool import Incoming, SpoolRefused, list_dead_letters
 from tests.helpers import InProcessRelay, make_event
+from tests.helpers.relp import RelpClient
 from tests.helpers.tls import make_tls_pki
-from tests.sources.relp_client import RelpClient
 
 LOCAL = "127.0.0.1:0"
 
