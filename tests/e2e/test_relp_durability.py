@@ -7,6 +7,7 @@ no answer at all."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -59,8 +60,12 @@ async def test_every_relp_answer_follows_an_fsync(tmp_path: Path, fsync_shim: Pa
     relay = RelayProcess(spool, env={**RELP_ENV, **shim_env(fsync_shim, trace)}).start()
     try:
         acks = await stream(relay.listening("relp"))
+        with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as r:
+            metrics = r.read().decode()
     finally:
         relay.kill()
+    assert f'relay_received_events_total{{source="relp"}} {float(FRAMES)}' in metrics
+    assert 'relay_tcp_connections{source="relp"}' in metrics
     loaded, syncs = read_trace(trace)
     assert any(line.endswith(" real") for line in loaded), "the shim was not loaded"
     late = ordering_violations(acks, syncs, spool)
