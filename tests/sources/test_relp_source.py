@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +21,7 @@ from relay.sources.tls import listener_tls
 from relay.spool import Incoming, SpoolRefused, list_dead_letters
 from tests.helpers import InProcessRelay, make_event
 from tests.helpers.relp import RelpClient
-from tests.helpers.tls import make_tls_pki
+from tests.helpers.tls import make_tls_pki, peer_serial, renew_server_cert, serial_of
 
 LOCAL = "127.0.0.1:0"
 
@@ -225,3 +227,53 @@ async def test_mutual_tls(tmp_path: Path) -> None:
             with pytest.raises((AssertionError, OSError)):
                 await RelpClient.connect(source.port, tls=context)
         assert relay.spool.stats().events == 1
+
+
+async def test_renewed_certificate_is_served_to_new_connections(tmp_path: Path) -> None:
+    pki = make_tls_pki(tmp_path / "pki")
+    cfg = RelpIngestConfig(tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key))
+    tls = listener_tls("ingest.relp", cfg)
+    async with relp_relay(tmp_path, tls=tls) as (relay, source):
+        old = await RelpClient.connect(source.port, tls=pki.client_context())
+        first = peer_serial(old.writer.get_extra_info("ssl_object"))
+        assert first == serial_of(pki.server_cert)
+        renewed = renew_server_cert(pki)
+        tls.reload(str(pki.server_cert), str(pki.server_key), "")  # what SIGHUP does
+        new = await RelpClient.connect(source.port, tls=pki.client_context())
+        assert peer_serial(new.writer.get_extra_info("ssl_object")) == renewed != first
+        # the connection opened before the renewal goes on as it was
+        events = [make_event(), make_event()]
+        await old.answer(old.syslog(rfc5424(events[0]))[0])
+        await new.answer(new.syslog(rfc5424(events[1]))[0])
+        assert ids(await relay.collect(2)) == ids(events)
+        await old.close()
+        await new.close()
+
+
+async def test_a_peer_that_never_reads_its_answers_is_no_longer_read(tmp_path: Path) -> None:
+    async with relp_relay(tmp_path) as (relay, source):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills sooner
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", source.port))
+        await loop.sock_sendall(sock, b"1 open 14 relp_version=0\n")
+        assert (await loop.sock_recv(sock, 4096)).startswith(b"1 rsp ")
+        # empty messages: answered without a store, so the answers outgrow what is sent
+        frame = b"2 syslog 0\n"
+        pending, total = b"", 0
+        stalled_since: float | None = None
+        # send until the socket has taken nothing for 0.5 s: a fixed window on purpose, as it
+        # measures an absence (the relay reading no more while its answers are not taken)
+        while stalled_since is None or time.monotonic() - stalled_since < 0.5:
+            assert total < 64 << 20, "the relay kept reading from a peer that reads nothing"
+            pending = pending or frame * 1000
+            try:
+                n = sock.send(pending)
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                await asyncio.sleep(0.02)
+                continue
+            pending, total, stalled_since = pending[n:], total + n, None
+        assert source.listener.connections == 1
+        sock.close()
