@@ -74,6 +74,8 @@ class Rsyslogd:
         )
 
     def start(self) -> Rsyslogd:
+        """Start (or start again, with the same work directory and queue files)."""
+        self.port_file.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.work / "rsyslogd.pid")],
@@ -108,6 +110,7 @@ class Rsyslogd:
     def stop(self) -> None:
         if self.input is not None:
             self.input.close()
+            self.input = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -109,3 +109,35 @@ async def test_rsyslog_omrelp_over_mutual_tls(tmp_path: Path) -> None:
         await asyncio.to_thread(rsyslog.stop)  # the relay answers its close meanwhile
         await source.close()
         await relay.close()
+
+
+async def test_rsyslog_restarted_while_the_relay_is_away_keeps_its_queue(tmp_path: Path) -> None:
+    """The shipped queue settings: what rsyslog queued for an absent relay survives a restart
+    of rsyslog itself (saved to its work directory on shutdown, resent after the start)."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    rsyslog = Rsyslogd(tmp_path / "rsyslog", shipped("relay-relp.conf", **{'"2514"': f'"{port}"'}))
+    relay = await InProcessRelay.open(tmp_path)
+    source = None
+    try:
+        await asyncio.to_thread(rsyslog.start)
+        events = [make_event() for _ in range(50)]
+        rsyslog.send([orjson.dumps(e) for e in events])
+        await eventually(
+            lambda: rsyslog.said("could not connect"), 20, "rsyslog to find the relay away"
+        )
+        await asyncio.to_thread(rsyslog.stop)
+        saved = list((tmp_path / "rsyslog").glob("relay-relp*"))
+        assert saved, "rsyslog saved no queue file on shutdown"
+        await asyncio.to_thread(rsyslog.start)
+        held.close()
+        source = await start_relp(RelpIngestConfig(listen=f"127.0.0.1:{port}"), relay.intake)
+        got = await relay.collect(50, timeout=30)
+        assert ids(got) == ids(events)
+    finally:
+        held.close()
+        await asyncio.to_thread(rsyslog.stop)
+        if source is not None:
+            await source.close()
+        await relay.close()
