@@ -140,6 +140,8 @@ def test_rsyslog_omrelp_stream_survives_relay_sigkills(
         assert set(got) == wanted
         assert spool_stats(relay)["dead_letters"] == 0
         assert relay.output().count("relay ready:") == KILLS + 1
+        # each kill broke rsyslog's session mid-stream: it suspended, reconnected and resent
+        assert rsyslog.output().count("suspending") >= KILLS, rsyslog.output()
     finally:
         rsyslog.stop()
         node.terminate()
