@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers import RelayProcess, make_event
 from tests.helpers.tls import TlsPki, make_tls_pki, peer_serial, serial_of
-from tests.helpers.tls_listener import RELP, RELP_OFFERS
+from tests.helpers.tls_listener import RELP_OFFERS
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -110,9 +110,8 @@ def test_every_listener_over_mutual_tls_delivers(
         # open to the network, plain text: one warning line at start-up
         "RELAY_INGEST__SYSLOG__UDP_LISTEN": "0.0.0.0:0",
     }
-    if RELP:
-        env.update(tls_env(pki, "relp"))
-        env["RELAY_INGEST__RELP__LISTEN"] = "127.0.0.1:0"
+    env.update(tls_env(pki, "relp"))
+    env["RELAY_INGEST__RELP__LISTEN"] = "127.0.0.1:0"
     relay = relay_factory(config=up.config, env=env)
     start(relay)
     good, no_cert = pki.good_client_context(), pki.client_context()
@@ -141,10 +140,9 @@ def test_every_listener_over_mutual_tls_delivers(
     with contextlib.suppress(ssl.SSLError, ConnectionError):
         stream(relay.listening("json lines"), no_cert, orjson.dumps(refused) + b"\n")
 
-    by_relp = [make_event() for _ in range(20)] if RELP else []
-    if RELP:
-        answers = relp_session(relay.listening("relp"), good, by_relp)
-        assert answers.count(b" rsp 6 200 OK\n") == 20, answers
+    by_relp = [make_event() for _ in range(20)]
+    answers = relp_session(relay.listening("relp"), good, by_relp)
+    assert answers.count(b" rsp 6 200 OK\n") == 20, answers
 
     expected = {e["message_id"] for e in by_http + by_syslog + by_lines + by_relp}
     wait_until(

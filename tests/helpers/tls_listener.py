@@ -1,4 +1,4 @@
-"""A TLS listener of each kind (HTTP, syslog over TCP, JSON lines) in front of an in-process
+"""A TLS listener of each kind (HTTP, syslog over TCP, JSON lines, RELP) in front of an in-process
 relay's spool, and clients that send to it or must be refused by it: for the TLS tests."""
 
 from __future__ import annotations
@@ -30,11 +30,9 @@ from tests.helpers.events import make_event
 from tests.helpers.inprocess import InProcessRelay
 from tests.helpers.tls import TlsPki, peer_serial
 
-__all__ = ["KINDS", "RELP", "RELP_OFFERS", "Listener", "close_writer", "started", "tls_settings"]
+__all__ = ["KINDS", "RELP_OFFERS", "Listener", "close_writer", "started", "tls_settings"]
 
-# RELP joins once its listener exists in this tree (the placeholder has no RelpListener)
-RELP = hasattr(relp, "RelpListener")
-KINDS = ("http", "syslog", "json_lines") + (("relp",) if RELP else ())
+KINDS = ("http", "syslog", "json_lines", "relp")
 RELP_OFFERS = b"relp_version=0\nrelp_software=relay-tls-test,1,none\ncommands=syslog"
 
 

@@ -1,5 +1,5 @@
-"""TLS and mutual TLS on every TCP listener (HTTP, syslog RFC 5425, JSON lines), in this process
-with a real SQLite spool behind them and a throwaway PKI made for each test.
+"""TLS and mutual TLS on every TCP listener (HTTP, syslog RFC 5425, JSON lines, RELP), in this
+process with a real SQLite spool behind them and a throwaway PKI made for each test.
 
 Each listener must show the configured certificate, serve a client whose certificate our CA
 signed, and refuse (storing nothing) a client with no certificate, one from another CA, an
