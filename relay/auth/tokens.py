@@ -179,12 +179,8 @@ class TokenProvider:
         self._max_backoff = max_backoff
         self._clock = clock
         self._request_timeout = request_timeout
-        self.fetches: dict[str, int] = {
-            "ok": 0,
-            "oauth_error": 0,
-            "http_error": 0,
-            "network_error": 0,
-        }
+        kinds = ("ok", "oauth_error", "http_error", "network_error")
+        self.fetches: dict[str, int] = dict.fromkeys(kinds, 0)
         self.last_error: str | None = None
         self._token: str | None = None
         self._lifetime = 0.0
@@ -201,6 +197,7 @@ class TokenProvider:
         # consecutive refusals of fresh tokens by the upstream; spaces out the refetches
         self._invalidations = 0
         self._not_before = 0.0
+        self._creds_generation = 0  # replace_credentials: a grant signed before is refetched
 
     async def start(self) -> None:
         """Start the background refresher; returns without waiting for a token."""
@@ -254,6 +251,15 @@ class TokenProvider:
         if token == self._token:
             self._invalidations = 0
             self._not_before = 0.0
+
+    def replace_credentials(self, cfg: MaskinportenConfig, creds: Credentials, fetch: bool) -> None:
+        """Sign the next grants with `creds` (a reload); the token in hand stays in use until
+        its replacement arrives. `fetch` (the signer changed): fetch that one now."""
+        self._cfg, self._creds = cfg, creds
+        if fetch and not self._closed:
+            self._creds_generation += 1
+            self._refresh_at, self._logged_error = 0.0, None
+            self._wake.set()
 
     def expires_in(self) -> float | None:
         """Seconds left on the current token; None when there is none."""
@@ -329,6 +335,7 @@ class TokenProvider:
         assert self._session is not None
         scheduled = self._token is not None
         sent_at = self._clock()
+        generation = self._creds_generation
         try:
             resp = await request_token(
                 self._session,
@@ -356,6 +363,8 @@ class TokenProvider:
         self._lifetime = resp.expires_in
         self._expires_at = sent_at + resp.expires_in
         self._refresh_at = self._expires_at - refresh_margin(resp.expires_in)
+        if generation != self._creds_generation:
+            self._refresh_at = 0.0  # credentials were replaced while this grant was on its way
         self.fetches["ok"] += 1
         self.last_error = None
         if scheduled:
