@@ -165,8 +165,8 @@ class Reloader:
             log.info("configuration reloaded from %s: %s", source, plan.summary())
             if plan.restart:
                 log.warning(
-                    "configuration reload: %s changed but need(s) a restart; running with the "
-                    "old value(s) until then",
+                    "configuration reload: changed, but only a restart applies them (they keep "
+                    "their running values until then): %s",
                     ", ".join(plan.restart),
                 )
             return True
