@@ -52,9 +52,10 @@ class Running:
         async def reloaded() -> bool:
             now = (await self.status())["config"]
             done[:] = [now]
-            return now["reloads"] + now["failed_reloads"] > before["reloads"] + before[
-                "failed_reloads"
-            ]
+            return (
+                now["reloads"] + now["failed_reloads"]
+                > before["reloads"] + before["failed_reloads"]
+            )
 
         await eventually(reloaded, 10, "the reload to finish", lambda: self.caplog.text)
         assert (done[0]["last_reload"] == "ok") is expect_ok, done[0]
@@ -112,7 +113,8 @@ async def test_reload_applies_token_and_log_level_and_names_what_needs_a_restart
         (tmp_path / "elsewhere").mkdir()
         (tmp_path / "elsewhere" / "token").write_text("second-token\n")
         moved = _base(tmp_path / "elsewhere").replace('"127.0.0.1:0"', '"127.0.0.1:1"')
-        outcome = await relay.reload(moved + '[log]\nlevel = "debug"\n[retry]\nmax_rejections = 2\n')
+        changes = '[log]\nlevel = "debug"\n[retry]\nmax_rejections = 2\n'
+        outcome = await relay.reload(moved + changes)
 
         assert await relay.post("second-token") == 200
         assert await relay.post("first-token") == 401
@@ -240,9 +242,7 @@ async def test_renewed_credentials_sign_the_next_grant(
             second = ca.issue(cert, key)
             outcome = await relay.reload()
             assert outcome["last_reload"] == "ok"
-            await eventually(
-                lambda: len(stand_in.signers) >= 2, 10, "a grant after the reload", lambda: caplog.text
-            )
+            await eventually(lambda: len(stand_in.signers) >= 2, 10, "a grant after the reload")
             # the token in hand was not thrown away first: every grant after is the new one
             assert stand_in.signers == [f"x5c serial {first:x}", f"x5c serial {second:x}"]
             assert "credentials renewed" in relay.lines("reloaded from")[-1]
