@@ -258,7 +258,7 @@ class _Plan:
         targets.set_shutdown_timeout(new.lifecycle.shutdown_timeout)
 
     def summary(self) -> str:
-        parts = [f"changed {', '.join(self.changed)}" if self.changed else "no setting changed"]
+        parts = [f"changed {', '.join(self.changed)}" if self.changed else "settings unchanged"]
         if self.creds is not None:
             when = self.creds.not_after
             valid = f", valid until {when:%Y-%m-%d}" if when else ""
