@@ -63,7 +63,9 @@ def read_pid(path: str) -> int:
         ) from None
     except OSError as exc:
         raise UserError(f"cannot read pid file {path}: {exc.strerror or exc}") from None
-    if not text.isdigit() or int(text) <= 1:
+    # 1 is allowed: in a container the relay is often process 1 (the check below keeps a host's
+    # init from being signalled)
+    if not text.isdigit() or int(text) < 1:
         raise UserError(f"pid file {path} does not hold a process id; remove it")
     pid = int(text)
     # a pid file left by a crash may name a process that took the number since: SIGHUP would

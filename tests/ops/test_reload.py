@@ -131,6 +131,17 @@ async def test_reload_applies_token_and_log_level_and_names_what_needs_a_restart
         assert "second-token" not in relay.caplog.text  # the token itself is never logged
         assert not [r for r in (await relay.status())["reasons"] if "reload" in r]
 
+        # two signals at once: two reloads, one after the other, never interleaved
+        caplog.clear()
+        os.kill(os.getpid(), signal.SIGHUP)
+        await relay.reload()
+        await eventually(
+            lambda: len(relay.lines("configuration reloaded from")) == 2, 10, "both reloads"
+        )
+        lines = relay.lines("^configuration reloaded from|^reloading the configuration")
+        steps = ["begin" if m.startswith("reloading") else "end" for m in lines]
+        assert steps == ["begin", "end", "begin", "end"], lines
+
 
 async def test_a_broken_file_keeps_the_running_configuration_whole(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
