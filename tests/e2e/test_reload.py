@@ -131,6 +131,13 @@ def test_a_renewed_certificate_signs_the_next_grant_and_no_request_is_lost(
         assert relay.proc.poll() is None
         assert grants_by(*serials)  # no grant with anything else
 
+        # 4. fixed, and the log switched to JSON lines on the way
+        config.write_text(good + '\n[log]\nformat = "json"\n')
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: said('"message":"configuration reloaded from'), 20, "JSON logs", relay.output
+        )
+
     assert producer.failures == []
     missing: set[str] = set()
 

@@ -18,6 +18,7 @@ import pytest
 
 from relay.config import load_config
 from relay.dev.maskinporten import ClientRegistration, MaskinportenStandIn
+from relay.logs import JsonFormatter, apply_logging, setup_logging
 from relay.server import serve
 from tests.helpers import eventually, free_port, make_event
 from tests.helpers.renewal import ORGNR, BusinessCA
@@ -266,3 +267,23 @@ async def test_renewed_credentials_sign_the_next_grant(
             outcome = await relay.reload(expect_ok=False)
             assert "does not match the certificate" in outcome["last_reload_error"]
             assert "PRIVATE KEY" not in outcome["last_reload_error"]
+
+
+def test_log_settings_change_the_relays_own_handler_only() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("info", "text")
+        host = logging.StreamHandler()  # a host program's (or pytest's) handler
+        root.addHandler(host)
+        apply_logging("debug", "json")
+        ours = [h for h in root.handlers if h.get_name() == "relay"]
+        assert len(ours) == 1 and isinstance(ours[0].formatter, JsonFormatter)
+        assert not isinstance(host.formatter, JsonFormatter)
+        assert root.level == logging.DEBUG
+        apply_logging("warning", "text")
+        assert not isinstance(ours[0].formatter, JsonFormatter)
+        assert root.level == logging.WARNING
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
