@@ -154,7 +154,11 @@ class Reloader:
             except Exception as exc:
                 log.exception("configuration reload failed unexpectedly")
                 return self._refused(f"unexpected {type(exc).__name__}")
-            plan.apply(targets)
+            try:
+                plan.apply(targets)
+            except UserError as exc:
+                # a certificate file changed again since it was checked; nothing else applied
+                return self._refused(one_line(str(exc)))
             self.cfg = plan.effective
             self.creds = plan.creds
             self.loads.loaded_at = time.time()
@@ -243,13 +247,15 @@ class _Plan:
 
     def apply(self, targets: Targets) -> None:
         new = self.effective
-        apply_logging(new.log.level, new.log.format)
-        if targets.http is not None:
-            targets.http.set_auth_token(self.auth_token)
+        # first, as the only step that reads files again (each listener keeps its old
+        # certificate if its new one fails to load now): a failure here leaves the rest as it was
         for section in self.tls:
             listener, files = targets.tls[section], _get(new, section)
             assert listener is not None
             listener.reload(files.tls_cert_file, files.tls_key_file, files.tls_client_ca_file)
+        apply_logging(new.log.level, new.log.format)
+        if targets.http is not None:
+            targets.http.set_auth_token(self.auth_token)
         if targets.delivery is not None and self.creds is not None:
             fetch = self.renewed or new.maskinporten != self.old.maskinporten
             targets.delivery.tokens.replace_credentials(new.maskinporten, self.creds, fetch)
