@@ -186,39 +186,47 @@ async def test_a_renewed_listener_certificate_is_served_to_new_connections(
     pki = make_tls_pki(tmp_path / "pki")
     (tmp_path / "token").write_text("t\n")
     tls = f'tls_cert_file = "{pki.server_cert}"\ntls_key_file = "{pki.server_key}"\n'
-    toml = _base(tmp_path, tls)
+    lines = '[ingest.json_lines]\ntcp_listen = "127.0.0.1:0"\n'
+    toml = _base(tmp_path, tls + lines + tls)
     async with running(tmp_path, toml, caplog, scheme="https") as relay:
         relay.ssl = pki.client_context()
-        port = int(relay.url.rsplit(":", 1)[1])
+        ready = relay.lines("relay ready")[-1]
+        ports = {
+            "http": int(relay.url.rsplit(":", 1)[1]),
+            "json lines": int(re.search(r"json lines [^ ,;]*:(\d+)", ready).group(1)),
+        }
 
-        async def served_serial() -> int:
-            _, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=pki.client_context(), server_hostname="localhost"
-            )
-            try:
-                return peer_serial(writer.get_extra_info("ssl_object"))
-            finally:
+        async def served() -> dict[str, int]:
+            """The serial of the certificate each listener shows a new connection."""
+            serials = {}
+            for name, port in ports.items():
+                _, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=pki.client_context(), server_hostname="localhost"
+                )
+                serials[name] = peer_serial(writer.get_extra_info("ssl_object"))
                 writer.close()
+            return serials
 
-        assert await served_serial() == serial_of(pki.server_cert)
-        old = await served_serial()
+        old = serial_of(pki.server_cert)
+        assert await served() == {"http": old, "json lines": old}
         new = renew_server_cert(pki)
         outcome = await relay.reload()
         assert outcome["restart_needed"] == []
-        assert await served_serial() == new != old
-        assert "TLS certificates re-read for ingest.http" in relay.lines("reloaded from")[0]
+        assert await served() == {"http": new, "json lines": new}
+        summary = relay.lines("reloaded from")[0]
+        assert "TLS certificates re-read for ingest.http, ingest.json_lines" in summary
 
         # turning on client certificates is a restart: named, and the listener stays as it is
         mutual = toml + f'tls_client_ca_file = "{pki.ca_cert}"\n'
         outcome = await relay.reload(mutual)
-        assert outcome["restart_needed"] == ["ingest.http.tls_client_ca_file"]
-        assert await served_serial() == new  # still served without a client certificate
+        assert outcome["restart_needed"] == ["ingest.json_lines.tls_client_ca_file"]
+        assert await served() == {"http": new, "json lines": new}  # no client cert needed
 
         # a certificate that does not load refuses the whole reload; the served one stays
         pki.server_key.write_text("not a key\n")
         outcome = await relay.reload(toml, expect_ok=False)
         assert "ingest.http" in outcome["last_reload_error"]
-        assert await served_serial() == new
+        assert await served() == {"http": new, "json lines": new}
 
 
 async def test_renewed_credentials_sign_the_next_grant(
