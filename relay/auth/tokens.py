@@ -197,7 +197,6 @@ class TokenProvider:
         # consecutive refusals of fresh tokens by the upstream; spaces out the refetches
         self._invalidations = 0
         self._not_before = 0.0
-        self._creds_generation = 0  # replace_credentials: a grant signed before is refetched
 
     async def start(self) -> None:
         """Start the background refresher; returns without waiting for a token."""
@@ -207,9 +206,11 @@ class TokenProvider:
             return
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        self._task = supervision.watch(
-            asyncio.create_task(self._run(), name="relay.auth token refresher"), "token refresher"
-        )
+        self._start_refresher()
+
+    def _start_refresher(self) -> None:
+        task = asyncio.create_task(self._run(), name="relay.auth token refresher")
+        self._task = supervision.watch(task, "token refresher")
 
     async def token(self) -> str:
         """A valid access token; waits (without limit) only while there is none."""
@@ -254,12 +255,13 @@ class TokenProvider:
 
     def replace_credentials(self, cfg: MaskinportenConfig, creds: Credentials, fetch: bool) -> None:
         """Sign the next grants with `creds` (a reload); the token in hand stays in use until
-        its replacement arrives. `fetch` (the signer changed): fetch that one now."""
+        its replacement arrives. `fetch` (the signer changed): fetch it now, by a new refresher,
+        so that neither a grant on its way signed the old way nor a backoff pause is waited for."""
         self._cfg, self._creds = cfg, creds
-        if fetch and not self._closed:
-            self._creds_generation += 1
+        if fetch and self._task is not None and not self._closed:
+            self._task.cancel()
             self._refresh_at, self._logged_error = 0.0, None
-            self._wake.set()
+            self._start_refresher()
 
     def expires_in(self) -> float | None:
         """Seconds left on the current token; None when there is none."""
@@ -335,7 +337,6 @@ class TokenProvider:
         assert self._session is not None
         scheduled = self._token is not None
         sent_at = self._clock()
-        generation = self._creds_generation
         try:
             resp = await request_token(
                 self._session,
@@ -363,8 +364,6 @@ class TokenProvider:
         self._lifetime = resp.expires_in
         self._expires_at = sent_at + resp.expires_in
         self._refresh_at = self._expires_at - refresh_margin(resp.expires_in)
-        if generation != self._creds_generation:
-            self._refresh_at = 0.0  # credentials were replaced while this grant was on its way
         self.fetches["ok"] += 1
         self.last_error = None
         if scheduled:
