@@ -77,6 +77,17 @@ def test_a_stale_pid_file_is_refused_and_nothing_is_signalled(capsys, tmp_path: 
         other.wait()
 
 
+def test_a_broken_file_is_reported_before_anything_is_sent(
+    capsys, tmp_path: Path, looks_like_a_relay: subprocess.Popen
+) -> None:
+    pidfile = tmp_path / "relay.pid"
+    pidfile.write_text(f"{looks_like_a_relay.pid}\n")
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[lifecycle]\npid_file = "{pidfile}"\n[log]\nlevel = "loud"\n')
+    assert "log.level" in _relay_error(capsys, "--config", str(config))
+    assert looks_like_a_relay.poll() is None  # not signalled
+
+
 def test_it_signals_the_relay_named_in_the_pid_file(
     capsys, tmp_path: Path, looks_like_a_relay: subprocess.Popen
 ) -> None:
