@@ -189,6 +189,7 @@ async def _serve(
         try:
             await _until_stopped(stop, supervisor)
         finally:
+            reloader.detach()
             gc_tuning.restore(thresholds)
 
 

@@ -127,6 +127,10 @@ class Reloader:
         if self._pending:
             self.request()
 
+    def detach(self) -> None:
+        """Stopping: a SIGHUP from now on changes nothing (the parts are being stopped)."""
+        self._targets = None
+
     def request(self) -> None:
         """SIGHUP: reload in the background (a signal handler cannot wait)."""
         if self._targets is None:
