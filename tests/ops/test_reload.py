@@ -277,6 +277,52 @@ async def test_renewed_credentials_sign_the_next_grant(
             assert "PRIVATE KEY" not in outcome["last_reload_error"]
 
 
+async def test_a_renewed_keystore_with_a_new_password_signs_the_next_grant(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = BusinessCA(tmp_path / "ca")
+    staging_cert, staging_key = tmp_path / "staging.pem", tmp_path / "staging.key"
+    keystore, password = tmp_path / "business.p12", tmp_path / "keystore-password"
+
+    def renew(secret: str) -> int:
+        serial = ca.issue(staging_cert, staging_key)
+        password.write_text(secret + "\n")
+        keystore.write_bytes(ca.keystore(staging_cert, staging_key, secret))
+        return serial
+
+    first = renew("first-secret")
+    client = "MOVE_IP_" + ORGNR
+    stand_in = MaskinportenStandIn(
+        issuer="http://mp/",
+        audience="http://mp/",
+        clients={client: ClientRegistration(frozenset({"eformidling:dpo"}), ORGNR)},
+        trusted_ca_pems=[ca.ca_pem],
+    )
+    async with stand_in.serve() as mp_url:
+        toml = (
+            f'[spool]\npath = "{tmp_path / "spool"}"\n'
+            '[ingest.http]\nlisten = "127.0.0.1:0"\n'
+            f'[upstream]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+            f'[maskinporten]\ntoken_url = "{mp_url}/token"\naudience = "http://mp/"\n'
+            f'client_id = "{client}"\nkeystore = "{keystore}"\n'
+            f'keystore_password_file = "{password}"\n'
+        )
+        async with running(tmp_path, toml, caplog) as relay:
+            await eventually(lambda: stand_in.signers, 10, "the first grant")
+            second = renew("second-secret")
+            await relay.reload()
+            await eventually(lambda: len(stand_in.signers) == 2, 10, "a grant after the reload")
+            assert stand_in.signers == [f"x5c serial {first:x}", f"x5c serial {second:x}"]
+
+            # the keystore renewed but the password file not yet: refused without the secret
+            renew("third-secret")
+            password.write_text("second-secret\n")
+            outcome = await relay.reload(expect_ok=False)
+            assert "wrong password" in outcome["last_reload_error"]
+            assert "secret" not in caplog.text and "secret" not in str(await relay.status())
+            assert len(stand_in.signers) == 2
+
+
 def test_log_settings_change_the_relays_own_handler_only() -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
