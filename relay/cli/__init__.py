@@ -2,8 +2,8 @@
 
 The commands live in modules: `serve.py` (run, check-config, token, demo, dev-upstream),
 `spool.py` (`relay spool`), `dlq.py` (`relay dlq`), `status.py` (`relay status`), `reload.py`
-(`relay reload`, and the pid file `relay run` writes). The spool
-commands speak to `relay.spool.api.SpoolAdmin` only (through `common.py`).
+(`relay reload`, and the pid file `relay run` writes). The spool commands speak to
+`relay.spool.api.SpoolAdmin` only (through `common.py`).
 """
 
 from __future__ import annotations
