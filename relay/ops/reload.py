@@ -283,6 +283,8 @@ class _Plan:
             parts.append(f"TLS certificates re-read for {', '.join(self.tls)}")
         if self.auth_token is not None:
             parts.append("ingest token re-read")
+        elif self.old.ingest.http.auth_token_file:
+            parts.append("producers are no longer asked for a token (auth_token_file is empty)")
         return "; ".join(parts)
 
 
