@@ -36,6 +36,15 @@ def _subprocesses_only_in_slow_tests(request: pytest.FixtureRequest, monkeypatch
     monkeypatch.setattr(UpstreamProcess, "start", refuse)
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_runner(monkeypatch) -> None:
+    """The relay honours HTTPS_PROXY and friends; a CI runner's own must not send the tests'
+    connections to 127.0.0.1 through its proxy (the proxy tests set theirs explicitly)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 @pytest.fixture
 def upstream_factory(tmp_path: Path):
     started: list[UpstreamProcess] = []

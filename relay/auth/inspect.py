@@ -6,13 +6,13 @@ import datetime as dt
 import time
 from collections.abc import Mapping
 
-import aiohttp
 import jwt
 import orjson
 
 from relay.auth.credentials import Credentials, load_credentials
 from relay.auth.tokens import OAuthError, TokenEndpointError, request_token
 from relay.config.model import MaskinportenConfig
+from relay.delivery.proxy import maskinporten_session
 from relay.errors import UserError
 
 __all__ = ["fetch_and_describe"]
@@ -25,7 +25,7 @@ async def fetch_and_describe(
     creds = load_credentials(cfg, environ)
     sent_at = time.time()
     try:
-        async with aiohttp.ClientSession() as session:
+        async with maskinporten_session(cfg) as session:
             resp = await request_token(session, cfg, creds, now=sent_at)
     except OAuthError as e:
         raise UserError(

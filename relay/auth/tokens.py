@@ -24,6 +24,7 @@ from relay.auth.credentials import Credentials
 from relay.auth.grant import GRANT_TYPE, make_assertion
 from relay.backoff import backoff_delay
 from relay.config.model import MaskinportenConfig
+from relay.delivery.proxy import maskinporten_session
 from relay.errors import one_line
 
 __all__ = [
@@ -205,7 +206,7 @@ class TokenProvider:
         if self._task is not None:
             return
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = maskinporten_session(self._cfg)  # through the proxy chosen for it
         self._start_refresher()
 
     def _start_refresher(self) -> None:

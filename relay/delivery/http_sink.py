@@ -10,9 +10,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from relay.backoff import backoff_delay
-from relay.config import RetryConfig, UpstreamConfig
+from relay.config import RetryConfig, UpstreamConfig, mask_url
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
 from relay.delivery.payload import request_data
+from relay.delivery.proxy import section_proxy, session_through
 from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.errors import one_line
 
@@ -22,6 +23,7 @@ _NOT_READY_STATUSES = {
     403: "check maskinporten.scope",
     404: "check upstream.http_url",
     405: "check upstream.http_url",
+    407: "the proxy wants a user and password: check upstream.proxy and its password file",
 }
 # An error answer's body is only read this far: its first line is all a log line or /readyz shows,
 # and a hostile or misconfigured upstream (a proxy's HTML page) must not make us buffer megabytes.
@@ -34,6 +36,7 @@ class HttpSink:
         self._retry = retry
         self._tokens = tokens
         self._session: aiohttp.ClientSession | None = None
+        self.proxy: str | None = None  # the proxy in use, as /status shows it (password masked)
         self._not_ready: str | None = None
         self.down_since: float | None = None  # wall time the upstream became unreachable
         self._failures = 0  # consecutive requests that got no answer at all
@@ -50,7 +53,12 @@ class HttpSink:
     async def start(self) -> None:
         self.down_since = time.time()  # until the first answer, the upstream is not known to work
         connector = aiohttp.TCPConnector(limit=self._cfg.max_in_flight, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(
+        # through upstream.proxy or the environment's proxy (relay.delivery.proxy)
+        cfg = self._cfg
+        proxy = section_proxy(cfg.http_url, "upstream", cfg.proxy, cfg.proxy_password_file)
+        self.proxy = proxy.shown if proxy else None
+        self._session = session_through(
+            proxy,
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._cfg.request_timeout),
         )
@@ -93,6 +101,12 @@ class HttpSink:
         except TimeoutError:
             self._unreachable()
             return Outcome(Verdict.RETRY, "timeout", "no answer within upstream.request_timeout")
+        except aiohttp.ClientHttpProxyError as exc:  # the proxy refused CONNECT (https://)
+            self._unreachable()
+            target = urlsplit(self._cfg.http_url).netloc.rpartition("@")[2]
+            reason = f"the proxy {mask_url(str(exc.request_info.real_url))} refused CONNECT "
+            reason += f"{target}: {exc.status} {one_line(exc.message, 120)}"
+            return self._refused_by_configuration(reason, Outcome(Verdict.RETRY, "proxy", reason))
         except aiohttp.ClientError as exc:
             self._unreachable()
             return Outcome(Verdict.RETRY, "connection", one_line(f"{type(exc).__name__}: {exc}"))

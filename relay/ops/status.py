@@ -101,6 +101,7 @@ class StatusReport:
             "upstream": {
                 "transport": up.transport,
                 "address": address,
+                "proxy": getattr(sink, "proxy", None),  # masked: http://user:***@host:port
                 "connected": sink.connected,
                 "unreachable_seconds": _round(down_for),
             },

@@ -24,7 +24,9 @@ from rsocket.request_handler import BaseRequestHandler
 from rsocket.rsocket_client import RSocketClient
 
 from relay import supervision
+from relay.delivery.proxy import Proxy
 from relay.delivery.rsocket.transport import SingleWriteTCP
+from relay.delivery.rsocket.tunnel import open_tunnel
 
 log = logging.getLogger("relay.delivery.rsocket")
 
@@ -76,15 +78,24 @@ class RSocketConnection:
         keepalive_max_lifetime: float,
         connect_timeout: float,
         sweep_every: float = 0.5,
+        proxy: Proxy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> RSocketConnection:
-        """Connect and send SETUP; raises OSError or TimeoutError when the TCP connect fails.
-        A request fails with TimeoutError up to `sweep_every` seconds after its timeout."""
+        """Connect (through `proxy`'s CONNECT tunnel when given, TLS inside it) and send SETUP;
+        raises OSError (TunnelRefused when the proxy says no) or TimeoutError when the connect
+        fails. A request fails with TimeoutError up to `sweep_every` seconds after its timeout.
+        `ssl_context` replaces the system's trust store (tests)."""
         self = cls()
-        context = ssl.create_default_context() if tls else None
-        async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host if tls else None
+        context = (ssl_context or ssl.create_default_context()) if tls else None
+        if proxy is not None:
+            reader, writer = await open_tunnel(
+                proxy, host, port, ssl_context=context, timeout=connect_timeout
             )
+        else:
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=context, server_hostname=host if tls else None
+                )
 
         async def one_transport():
             yield SingleWriteTCP(reader, writer)

@@ -13,8 +13,10 @@ from relay import supervision
 from relay.config import RetryConfig, UpstreamConfig
 from relay.delivery.bearer import NO_TOKEN, TokenSource, bearer
 from relay.delivery.payload import request_data, status_data
+from relay.delivery.proxy import rsocket_proxy
 from relay.delivery.rsocket.connection import RSocketConnection
 from relay.delivery.rsocket.errors import classify
+from relay.delivery.rsocket.tunnel import TunnelRefused
 from relay.delivery.sink import DELIVERED, Outcome, Verdict
 from relay.errors import one_line
 
@@ -39,6 +41,8 @@ class RSocketSink:
         self._cfg = upstream
         self._retry = retry
         self._tokens = tokens
+        self._proxy = rsocket_proxy(upstream)  # raises a one-line UserError for a bad one
+        self.proxy = self._proxy.shown if self._proxy else None  # for /status, masked
         self._conn: RSocketConnection | None = None
         self._ready = asyncio.Event()
         self._supervisor: asyncio.Task | None = None
@@ -50,6 +54,7 @@ class RSocketSink:
         self._refused_token: str | None = None
         self._tokens_refused = 0
         self._problem: str | None = None  # why the upstream cannot take events (for /readyz)
+        self._proxy_refusal: str | None = None  # the proxy's refusal of CONNECT, until a connect
         self.down_since: float | None = time.time()  # wall time the upstream became unreachable
         self.connects = 0
 
@@ -167,9 +172,12 @@ class RSocketSink:
                 connect_timeout=_CONNECT_TIMEOUT,
                 # a timed-out request fails at most a quarter of its timeout late
                 sweep_every=min(_SWEEP_EVERY, self._cfg.request_timeout / 4),
+                proxy=self._proxy,
             )
         except Exception as exc:  # whatever stops the connect is retried, never fatal
             failure = one_line(str(exc) or type(exc).__name__)
+            if isinstance(exc, TunnelRefused):
+                self._problem = self._proxy_refusal = failure  # names the proxy, masked
             if failure != self._connect_failure:
                 log.warning(
                     "cannot connect to the status service at %s: %s; retrying with backoff",
@@ -180,11 +188,15 @@ class RSocketSink:
             raise _NotUp(failure) from exc
         self.connects += 1
         log.info(
-            "connected to the status service at %s (rsocket%s)",
+            "connected to the status service at %s (rsocket%s%s)",
             self.address,
             ", tls" if self._cfg.tls else "",
+            f", through the proxy {self._proxy.shown}" if self._proxy else "",
         )
         self._connect_failure = None
+        if self._proxy_refusal is not None and self._problem == self._proxy_refusal:
+            self._problem = None
+        self._proxy_refusal = None
         self._conn, self._last_conn = conn, conn
         self.down_since = None
         self._ready.set()
