@@ -3,7 +3,8 @@
     python -m benchmarks.chaos [--seconds N] [--seed S] [--quick] [--backend jetstream]
 
 Producers keep sending (HTTP: several at once, single events and NDJSON batches, each retried
-until acknowledged; syslog TCP when the relay listens for it) while faults are injected in a
+until acknowledged; syslog TCP and RELP when the relay listens for them, RELP resending what
+was not answered) while faults are injected in a
 seeded random order (see benchmarks.chaos_faults). Then everything is healed, the backlog drains,
 and the oracle (benchmarks.chaos_oracle) prints one table. Exit status 1 when an acknowledged
 event was lost, something not of the deliberately rejected kind was dead-lettered, or the
@@ -48,6 +49,7 @@ from benchmarks.chaos_producers import (
     syslog_listening,
     syslog_producer,
 )
+from benchmarks.chaos_relp import relp_producer
 
 RELAY_ENV = {
     "RELAY_UPSTREAM__REQUEST_TIMEOUT": "2s",
@@ -74,6 +76,7 @@ class Options:
     rate: float
     producers: int
     syslog_rate: float
+    relp_rate: float
     marked_share: float
     drain_timeout: float
     workdir: Path | None
@@ -91,6 +94,7 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--rate", type=float, default=300.0, help="HTTP events/s, all producers (300)")
     p.add_argument("--producers", type=int, default=4, help="concurrent HTTP producers (4)")
     p.add_argument("--syslog-rate", type=float, default=50.0, help="syslog events/s (50)")
+    p.add_argument("--relp-rate", type=float, default=50.0, help="RELP events/s (50)")
     p.add_argument("--marked-share", type=float, default=0.03, help="share of the rejected kind")
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds (120)")
     p.add_argument("--workdir", type=Path, help="where logs and data go (a fresh temp dir)")
@@ -126,15 +130,17 @@ async def campaign(opts: Options) -> bool:
         timeline.say(f"filesystem-full faults are OFF: cannot mount a tmpfs ({why})")
     spool = (fs if why is None else work) / "spool"
     upstream = Upstream(work / "upstream", work / "upstream.log", TOKEN_LIFETIME)
-    syslog_port = free_port()
+    syslog_port, relp_port = free_port(), free_port()
     env = {
         **RELAY_ENV,
         "RELAY_SPOOL__PATH": str(spool),
         "RELAY_SPOOL__MAX_BYTES": SPOOL_MAX_BYTES,
         "RELAY_INGEST__SYSLOG__TCP_LISTEN": f"127.0.0.1:{syslog_port}",
+        "RELAY_INGEST__RELP__LISTEN": f"127.0.0.1:{relp_port}",
     }
     relay = Relay(upstream.config, env, work / "relay.log")
-    rig = Rig(relay, upstream, spool, fs / "filler" if why is None else None, syslog_port)
+    filler = fs / "filler" if why is None else None
+    rig = Rig(relay, upstream, spool, filler, syslog_port, relp_port=relp_port)
     passed = False
     try:
         passed = await _run(opts, timeline, rig)
@@ -157,7 +163,7 @@ async def _campaign_jetstream(opts: Options, work: Path, timeline: Timeline) -> 
         return False
     cluster = Cluster(work / "nats", binary, STREAM)
     upstream = Upstream(work / "upstream", work / "upstream.log", TOKEN_LIFETIME)
-    syslog_port = free_port()
+    syslog_port, relp_port = free_port(), free_port()
     relays = []
     for name in "ab":
         env = {
@@ -168,8 +174,11 @@ async def _campaign_jetstream(opts: Options, work: Path, timeline: Timeline) -> 
         }
         if name == "a":
             env["RELAY_INGEST__SYSLOG__TCP_LISTEN"] = f"127.0.0.1:{syslog_port}"
+            env["RELAY_INGEST__RELP__LISTEN"] = f"127.0.0.1:{relp_port}"
         relays.append(Relay(upstream.config, env, work / f"relay-{name}.log"))
-    rig = Rig(relays[0], upstream, work / "relay-a", None, syslog_port, relays[1:], cluster)
+    rig = Rig(
+        relays[0], upstream, work / "relay-a", None, syslog_port, relays[1:], cluster, relp_port
+    )
     passed = False
     try:
         passed = await _run(opts, timeline, rig)
@@ -197,9 +206,16 @@ async def _run(opts: Options, timeline: Timeline, rig: Rig) -> bool:
     syslog_on = await syslog_listening("127.0.0.1", rig.syslog_port)
     if not syslog_on:
         say(f"syslog producer is off: the relay does not listen on 127.0.0.1:{rig.syslog_port}")
+    relp_on = await syslog_listening("127.0.0.1", rig.relp_port)
+    if not relp_on:
+        say(f"RELP producer is off: the relay does not listen on 127.0.0.1:{rig.relp_port}")
     ledger = Ledger()
     stop = asyncio.Event()
     producing = _start_producers(opts, rig, ledger, stop, syslog_on)
+    if relp_on:
+        maker = _maker(opts, ledger, "relp")
+        relp = relp_producer("127.0.0.1", rig.relp_port, ledger.relp, maker, stop, opts.relp_rate)
+        producing.append(asyncio.create_task(relp))
     progress = asyncio.create_task(_progress(rig.relay, ledger, timeline))
     burst = _maker(opts, ledger, "disk-full-burst", padding=BURST_PADDING)
     injector = Injector(rig, ledger, timeline, burst, _maker(opts, ledger, "nats-probe"))
@@ -220,7 +236,7 @@ async def _run(opts: Options, timeline: Timeline, rig: Rig) -> bool:
     await rig.upstream.stop()
     received = read_received(rig.upstream.received_db)
     spooled = read_spooled(rig.spool) if rig.nats is None else await rig.nats.message_ids()
-    result = judge(ledger, received, dead, spooled, timeline, drain, drops)
+    result = judge(ledger, received, dead, spooled, timeline, drain, drops, relp_on)
     print(f"\nchaos campaign ({opts.backend} spool), seed {opts.seed}, {opts.seconds:.0f} s")
     print(render(result, syslog_on, _off(rig)), flush=True)
     return result.passed
@@ -322,6 +338,7 @@ async def _progress(relay: Relay, ledger: Ledger, timeline: Timeline) -> None:
         depth = status["spool"]["events"] if status else "?"
         timeline.say(
             f"progress: {len(ledger.acked)} acknowledged, {len(ledger.syslog_sent)} via syslog, "
+            f"{len(ledger.relp.acked)} via RELP, "
             f"relay backlog {depth}"
         )
 

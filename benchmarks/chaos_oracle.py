@@ -33,6 +33,7 @@ import orjson
 
 from benchmarks.chaos_faults import KINDS, FaultRecord, Timeline
 from benchmarks.chaos_producers import Ledger
+from benchmarks.chaos_relp import RelpRow, judge_relp, relp_errors, relp_rows
 
 SYSLOG_WINDOW = 5.0  # a relay that refuses to store stops reading: frames wait in its kernel
 BURST_GAP = 1.0
@@ -125,6 +126,7 @@ class Result:
     http_requests: dict[str, int]
     abandoned: int
     stand_in_drops: StandInDrops | None = None  # None: the campaign did not read them
+    relp: RelpRow | None = None  # None: no RELP producer ran
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -140,6 +142,7 @@ def judge(
     timeline: Timeline,
     drain_seconds: float | None,
     drops: StandInDrops | None = None,
+    relp_on: bool = False,
 ) -> Result:
     copies = Counter(m for m, _ in received)
     accounted = set(copies) | (set(dead) & ledger.marked)
@@ -178,6 +181,7 @@ def judge(
         http_requests=dict(ledger.http_requests),
         abandoned=ledger.abandoned,
         stand_in_drops=drops,
+        relp=judge_relp(ledger.relp, accounted, spooled) if relp_on else None,
         errors=list(timeline.errors),
     )
     _errors(result, ledger)
@@ -198,6 +202,8 @@ def _errors(r: Result, ledger: Ledger) -> None:
         )
     if r.syslog_lost:
         r.errors.append(f"{len(r.syslog_lost)} syslog event(s) lost outside a relay kill")
+    if r.relp is not None:
+        r.errors += relp_errors(r.relp)
     if r.phantoms:
         r.errors.append(f"{r.phantoms} event(s) upstream that no producer made")
     if r.stand_in_drops is not None and r.stand_in_drops.total:
@@ -308,6 +314,7 @@ def render(r: Result, syslog_on: bool, off: dict[str, str]) -> str:
         ]
     else:
         rows.append(("syslog events sent", "off (the relay does not listen for syslog TCP)"))
+    rows += relp_rows(r.relp)
     drain = f"{r.drain_seconds:.1f} s" if r.drain_seconds is not None else "did not drain"
     rows += [
         ("backlog drained after the last fault in", drain),

@@ -241,6 +241,7 @@ class Rig:
     # (benchmarks.chaos_nats.Cluster) that holds it
     others: list[Relay] = field(default_factory=list)
     nats: Any = None
+    relp_port: int = 0  # of `relay` (the others do not listen for RELP)
 
     @property
     def relays(self) -> list[Relay]:

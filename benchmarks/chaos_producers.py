@@ -44,6 +44,18 @@ class SyslogConnection:
 
 
 @dataclass
+class RelpLedger:
+    """What the RELP producers (benchmarks.chaos_relp) sent and had acknowledged."""
+
+    acked: set[str] = field(default_factory=set)  # rsp 200 for these
+    sent: set[str] = field(default_factory=set)
+    connections: int = 0
+    resent: int = 0  # frames sent again after a broken connection
+    refused: int = 0  # answers other than 200 (must be 0)
+    abandoned: int = 0  # unanswered GIVE_UP_AFTER_STOP s after the stop
+
+
+@dataclass
 class Ledger:
     acked: set[str] = field(default_factory=set)  # HTTP 200 for these
     made: set[str] = field(default_factory=set)  # every event any producer made
@@ -53,6 +65,7 @@ class Ledger:
     abandoned: int = 0  # events of batches given up after the stop (never acknowledged)
     syslog_sent: dict[str, tuple[int, float]] = field(default_factory=dict)  # id: (conn, when)
     syslog_connections: list[SyslogConnection] = field(default_factory=list)
+    relp: RelpLedger = field(default_factory=RelpLedger)
 
 
 class EventMaker:

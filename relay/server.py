@@ -163,9 +163,8 @@ async def _serve(
         shutdown.listeners.append(json_lines.close)
         relp = await start_relp(cfg.ingest.relp, intake, tls["ingest.relp"])
         shutdown.listeners.append(relp.close)
-        collectors.register_listeners(
-            metrics, {"syslog_tcp": syslog.tcp, "json_lines": json_lines.tcp}, syslog.kernel_drops
-        )
+        listeners = {"syslog_tcp": syslog.tcp, "json_lines": json_lines.tcp, "relp": relp.listener}
+        collectors.register_listeners(metrics, listeners, syslog.kernel_drops)
 
         shown_host = f"[{host}]" if ":" in host else host
         scheme = f" ({http_tls.describe()})" if http_tls else ""
