@@ -27,10 +27,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.set_name(_HANDLER)
+    handler.setFormatter(_formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -39,3 +37,22 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     # rsocket-py warns about answers to requests that timed out and about its own task clean-up
     # when a connection drops; the relay logs those events itself, once, in its own words
     logging.getLogger("pyrsocket").setLevel(logging.ERROR)
+
+
+def apply_logging(level: str, fmt: str) -> None:
+    """A reload's [log]: the new level at once, and the new format on the relay's own handler
+    (the one `setup_logging` installed; a host application's handlers are left alone)."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for handler in root.handlers:
+        if handler.get_name() == _HANDLER:
+            handler.setFormatter(_formatter(fmt))
+
+
+_HANDLER = "relay"
+
+
+def _formatter(fmt: str) -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")

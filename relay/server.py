@@ -5,6 +5,7 @@ background task dies (see `relay.supervision`), in named phases: stop accepting 
 delivery (requests in flight may finish until `lifecycle.shutdown_timeout`), close the spool (the
 commit in progress finishes). What was not delivered stays in the spool for the next start. After a
 failure `serve` raises `BackgroundFailure`, so `relay run` exits non-zero and is restarted.
+SIGHUP reloads the configuration in place (`relay.ops.reload`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from relay.delivery.setup import DeliveryParts, build_delivery, load_delivery_cr
 from relay.errors import UserError
 from relay.ops import collectors, endpoints
 from relay.ops.metrics import Metrics
+from relay.ops.reload import ConfigLoads, Reloader, Targets
 from relay.ops.status import StatusReport
-from relay.signals import until_signalled
+from relay.signals import on_reload_signal, until_signalled
 from relay.sources.http import HttpSource, read_auth_token
 from relay.sources.http_listener import LimitedTCPSite
 from relay.sources.intake import Intake
@@ -39,6 +41,10 @@ from relay.spool import Spool, open_spool
 
 log = logging.getLogger("relay")
 
+# what a reload changes in the application build_app made
+HTTP_SOURCE = web.AppKey("http_source", HttpSource)
+STATUS_REPORT = web.AppKey("status_report", StatusReport)
+
 
 def build_app(
     cfg: Config,
@@ -47,6 +53,7 @@ def build_app(
     delivery: DeliveryParts | None = None,
     intake: Intake | None = None,
     metrics: Metrics | None = None,
+    loads: ConfigLoads | None = None,
 ) -> web.Application:
     """The HTTP application: ingest paths and the operator's endpoints."""
     http = cfg.ingest.http
@@ -58,19 +65,22 @@ def build_app(
         client_max_size=http.max_body_bytes,
         handler_args={"auto_decompress": False, "keepalive_timeout": http.keepalive_timeout},
     )
-    HttpSource(
+    source = HttpSource(
         intake,
         max_body_bytes=http.max_body_bytes,
         auth_token=auth_token,
         max_items=cfg.ingest.max_items_per_request,
         read_timeout=http.read_timeout,
-    ).add_routes(app)
+    )
+    source.add_routes(app)
+    app[HTTP_SOURCE] = source
     collectors.register(metrics, spool, delivery, intake.counters)
+    app[STATUS_REPORT] = StatusReport(cfg, spool, delivery, loads=loads)
     endpoints.add_routes(
         app,
         spool,
         metrics,
-        StatusReport(cfg, spool, delivery),
+        app[STATUS_REPORT],
         [delivery.sink.not_ready] if delivery else [],
     )
     return app
@@ -79,9 +89,12 @@ def build_app(
 _SPOOL_WATCH_EVERY = 1.0  # seconds between checks that the spool's writer thread still runs
 
 
-async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    cfg: Config, stop: asyncio.Event | None = None, config_path: str | None = None
+) -> None:
     """Run until SIGTERM or SIGINT (or `stop` is set); raises BackgroundFailure, after stopping in
-    order, when a supervised background task or thread ended unexpectedly."""
+    order, when a supervised background task or thread ended unexpectedly. SIGHUP reloads the
+    configuration from `config_path` (the file `cfg` was loaded from) and the environment."""
     # everything a user can get wrong is checked before the spool is opened
     auth_token = read_auth_token(cfg.ingest.http.auth_token_file)
     host, port = parse_listen(cfg.ingest.http.listen, "ingest.http.listen")
@@ -90,9 +103,12 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
 
     supervisor = supervision.Supervisor(asyncio.get_running_loop())
     supervision.install(supervisor)
+    reloader = Reloader(config_path, cfg, creds, ConfigLoads(config_path))
     try:
-        await _serve(cfg, stop, supervisor, auth_token, host, port, creds, tls)
+        with on_reload_signal(reloader.request):
+            await _serve(cfg, stop, supervisor, auth_token, host, port, creds, tls, reloader)
     finally:
+        await reloader.close()
         supervision.uninstall()
     if supervisor.failed is not None:
         raise supervision.BackgroundFailure(supervisor.failed)
@@ -107,6 +123,7 @@ async def _serve(
     port: int,
     creds: Credentials | None,
     tls: dict[str, ListenerTLS | None],
+    reloader: Reloader,
 ) -> None:
     metrics = Metrics()
     shutdown = _Shutdown(cfg.lifecycle.shutdown_timeout, supervisor)
@@ -135,7 +152,7 @@ async def _serve(
 
         stack.push_async_callback(shutdown.close_listeners)
         intake = Intake(spool, cfg.ingest.max_event_bytes)
-        app = build_app(cfg, spool, auth_token, delivery, intake, metrics)
+        app = build_app(cfg, spool, auth_token, delivery, intake, metrics, reloader.loads)
         http_tls = tls["ingest.http"]
         http_port = await _start_http(
             cfg, app, host, port, shutdown, http_tls.context if http_tls else None
@@ -158,10 +175,20 @@ async def _serve(
             await delivery.start()
             log.info("delivering to %s over %s", cfg.upstream.address, cfg.upstream.transport)
         shutdown.started = True
+        reloader.attach(
+            Targets(
+                app[HTTP_SOURCE],
+                tls,
+                delivery,
+                app[STATUS_REPORT].set_stall_after,
+                shutdown.set_timeout,
+            )
+        )
         thresholds = gc_tuning.tune()
         try:
             await _until_stopped(stop, supervisor)
         finally:
+            reloader.detach()
             gc_tuning.restore(thresholds)
 
 
@@ -219,6 +246,9 @@ class _Shutdown:
         self.started = False  # start-up completed: worth a "stopped" line with the backlog
         self._deadline: float | None = None
         self._tasks: list[asyncio.Task] = []
+
+    def set_timeout(self, seconds: float) -> None:
+        self.timeout = seconds  # a reload's lifecycle.shutdown_timeout, until the stop begins
 
     def cancel_on_stop(self, task: asyncio.Task) -> None:
         self._tasks.append(task)

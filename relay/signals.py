@@ -1,9 +1,12 @@
-"""Waiting for the operator's SIGTERM / SIGINT, with the loop's handlers restored afterwards."""
+"""The operator's signals: SIGTERM / SIGINT stop the relay, SIGHUP reloads its configuration.
+The loop's handlers are removed again afterwards."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import Callable, Iterator
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -20,3 +23,20 @@ async def until_signalled(stop: asyncio.Event | None = None) -> None:
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def on_reload_signal(reload: Callable[[], None]) -> Iterator[None]:
+    """Call `reload` on SIGHUP while inside. Without it SIGHUP would end the process: installed
+    before anything starts, so a reload asked for during start-up is not a kill."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError, NotImplementedError):
+        # not the main thread (a relay embedded in a test or a host program): no SIGHUP here
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)

@@ -180,12 +180,8 @@ class TokenProvider:
         self._max_backoff = max_backoff
         self._clock = clock
         self._request_timeout = request_timeout
-        self.fetches: dict[str, int] = {
-            "ok": 0,
-            "oauth_error": 0,
-            "http_error": 0,
-            "network_error": 0,
-        }
+        kinds = ("ok", "oauth_error", "http_error", "network_error")
+        self.fetches: dict[str, int] = dict.fromkeys(kinds, 0)
         self.last_error: str | None = None
         self._token: str | None = None
         self._lifetime = 0.0
@@ -211,9 +207,11 @@ class TokenProvider:
             return
         if self._session is None:
             self._session = maskinporten_session(self._cfg)  # through the proxy chosen for it
-        self._task = supervision.watch(
-            asyncio.create_task(self._run(), name="relay.auth token refresher"), "token refresher"
-        )
+        self._start_refresher()
+
+    def _start_refresher(self) -> None:
+        task = asyncio.create_task(self._run(), name="relay.auth token refresher")
+        self._task = supervision.watch(task, "token refresher")
 
     async def token(self) -> str:
         """A valid access token; waits (without limit) only while there is none."""
@@ -255,6 +253,16 @@ class TokenProvider:
         if token == self._token:
             self._invalidations = 0
             self._not_before = 0.0
+
+    def replace_credentials(self, cfg: MaskinportenConfig, creds: Credentials, fetch: bool) -> None:
+        """Sign the next grants with `creds` (a reload); the token in hand stays in use until
+        its replacement arrives. `fetch` (the signer changed): fetch it now, by a new refresher,
+        so that neither a grant on its way signed the old way nor a backoff pause is waited for."""
+        self._cfg, self._creds = cfg, creds
+        if fetch and self._task is not None and not self._closed:
+            self._task.cancel()
+            self._refresh_at, self._logged_error = 0.0, None
+            self._start_refresher()
 
     def expires_in(self) -> float | None:
         """Seconds left on the current token; None when there is none."""

@@ -1,8 +1,9 @@
 """The `relay` command. Every error a user can cause is one line on stderr, never a traceback.
 
 The commands live in modules: `serve.py` (run, check-config, token, demo, dev-upstream),
-`spool.py` (`relay spool`), `dlq.py` (`relay dlq`), `status.py` (`relay status`). The spool
-commands speak to `relay.spool.api.SpoolAdmin` only (through `common.py`).
+`spool.py` (`relay spool`), `dlq.py` (`relay dlq`), `status.py` (`relay status`), `reload.py`
+(`relay reload`, and the pid file `relay run` writes). The spool commands speak to
+`relay.spool.api.SpoolAdmin` only (through `common.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from relay import __version__
-from relay.cli import dlq, serve, spool, status
+from relay.cli import dlq, reload, serve, spool, status
 from relay.errors import UserError
 
 EXIT_USAGE = 2
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(sub)
+    reload.register(sub)
     spool.register(sub)
     status.register(sub)
     dlq.register(sub)

@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
         p.set_defaults(func=func)
         return p
 
-    command("run", _run, "run the relay until SIGTERM or SIGINT")
+    command("run", _run, "run the relay until SIGTERM or SIGINT (SIGHUP reloads)")
     command("check-config", _check_config, "validate the configuration and print it")
     token = command(
         "token", _token, "fetch a Maskinporten token with the configured credentials and show it"
@@ -62,6 +62,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from relay.cli.reload import pid_file
     from relay.logs import setup_logging
     from relay.server import serve
     from relay.supervision import BackgroundFailure
@@ -69,7 +70,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
     setup_logging(cfg.log.level, cfg.log.format)
     try:
-        asyncio.run(serve(cfg))
+        with pid_file(cfg.lifecycle.pid_file):
+            asyncio.run(serve(cfg, config_path=args.config))
     except BackgroundFailure as exc:
         # already logged critically; this line is for whoever reads only the exit
         print(f"relay: stopped after an internal failure: {exc}; restart it", file=sys.stderr)

@@ -44,7 +44,7 @@ def _status(args: argparse.Namespace) -> int:
 def format_status(report: dict) -> str:
     lines = [f"status: {report.get('status', '?').upper()}"]
     lines += [f"  - {reason}" for reason in report.get("reasons", [])]
-    for section in ("spool", "upstream", "delivery", "token"):
+    for section in ("spool", "upstream", "delivery", "token", "config"):
         values = report.get(section)
         if not values:
             continue

@@ -32,6 +32,9 @@ class Breaker:
         self.failures = 0  # read on the hot path: zero while delivery runs freely
         self._next_at = 0.0
 
+    def set_pace(self, initial: float, cap: float) -> None:
+        self._initial, self._cap = initial, cap  # the pause under way keeps its end
+
     def answered(self, refused: bool) -> None:
         self._recent.append(refused)
 

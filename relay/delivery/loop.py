@@ -74,6 +74,13 @@ class Delivery:
         self._stopping = False
         self._runner: asyncio.Task | None = None
 
+    def set_retry(self, retry: RetryConfig) -> None:
+        """A reload's retry settings: every delay and give-up count is computed when needed, so
+        the new values apply from the next failure on. (max_in_flight and batch_size are not
+        here: the workers are started with the relay.)"""
+        self._breaker.set_pace(retry.initial_backoff, retry.max_backoff)
+        self._settler.set_retry(retry)
+
     async def start(self) -> None:
         watch = supervision.watch
         self._acks.start()

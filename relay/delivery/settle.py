@@ -88,6 +88,10 @@ class Settler:
         self.stats = DeliveryStats()
         self._logged: str | None = None  # the problem last logged, until delivery works again
 
+    def set_retry(self, retry: RetryConfig) -> None:
+        """A reload's backoff and max_rejections: read per failure, so safe to swap any time."""
+        self._retry = retry
+
     async def deliver(self, chunk: list[Leased]) -> None:
         """Send `chunk` and settle every event of it: acked, released or dead-lettered. When
         the spool or a bug gets in the way, what is still unsettled is released, so no event

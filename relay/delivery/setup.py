@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from relay.auth.credentials import Credentials, load_credentials
 from relay.auth.tokens import TokenProvider
-from relay.config import Config, MaskinportenConfig
+from relay.config import Config, MaskinportenConfig, RetryConfig
 from relay.delivery.http_sink import HttpSink
 from relay.delivery.loop import Delivery
 from relay.delivery.rsocket.sink import RSocketSink
@@ -28,6 +28,12 @@ class DeliveryParts:
         await self.tokens.start()
         await self.sink.start()
         await self.delivery.start()
+
+    def set_retry(self, retry: RetryConfig) -> None:
+        """A reload's [retry]: delivery's backoff and max_rejections from the next failure on.
+        The token refresher's and the upstream connection's own redial pacing keep the values
+        they started with (their retry loops are built once); a restart applies them there."""
+        self.delivery.set_retry(retry)
 
     async def stop(self, timeout: float) -> None:
         await self.delivery.stop(timeout)

@@ -47,13 +47,8 @@ _ORGANIZATION_IDENTIFIER = x509.ObjectIdentifier("2.5.4.97")
 
 
 # the signature is checked by pyjwt; every claim is then checked here, with Maskinporten's errors
-_SIGNATURE_ONLY = {
-    "verify_exp": False,
-    "verify_iat": False,
-    "verify_nbf": False,
-    "verify_aud": False,
-    "verify_iss": False,
-}
+_SIGNATURE_ONLY = dict.fromkeys(("verify_exp", "verify_iat", "verify_nbf", "verify_aud"), False)
+_SIGNATURE_ONLY["verify_iss"] = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +102,7 @@ class MaskinportenStandIn:
         self.clients: dict[str, ClientRegistration] = dict(clients)
         self.faults = faults if faults is not None else MaskinportenFaults()
         self.issued = 0
+        self.signers: list[str] = []  # per grant: "x5c serial <hex>" or "kid <kid>", for tests
         self._clock = clock
         self._trusted = [c for pem in trusted_ca_pems for c in x509.load_pem_x509_certificates(pem)]
         # a given key keeps tokens valid across restarts, as the real Maskinporten's keys do
@@ -241,12 +237,15 @@ class MaskinportenStandIn:
                     f"organisation {client.orgnr}",
                 )
             amr = "virksomhetssertifikat"
+            leaf = x509.load_der_x509_certificate(base64.b64decode(header["x5c"][0]))
+            signer = f"x5c serial {leaf.serial_number:x}"
         elif "kid" in header:
             pem = client.kid_keys.get(header["kid"]) if isinstance(header["kid"], str) else None
             if pem is None:
                 raise _Refusal("invalid_client", "Invalid client: kid is not registered")
             key = serialization.load_pem_public_key(pem)
             amr = "private_key_jwt"
+            signer = f"kid {header['kid']}"
         else:
             raise _Refusal("invalid_grant", "Invalid assertion: the header needs x5c or kid")
         if not isinstance(key, rsa.RSAPublicKey):
@@ -272,6 +271,7 @@ class MaskinportenStandIn:
         for s in requested:
             if s not in client.scopes:
                 raise _Refusal("invalid_scope", f"Scope {s} is not allowed for this client")
+        self.signers = [*self.signers[-999:], signer]  # bounded: a stand-in may run for days
         return self._issue(iss, client, " ".join(requested), amr)
 
     def _check_claims(self, claims: dict[str, Any]) -> None:

@@ -185,7 +185,8 @@ class DevUpstream:
         return web.json_response(vars(self.maskinporten.faults))
 
     async def _get_mp_stats(self, _: web.Request) -> web.Response:
-        return web.json_response({"issued": self.maskinporten.issued})
+        mp = self.maskinporten
+        return web.json_response({"issued": mp.issued, "signers": mp.signers[-1000:]})
 
     async def _set_mp_faults(self, request: web.Request) -> web.Response:
         try:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay import __version__
 from relay.config import Config
 from relay.delivery.setup import DeliveryParts
 from relay.spool import Spool, SpoolStats
+
+if TYPE_CHECKING:
+    from relay.ops.reload import ConfigLoads
 
 
 class StatusReport:
@@ -23,13 +26,18 @@ class StatusReport:
         spool: Spool,
         delivery: DeliveryParts | None,
         clock: Callable[[], float] = time.time,
+        loads: ConfigLoads | None = None,
     ) -> None:
         self._stall_after = cfg.health.stall_after
+        self._loads = loads
         self._upstream = cfg.upstream
         self._spool = spool
         self._delivery = delivery
         self._clock = clock
         self._started = clock()
+
+    def set_stall_after(self, seconds: float) -> None:
+        self._stall_after = seconds  # a reload's health.stall_after
 
     def report(self) -> dict[str, Any]:
         now = self._clock()
@@ -68,6 +76,10 @@ class StatusReport:
                 f"backlog of {spool.events} event(s) and nothing delivered for more than "
                 f"{stall:.0f} s"
             )
+        if self._loads is not None:
+            body["config"] = self._loads.report(now)
+            if self._loads.reason():
+                reasons.append(self._loads.reason())
         body["status"] = "degraded" if reasons else "ok"
         return body
 

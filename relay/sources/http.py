@@ -87,6 +87,10 @@ class HttpSource:
         self._parsing = asyncio.Semaphore(2)
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
 
+    def set_auth_token(self, auth_token: str | None) -> None:
+        """A reload's token: requests from now on are checked against it (None: no check)."""
+        self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
+
     def add_routes(self, app: web.Application) -> None:
         for path in PATHS:
             app.router.add_post(path, self.handle)
