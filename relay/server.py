@@ -36,7 +36,7 @@ from relay.sources.intake import Intake
 from relay.sources.json_lines import JsonLinesSource, start_json_lines
 from relay.sources.relp import RelpSource, start_relp
 from relay.sources.syslog import SyslogSource, start_syslog
-from relay.sources.tls import ListenerTLS, listener_tls
+from relay.sources.tls import ListenerTLS, listeners_tls
 from relay.spool import Spool, open_spool
 
 log = logging.getLogger("relay")
@@ -190,17 +190,6 @@ async def _serve(
         finally:
             reloader.detach()
             gc_tuning.restore(thresholds)
-
-
-def listeners_tls(cfg: Config) -> dict[str, ListenerTLS | None]:
-    """Each listener's TLS (None where it is off), by its section; raises UserError."""
-    ingest = cfg.ingest
-    return {
-        "ingest.http": listener_tls("ingest.http", ingest.http),
-        "ingest.syslog": listener_tls("ingest.syslog", ingest.syslog),
-        "ingest.json_lines": listener_tls("ingest.json_lines", ingest.json_lines),
-        "ingest.relp": listener_tls("ingest.relp", ingest.relp),
-    }
 
 
 async def _start_http(

@@ -170,7 +170,12 @@ class RelpSession(asyncio.Protocol):
             if end:
                 go_on = False
                 break
-        stored = await self._listener.store(items, self.peer) if items else 0
+        listener = self._listener
+        stored = (
+            await listener.store(items, self.peer, hold_limit=listener.refused_close_after)
+            if items
+            else 0
+        )
         if stored < len(items):
             # answer what is stored; the sender resends the rest after it reconnects
             answers = answers[: item_of[stored]]

@@ -22,22 +22,18 @@ as they are accepted), and an octet count over the frame limit closes its connec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import ssl
 import struct
 import termios
-import time
 from collections.abc import Callable
 
-from relay.config import parse_listen
-from relay.errors import UserError
 from relay.sources.intake import Intake
+from relay.sources.listening import RETRY_MAX, Item, Listening, show_address
 from relay.sources.refusals import Refusals
 from relay.sources.syslog_framing import Frame, FrameReader
-from relay.sources.tls_handshakes import TlsHandshakes
-from relay.spool import Incoming, Reject, SpoolFull, SpoolRefused
+from relay.spool import Incoming
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -54,22 +50,16 @@ log = logging.getLogger("relay.sources.tcp")
 
 MAX_BATCH_FRAMES = 1000
 MAX_BATCH_BYTES = 1 << 20
-# The spool suggests 5 s; a TCP sender is blocked while we wait, so look again sooner.
-RETRY_MAX = 1.0
 # On close: how long open connections are read on until the kernel holds nothing unread. Long
 # enough for a receive buffer's worth of frames; short enough for a restart not to drag.
 DRAIN_SECONDS = 1.0
-# Connections refused over the limit within this long of each other are one burst: one log line.
-# Connections closed for an oversized length prefix are logged at most this often.
-REFUSED_QUIET = 10.0
 
-Item = Incoming | Reject
 # A frame made into what is stored: an event, a dead letter, or None for a frame that is
 # deliberately not kept (the converter counts it).
 Convert = Callable[[Frame], Item | None]
 
 
-class TcpIngest:
+class TcpIngest(Listening):
     """One TCP listener feeding `intake` as `source`; `convert` turns frames into items."""
 
     def __init__(
@@ -84,152 +74,49 @@ class TcpIngest:
         max_connections: int = 1024,
         retry_max: float = RETRY_MAX,
     ) -> None:
-        self.intake = intake
-        self.source = source
-        self.setting = setting
+        super().__init__(
+            intake,
+            source=source,
+            setting=setting,
+            max_connections=max_connections,
+            retry_max=retry_max,
+            refusal_consequence="keeping what was read and reading no more until it is stored",
+        )
         self.max_frame = max_frame
         self.convert = convert
         self.octet_counting = octet_counting
-        self.max_connections = max_connections
-        self.retry_max = retry_max
-        # connections closed at once because max_connections were open (since start)
-        self.refused_connections = 0
-        self._refused_at = -REFUSED_QUIET
-        # connections closed for an octet count over max_frame (since start)
-        self.broken_connections = 0
-        self._broken_logged = -REFUSED_QUIET
-        self.port: int | None = None
-        self.address = ""  # host:port once listening
-        self._server: asyncio.Server | None = None
-        self._tls = TlsHandshakes(None, max_connections)  # handshakes, once started with TLS
         self._connections: set[_Connection] = set()
-        self._closing = asyncio.Event()
-        self._refusals = Refusals(
-            source, "keeping what was read and reading no more until it is stored"
-        )
 
     async def start(self, listen: str, tls: ssl.SSLContext | None = None) -> None:
         """Listen on `listen` ("host:port"), with TLS when `tls` is given; raises UserError
         naming the setting."""
-        host, port = parse_listen(listen, self.setting)
-        loop = asyncio.get_running_loop()
-        # with TLS, handshakes are bounded and counted (relay.sources.tls): a connection reaches
-        # _Connection, and takes one of max_connections there, only once its handshake is done
-        self._tls = TlsHandshakes(tls, self.max_connections)
-        try:
-            self._server = await loop.create_server(
-                self._tls.wrap(lambda: _Connection(self)), host, port, reuse_address=True
-            )
-        except OSError as exc:
-            raise UserError(
-                f"cannot listen on {listen} ({self.setting}): {exc.strerror or exc}; "
-                "choose a free address"
-            ) from None
-        self.port = self._server.sockets[0].getsockname()[1]
-        self.address = show_address(host, self.port)
-        self.intake.declare(self.source)
+        await self.listen(listen, tls, lambda: _Connection(self))
 
     async def close(self) -> None:
         """Stop accepting; read on what the kernel already holds for each open connection (at
         most DRAIN_SECONDS); return once what was read is stored (or, when the spool refuses
         it, once that is logged)."""
-        if self._server is not None:
-            self._server.close()
-        self._tls.close()
-        self._closing.set()
+        self.stop_listening()
         connections = list(self._connections)
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
         await asyncio.gather(*(conn.drain(deadline) for conn in connections))
         for conn in connections:
             conn.shutdown()
         await asyncio.gather(*(conn.closed for conn in connections))
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self.wait_closed()
 
     @property
     def connections(self) -> int:
         """Connections open now (being read or storing what was read)."""
         return len(self._connections)
 
-    def admit(self) -> bool:
-        """Whether a new connection may stay open; counts and logs (once a burst) when not."""
-        if len(self._connections) < self.max_connections:
-            return True
-        self.refused_connections += 1
-        now = time.monotonic()
-        if now - self._refused_at >= REFUSED_QUIET:
-            limit = self.setting.rsplit(".", 1)[0] + ".max_connections"
-            log.warning(
-                "%s: %d connections are open, the limit (%s); new connections are closed at "
-                "once (%d so far). Raise the limit if these are senders, not a flood",
-                self.source,
-                len(self._connections),
-                limit,
-                self.refused_connections,
-            )
-        self._refused_at = now
-        return False
-
-    def broken(self, peer: str) -> None:
-        """A connection closed for a length prefix over the limit: counted, and logged at most
-        once per REFUSED_QUIET (each one is also a dead letter with the reason)."""
-        self.broken_connections += 1
-        now = time.monotonic()
-        if now - self._broken_logged >= REFUSED_QUIET:
-            self._broken_logged = now
-            log.warning(
-                "%s: closed the connection from %s: a frame's length prefix is over the limit "
-                "of %d bytes, so nothing after it can be framed (kept as a dead letter; %d such "
-                "connection(s) so far)",
-                self.source,
-                peer,
-                self.max_frame,
-                self.broken_connections,
-            )
-
-    async def store(self, items: list[Item], peer: str) -> bool:
-        """Store `items` in order, retrying while the spool refuses. False when the relay shut
-        down before they could be stored (then it is logged)."""
-        start = 0
-        size = len(items)
-        refused_upto = 0  # items before this were counted when first refused
-        while start < len(items):
-            chunk = items[start : start + size]
-            events = [i for i in chunk if isinstance(i, Incoming)]
-            rejects = [i for i in chunk if isinstance(i, Reject)]
-            retry = start + len(chunk) <= refused_upto
-            try:
-                await self.intake.submit(self.source, events, rejects, retry=retry)
-            except SpoolRefused as exc:
-                if self._closing.is_set():
-                    log.warning(
-                        "%s: %d frame(s) read from %s were not stored at shutdown: %s",
-                        self.source,
-                        len(items) - start,
-                        peer,
-                        exc,
-                    )
-                    return False
-                self._refusals.refused(exc, len(chunk))
-                refused_upto = max(refused_upto, start + len(chunk))
-                if isinstance(exc, SpoolFull):
-                    # less may fit where all did not; order is kept either way
-                    size = max(1, len(chunk) // 2)
-                await self._pause(min(exc.retry_after, self.retry_max))
-                continue
-            self._refusals.stored()
-            start += len(chunk)
-        return True
-
-    async def _pause(self, seconds: float) -> None:
-        # asyncio.timeout: 3.11's wait_for can swallow a cancellation arriving with the event
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._closing.wait()
-
-
-def show_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    def oversized(self, peer: str) -> None:
+        """A connection closed for a length prefix over the limit."""
+        self.broken(
+            peer,
+            f"a frame's length prefix is over the limit of {self.max_frame} bytes, so nothing "
+            "after it can be framed",
+        )
 
 
 def batch_length(items: list[Item]) -> int:
@@ -263,7 +150,7 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if self._ingest._closing.is_set() or not self._ingest.admit():
+        if not self._ingest.admit():
             # accepted just as the listener closed, or one too many: nothing is read from it
             self._ended = True
             self._finish()
@@ -275,7 +162,7 @@ class _Connection(asyncio.Protocol):
         self._take(self._framer.feed(data))
         if self._framer.broken:
             # an octet count over the limit: the rest of the stream cannot be framed
-            self._ingest.broken(self.peer)
+            self._ingest.oversized(self.peer)
             self.shutdown()
 
     def eof_received(self) -> bool:
@@ -340,7 +227,7 @@ class _Connection(asyncio.Protocol):
         try:
             while self._pending:
                 batch = self._pending[: batch_length(self._pending)]
-                stored = await ingest.store(batch, self.peer)
+                stored = await ingest.store(batch, self.peer) == len(batch)
                 del self._pending[: len(batch)]
                 if not stored:
                     self._pending.clear()

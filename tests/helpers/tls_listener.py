@@ -25,7 +25,6 @@ from relay.sources.http_listener import LimitedTCPSite
 from relay.sources.json_lines import start_json_lines
 from relay.sources.syslog import start_syslog
 from relay.sources.tls import ListenerTLS, listener_tls
-from relay.sources.tls_handshakes import TlsHandshakes
 from tests.helpers.events import make_event
 from tests.helpers.inprocess import InProcessRelay
 from tests.helpers.tls import TlsPki, peer_serial
@@ -96,15 +95,6 @@ class Listener:
             self.relay.json_lines = await start_json_lines(cfg_j, self.relay.intake, self.tls)
             assert self.relay.json_lines.tcp is not None
             self.port = self.relay.json_lines.tcp.port or 0
-
-    @property
-    def counts_handshakes(self) -> bool:
-        """Whether failed handshakes are counted: the RELP listener counts them once it runs
-        its handshakes through relay.sources.tls_handshakes (as the others do)."""
-        if self.kind != "relp":
-            return True
-        listener = getattr(self.relay.syslog, "listener", None)
-        return isinstance(getattr(listener, "_tls", None), TlsHandshakes)
 
     def payload(self, events: list[dict]) -> bytes:
         """What a producer of this kind sends for `events`."""
