@@ -173,7 +173,7 @@ class TokenProvider:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self._cfg = cfg
-        self._creds = creds
+        self.creds = creds  # read by /metrics for the certificate expiry
         self._session = session
         self._own_session = session is None
         self._initial_backoff = initial_backoff
@@ -258,7 +258,7 @@ class TokenProvider:
         """Sign the next grants with `creds` (a reload); the token in hand stays in use until
         its replacement arrives. `fetch` (the signer changed): fetch it now, by a new refresher,
         so that neither a grant on its way signed the old way nor a backoff pause is waited for."""
-        self._cfg, self._creds = cfg, creds
+        self._cfg, self.creds = cfg, creds
         if fetch and self._task is not None and not self._closed:
             self._task.cancel()
             self._refresh_at, self._logged_error = 0.0, None
@@ -342,7 +342,7 @@ class TokenProvider:
             resp = await request_token(
                 self._session,
                 self._cfg,
-                self._creds,
+                self.creds,
                 timeout=self._request_timeout,
                 now=sent_at,
             )

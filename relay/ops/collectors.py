@@ -166,6 +166,15 @@ def _delivery_metrics(parts: DeliveryParts) -> Callable[[], Iterable[Metric]]:
             dict(parts.tokens.fetches),
             "result",
         )
+        # the business certificate sent as x5c; absent with a key id (no certificate is sent)
+        # and follows a reload that renews it
+        not_after = parts.tokens.creds.not_after
+        if not_after is not None:
+            yield gauge(
+                "relay_certificate_expiry_timestamp_seconds",
+                "When the Maskinporten business certificate expires (Unix time)",
+                not_after.timestamp(),
+            )
 
     return collect
 
