@@ -2,7 +2,8 @@
 
 The commands live in modules: `serve.py` (run, check-config, token, demo, dev-upstream),
 `spool.py` (`relay spool`), `dlq.py` (`relay dlq`), `status.py` (`relay status`), `reload.py`
-(`relay reload`, and the pid file `relay run` writes). The spool commands speak to
+(`relay reload`, and the pid file `relay run` writes), `doctor.py` (`relay doctor`: every hop
+checked, see `relay.ops.doctor`). The spool commands speak to
 `relay.spool.api.SpoolAdmin` only (through `common.py`).
 """
 
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from relay import __version__
-from relay.cli import dlq, reload, serve, spool, status
+from relay.cli import dlq, doctor, reload, serve, spool, status
 from relay.errors import UserError
 
 EXIT_USAGE = 2
@@ -43,4 +44,5 @@ def _parser() -> argparse.ArgumentParser:
     spool.register(sub)
     status.register(sub)
     dlq.register(sub)
+    doctor.register(sub)
     return parser

@@ -1,0 +1,319 @@
+"""`relay doctor` against the real stand-ins on 127.0.0.1, each hop broken in turn: the failed
+line names the broken hop and check, what depends on it says skipped, and no secret (keystore
+password, access token) is printed. In-process runs (`relay.cli.main`) are fast; the e2e tests
+run the command as a subprocess, with a running relay too."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from relay.cli import main
+from relay.dev.certs import TestPki, make_test_pki
+from tests.helpers import RelayProcess, free_port
+from tests.helpers.doctor import StandIns
+
+PASSWORD = "Doctor-s3cret-Keystore-pw"
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """The stand-ins' PKI (made once per module): its keystore has a password of our own."""
+    return make_test_pki(tmp_path_factory.mktemp("doctor") / "pki", password=PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def expired(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return make_test_pki(tmp_path_factory.mktemp("expired"), expired=True)
+
+
+@pytest.fixture
+def up(tmp_path: Path, pki: TestPki):
+    with StandIns(tmp_path / "upstream", pki.directory) as stand_ins:
+        yield stand_ins
+
+
+def keystore_env(pki: TestPki, password: str) -> dict[str, str]:
+    return {
+        "RELAY_MASKINPORTEN__KEYSTORE": str(pki.keystore),
+        "RELAY_MASKINPORTEN__KEY_FILE": "",
+        "RELAY_MASKINPORTEN__CERT_FILE": "",
+        "RELAY_KEYSTORE_PASSWORD": password,
+    }
+
+
+def doctor(monkeypatch, capsys, config: Path, *args: str, env=None) -> tuple[int, str, str]:
+    with monkeypatch.context() as patch:
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        code = main(["doctor", "--config", str(config), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def checks(monkeypatch, capsys, config: Path, *args: str, env=None) -> tuple[int, list[dict]]:
+    code, out, err = doctor(monkeypatch, capsys, config, "--json", *args, env=env)
+    assert "Traceback" not in out + err
+    _no_secrets(out + err)
+    return code, orjson.loads(out)
+
+
+def by_name(lines: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(c["hop"], c["check"]): c for c in lines}
+
+
+def _no_secrets(text: str) -> None:
+    assert PASSWORD not in text
+    assert not JWT.search(text), "an access token was printed"
+
+
+def _states(lines: list[dict]) -> dict[tuple[str, str], str]:
+    return {k: v["state"] for k, v in by_name(lines).items()}
+
+
+def test_healthy_rsocket_setup_passes_and_sends_no_status(tmp_path, up, monkeypatch, capsys):
+    config = up.config(tmp_path / "relay.toml")
+    code, lines = checks(monkeypatch, capsys, config, env=keystore_env(up_pki(up), PASSWORD))
+    states = _states(lines)
+    assert code == 0, lines
+    assert all(c.keys() == {"hop", "check", "state", "detail", "todo"} for c in lines)
+    not_ok = {k: s for k, s in states.items() if s != "ok"}
+    # nothing listens on the configured listener: a warning, not a failure
+    assert not_ok == {("relay", "running relay"): "warning"}, lines
+    hops = [c["hop"] for c in lines]
+    assert hops == sorted(
+        hops, key=["config", "spool", "credentials", "maskinporten", "upstream", "relay"].index
+    )
+    assert ("upstream", "route and token") in states
+    assert "local stand-in" in by_name(lines)[("maskinporten", "token claims")]["detail"]
+    # the probe was acknowledged and dropped as the real service does: nothing stored
+    stats = up.stats()
+    assert stats["total"] == 0
+    assert stats["dropped_by_reason"] == {"array": 1}
+
+
+def up_pki(up: StandIns) -> TestPki:
+    return up.upstream.pki
+
+
+def test_text_output_names_each_check(tmp_path, up, monkeypatch, capsys):
+    config = up.config(tmp_path / "relay.toml")
+    code, out, err = doctor(monkeypatch, capsys, config)
+    assert code == 0, out
+    assert re.search(r"^OK +upstream +rsocket setup: SETUP accepted", out, re.M), out
+    assert re.search(r"^WARNING +relay +running relay: no relay running", out, re.M), out
+    assert out.rstrip().splitlines()[-1].startswith("result: all checks passed")
+    _no_secrets(out + err)
+
+
+def _broken(name: str, up: StandIns, expired: TestPki) -> tuple[dict[str, str], str, str]:
+    """The environment that breaks `name`, and the (hop, check) that must fail."""
+    a = up.addresses
+    closed = free_port()
+    return {
+        "wrong password": (keystore_env(up_pki(up), "not-the-password"), "credentials", "keystore"),
+        "expired certificate": (
+            {
+                "RELAY_MASKINPORTEN__KEY_FILE": str(expired.leaf_key),
+                "RELAY_MASKINPORTEN__CERT_FILE": str(expired.leaf_cert),
+            },
+            "credentials",
+            "certificate validity",
+        ),
+        "maskinporten down": (
+            {"RELAY_MASKINPORTEN__TOKEN_URL": f"http://127.0.0.1:{closed}/token"},
+            "maskinporten",
+            "reachable",
+        ),
+        "wrong audience": (
+            {"RELAY_MASKINPORTEN__AUDIENCE": a.maskinporten_url},  # no trailing slash
+            "maskinporten",
+            "token",
+        ),
+        "upstream port closed": ({"RELAY_UPSTREAM__PORT": str(closed)}, "upstream", "connect"),
+        "wrong route": ({"RELAY_UPSTREAM__ROUTE": "log-fyre"}, "upstream", "route and token"),
+    }[name]
+
+
+# what must be skipped when a (hop, check) fails: the checks that depend on it
+_DEPENDENTS = {
+    ("credentials", "keystore"): [
+        ("credentials", "key matches certificate"),
+        ("maskinporten", "token"),
+        ("maskinporten", "token claims"),
+        ("upstream", "route and token"),
+    ],
+    ("credentials", "certificate validity"): [
+        ("credentials", "organisation number"),
+        ("maskinporten", "token"),
+        ("upstream", "route and token"),
+    ],
+    ("maskinporten", "reachable"): [
+        ("maskinporten", "token"),
+        ("maskinporten", "token claims"),
+        ("upstream", "route and token"),
+    ],
+    ("maskinporten", "token"): [("maskinporten", "token claims"), ("upstream", "route and token")],
+    ("upstream", "connect"): [("upstream", "rsocket setup"), ("upstream", "route and token")],
+    ("upstream", "route and token"): [],
+}
+BROKEN = [
+    "wrong password",
+    "expired certificate",
+    "maskinporten down",
+    "wrong audience",
+    "upstream port closed",
+    "wrong route",
+]
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_each_broken_hop_is_named(name, tmp_path, up, expired, monkeypatch, capsys):
+    env, hop, check = _broken(name, up, expired)
+    config = up.config(tmp_path / "relay.toml")
+    code, lines = checks(monkeypatch, capsys, config, env=env)
+    assert code == 1, lines
+    failed = [(c["hop"], c["check"]) for c in lines if c["state"] == "failed"]
+    assert failed == [(hop, check)], lines
+    line = by_name(lines)[(hop, check)]
+    assert line["detail"] and line["todo"], line
+    states = _states(lines)
+    for dependent in _DEPENDENTS[(hop, check)]:
+        assert states[dependent] == "skipped", (dependent, lines)
+    assert up.stats()["total"] == 0
+
+
+def test_failure_texts_say_what_is_wrong(tmp_path, up, expired, monkeypatch, capsys):
+    config = up.config(tmp_path / "relay.toml")
+    env, _, _ = _broken("wrong route", up, expired)
+    _, lines = checks(monkeypatch, capsys, config, env=env)
+    line = by_name(lines)[("upstream", "route and token")]
+    assert "No handler for destination 'log-fyre'" in line["detail"]
+    assert "log-fire" in line["todo"]
+    env, _, _ = _broken("wrong password", up, expired)
+    _, lines = checks(monkeypatch, capsys, config, env=env)
+    assert "wrong password" in by_name(lines)[("credentials", "keystore")]["detail"]
+    env, _, _ = _broken("wrong audience", up, expired)
+    _, lines = checks(monkeypatch, capsys, config, env=env)
+    assert "maskinporten.audience" in by_name(lines)[("maskinporten", "token")]["todo"]
+
+
+def test_untrusted_token_is_named_as_such(tmp_path, up, monkeypatch, capsys):
+    up.set_faults(refuse_tokens_text="Failed to validate the token")
+    config = up.config(tmp_path / "relay.toml")
+    code, lines = checks(monkeypatch, capsys, config)
+    assert code == 1
+    line = by_name(lines)[("upstream", "route and token")]
+    assert line["state"] == "failed"
+    assert "does not trust tokens from this Maskinporten environment" in line["todo"]
+
+
+def test_http_transport_healthy_and_refused_token(tmp_path, up, monkeypatch, capsys):
+    config = up.config(tmp_path / "relay.toml", transport="http")
+    code, lines = checks(monkeypatch, capsys, config)
+    assert code == 0, lines
+    assert _states(lines)[("upstream", "endpoint and token")] == "ok"
+    assert "answered 400" in by_name(lines)[("upstream", "endpoint and token")]["detail"]
+    up.set_faults(refuse_tokens_text="Failed to validate the token")
+    code, lines = checks(monkeypatch, capsys, config)
+    assert code == 1
+    line = by_name(lines)[("upstream", "endpoint and token")]
+    assert line["state"] == "failed" and "401" in line["detail"], line
+    assert up.stats()["total"] == 0
+
+
+def test_http_transport_wrong_path(tmp_path, up, monkeypatch, capsys):
+    config = up.config(tmp_path / "relay.toml", transport="http")
+    env = {"RELAY_UPSTREAM__HTTP_URL": f"{up.addresses.status_url}/api/wrong"}
+    code, lines = checks(monkeypatch, capsys, config, env=env)
+    assert code == 1
+    line = by_name(lines)[("upstream", "endpoint and token")]
+    assert line["state"] == "failed" and "wrong path" in line["detail"], line
+
+
+def test_no_probe_request_leaves_route_unchecked(tmp_path, up, monkeypatch, capsys):
+    config = up.config(tmp_path / "relay.toml")
+    env = {"RELAY_UPSTREAM__ROUTE": "log-fyre"}
+    code, lines = checks(monkeypatch, capsys, config, "--no-probe-request", env=env)
+    assert code == 0, lines
+    line = by_name(lines)[("upstream", "route and token")]
+    assert line["state"] == "warning" and "not checked" in line["detail"]
+    assert up.stats()["rsocket"]["requests"] == 0
+
+
+def test_config_that_does_not_load_is_a_failed_line(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[upstream]\nhots = "x"\n')
+    code, lines = checks(monkeypatch, capsys, bad)
+    assert code == 1
+    assert lines[0]["hop"] == "config" and lines[0]["state"] == "failed"
+    assert "upstream.hots" in lines[0]["detail"]
+    assert all(c["state"] == "skipped" for c in lines[1:]) and len(lines) > 1
+
+
+def test_certificate_of_another_organisation_warns(tmp_path, up, monkeypatch, capsys):
+    config = up.config(tmp_path / "relay.toml")
+    env = {"RELAY_MASKINPORTEN__CLIENT_ID": "MOVE_IP_123456789"}
+    code, lines = checks(monkeypatch, capsys, config, env=env)
+    line = by_name(lines)[("credentials", "organisation number")]
+    assert line["state"] == "warning" and "123456789" in line["detail"], line
+    # Maskinporten's own verdict follows: that client is not registered
+    assert by_name(lines)[("maskinporten", "token")]["state"] == "failed"
+    assert code == 1
+
+
+# ---- as a user runs it: subprocesses ------------------------------------------------------------
+
+
+def relay_doctor(config: Path, *args: str, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "doctor", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+@pytest.mark.e2e
+def test_subprocess_each_broken_setup(tmp_path, up, expired):
+    config = up.config(tmp_path / "relay.toml")
+    healthy = relay_doctor(config)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    for name in BROKEN:
+        env, hop, check = _broken(name, up, expired)
+        result = relay_doctor(config, env=env)
+        shown = f"{name}:\n{result.stdout}{result.stderr}"
+        assert result.returncode == 1, shown
+        assert "Traceback" not in result.stdout + result.stderr, shown
+        assert re.search(rf"^FAILED +{hop} +{check}: ", result.stdout, re.M), shown
+        assert f"the first broken hop is {hop} ({check})" in result.stdout, shown
+        _no_secrets(result.stdout + result.stderr)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[spool\n")
+    result = relay_doctor(bad, "--json")
+    assert result.returncode == 1
+    assert orjson.loads(result.stdout)[0]["state"] == "failed"
+
+
+@pytest.mark.e2e
+def test_subprocess_sees_the_running_relay(tmp_path, up):
+    config = up.config(tmp_path / "relay.toml")
+    relay = RelayProcess(tmp_path / "spool", config=config).start()
+    try:
+        env = {"RELAY_INGEST__HTTP__LISTEN": f"127.0.0.1:{relay.port}"}
+        result = relay_doctor(config, "--json", env=env)
+        lines = by_name(orjson.loads(result.stdout))
+        running = lines[("relay", "running relay")]
+        assert running["state"] == "ok", running
+        assert f"127.0.0.1:{relay.port}/status" in running["detail"]
+        assert result.returncode == 0, result.stdout
+    finally:
+        relay.stop()
