@@ -5,6 +5,7 @@ run the command as a subprocess, with a running relay too."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 
 from relay.cli import main
 from relay.dev.certs import TestPki, make_test_pki
+from relay.ops.doctor import Report
+from relay.spool import Reject, SqliteSpool
 from tests.helpers import RelayProcess, free_port
 from tests.helpers.doctor import StandIns
 
@@ -127,6 +130,11 @@ def _broken(name: str, up: StandIns, expired: TestPki) -> tuple[dict[str, str], 
             "credentials",
             "certificate validity",
         ),
+        "key of another certificate": (
+            {"RELAY_MASKINPORTEN__CERT_FILE": str(expired.leaf_cert)},
+            "credentials",
+            "key matches certificate",
+        ),
         "maskinporten down": (
             {"RELAY_MASKINPORTEN__TOKEN_URL": f"http://127.0.0.1:{closed}/token"},
             "maskinporten",
@@ -150,6 +158,11 @@ _DEPENDENTS = {
         ("maskinporten", "token claims"),
         ("upstream", "route and token"),
     ],
+    ("credentials", "key matches certificate"): [
+        ("credentials", "certificate validity"),
+        ("maskinporten", "token"),
+        ("upstream", "route and token"),
+    ],
     ("credentials", "certificate validity"): [
         ("credentials", "organisation number"),
         ("maskinporten", "token"),
@@ -166,6 +179,7 @@ _DEPENDENTS = {
 }
 BROKEN = [
     "wrong password",
+    "key of another certificate",
     "expired certificate",
     "maskinporten down",
     "wrong audience",
@@ -267,6 +281,30 @@ def test_certificate_of_another_organisation_warns(tmp_path, up, monkeypatch, ca
     # Maskinporten's own verdict follows: that client is not registered
     assert by_name(lines)[("maskinporten", "token")]["state"] == "failed"
     assert code == 1
+
+
+def test_dead_letters_in_the_spool_are_a_warning(tmp_path, up, monkeypatch, capsys):
+    config = up.config(tmp_path / "relay.toml")
+
+    async def fill() -> None:
+        spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=1 << 30, dedup_window=0)
+        await spool.append([], [Reject(raw="not json", error="not JSON", source="http")])
+        await spool.close()
+
+    asyncio.run(fill())
+    code, lines = checks(monkeypatch, capsys, config)
+    assert code == 0, lines
+    line = by_name(lines)[("spool", "dead letters")]
+    assert line["state"] == "warning" and "1 dead letter" in line["detail"]
+    assert "relay dlq list" in line["todo"]
+
+
+def test_a_peer_echoing_the_token_does_not_get_it_printed() -> None:
+    report = Report()
+    report.hide("eyJhbGciOi.secret-token.sig", "<access token>")
+    report.fail("upstream", "route and token", "the service answered: eyJhbGciOi.secret-token.sig")
+    assert report.checks[0].detail == "the service answered: <access token>"
+    assert "secret-token" not in report.render()
 
 
 # ---- as a user runs it: subprocesses ------------------------------------------------------------

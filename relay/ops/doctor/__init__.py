@@ -10,7 +10,7 @@ with the probe request described there), `running` (the relay's /status).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from relay.ops.doctor.checks import FAILED, OK, SKIPPED, WARNING, Check, Report
 from relay.ops.doctor.context import DEFAULT_TIMEOUT, Context
@@ -56,10 +56,30 @@ async def run_doctor(
         probe_request=probe_request,
         environ=dict(os.environ if environ is None else environ),
     )
-    await check_spool(ctx)
-    check_credentials(ctx)
-    await check_maskinporten(ctx)
-    await check_upstream(ctx)
-    await check_running(ctx)
-    ctx.token = None  # drop it as soon as the probes are done
+    await _guarded(ctx, "spool", check_spool)
+    await _guarded(ctx, "credentials", _sync(check_credentials))
+    await _guarded(ctx, "maskinporten", check_maskinporten)
+    await _guarded(ctx, "upstream", check_upstream)
+    await _guarded(ctx, "relay", check_running)
+    ctx.token = None  # dropped as soon as the probes are done
     return report
+
+
+async def _guarded(ctx: Context, hop: str, check: Callable[[Context], Awaitable[None]]) -> None:
+    """Run one hop's checks; a bug in them is a failed line, and the other hops still run."""
+    try:
+        await check(ctx)
+    except Exception as exc:
+        ctx.report.fail(
+            hop,
+            "internal error",
+            f"the doctor's {hop} checks stopped: {type(exc).__name__}: {exc}",
+            "report this as a bug; the other hops were checked",
+        )
+
+
+def _sync(check: Callable[[Context], None]) -> Callable[[Context], Awaitable[None]]:
+    async def run(ctx: Context) -> None:
+        check(ctx)
+
+    return run

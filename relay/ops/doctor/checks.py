@@ -43,10 +43,13 @@ class Report:
 
     def __init__(self) -> None:
         self.checks: list[Check] = []
+        self._secrets: dict[str, str] = {}
 
     def add(self, hop: str, check: str, state: str, detail: str, todo: str = "") -> Check:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
+        for secret, shown in self._secrets.items():
+            detail, todo = detail.replace(secret, shown), todo.replace(secret, shown)
         line = Check(hop, check, state, one_line(detail, _MAX_DETAIL), one_line(todo, _MAX_DETAIL))
         self.checks.append(line)
         return line
@@ -62,6 +65,12 @@ class Report:
 
     def skip(self, hop: str, check: str, needs: str) -> Check:
         return self.add(hop, check, SKIPPED, f"needs {needs}")
+
+    def hide(self, secret: str, shown: str) -> None:
+        """From now on, `secret` is replaced by `shown` in every line added (a peer's answer,
+        quoted in a line, may echo what it was sent), before the line is cut to length."""
+        if secret:
+            self._secrets[secret] = shown
 
     def passed(self, hop: str, check: str) -> bool:
         """Whether `hop`/`check` ran and did not fail (ok or warning): its dependants may run."""

@@ -109,6 +109,7 @@ async def _token(ctx: Context) -> None:
             ctx.token = await request_token(
                 session, mp, ctx.creds, timeout=ctx.timeout, now=sent_at
             )
+        ctx.report.hide(ctx.token.access_token, "<access token>")
     except OAuthError as exc:
         report.fail(
             HOP,
