@@ -15,7 +15,7 @@ from typing import Any
 
 from relay.errors import one_line
 
-__all__ = ["FAILED", "OK", "SKIPPED", "STATES", "WARNING", "Check", "Report"]
+__all__ = ["FAILED", "OK", "SKIPPED", "STATES", "WARNING", "Check", "Report", "split_advice"]
 
 OK = "ok"
 WARNING = "warning"
@@ -96,6 +96,13 @@ class Report:
         return "\n".join(lines)
 
 
+def split_advice(message: str, default: str) -> tuple[str, str]:
+    """A one-line error "what is wrong; what to do" (the project's form) as (reason, todo);
+    `default` is the todo when the message has none."""
+    reason, _, advice = message.rpartition("; ")
+    return (reason, advice) if reason and advice else (message, default)
+
+
 def _render(c: Check) -> str:
     text = f"{c.state.upper():<8} {c.hop:<13} {c.check}: {c.detail}"
     if c.todo:
@@ -106,7 +113,9 @@ def _render(c: Check) -> str:
 def _summary(checks: Iterable[Check]) -> str:
     checks = list(checks)
     counts = {s: sum(1 for c in checks if c.state == s) for s in STATES}
-    text = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    text = ", ".join(
+        f"{n} {s}{'s' if s == WARNING and n > 1 else ''}" for s, n in counts.items() if n
+    )
     first = next((c for c in checks if c.state == FAILED), None)
     if first is None:
         return f"result: all checks passed ({text})"

@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from relay.auth.credentials import load_credentials
 from relay.delivery.setup import credentials_configured
 from relay.errors import UserError
+from relay.ops.doctor.checks import split_advice
 from relay.ops.doctor.context import Context
 
 __all__ = ["HOP", "check_credentials"]
@@ -78,9 +79,7 @@ def check_credentials(ctx: Context) -> None:
             if index < at:
                 report.ok(HOP, step, _PASSED[step])
             elif index == at:
-                message, _, advice = str(exc).rpartition("; ")
-                if not message:  # no advice in the error: ours
-                    message, advice = str(exc), _TODO[failed]
+                message, advice = split_advice(str(exc), _TODO[failed])
                 if "wrong password" in message:
                     advice = (
                         "give the keystore's password in the variable or file named "

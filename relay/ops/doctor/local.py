@@ -19,7 +19,7 @@ from pathlib import Path
 from relay.config import Config, format_size, load_config, spool_options
 from relay.config.advice import config_advice
 from relay.errors import UserError, one_line
-from relay.ops.doctor.checks import Report
+from relay.ops.doctor.checks import Report, split_advice
 from relay.ops.doctor.context import Context
 from relay.sources.tls import listeners_tls
 from relay.spool import SpoolError, SpoolStats, open_admin
@@ -80,7 +80,9 @@ async def check_spool(ctx: Context) -> None:
         async with asyncio.timeout(max(ctx.timeout, 10.0)):
             stats = await admin.stats()
     except (SpoolError, UserError) as exc:
-        report.fail(HOP_SPOOL, "state", one_line(str(exc)), "see `relay spool check`")
+        report.fail(
+            HOP_SPOOL, "state", *split_advice(one_line(str(exc)), "see `relay spool check`")
+        )
         return
     except TimeoutError:
         report.fail(
