@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import orjson
@@ -297,6 +299,47 @@ def test_dead_letters_in_the_spool_are_a_warning(tmp_path, up, monkeypatch, caps
     line = by_name(lines)[("spool", "dead letters")]
     assert line["state"] == "warning" and "1 dead letter" in line["detail"]
     assert "relay dlq list" in line["todo"]
+
+
+@pytest.fixture
+def refusing_proxy():
+    """An HTTP proxy that answers every CONNECT with 403: its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                    head += chunk
+                conn.sendall(b"HTTP/1.1 403 Filtered\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
+def test_a_proxy_refusing_the_tunnel_is_named_masked(
+    tmp_path, up, refusing_proxy, monkeypatch, capsys
+):
+    config = up.config(tmp_path / "relay.toml")
+    env = {"RELAY_UPSTREAM__PROXY": f"http://relay:Proxy-pw-9@127.0.0.1:{refusing_proxy}"}
+    code, out, err = doctor(monkeypatch, capsys, config, env=env)
+    assert code == 1, out
+    assert re.search(r"^FAILED +upstream +connect: .*refused CONNECT.*403 Filtered", out, re.M), out
+    assert "http://relay:***@127.0.0.1" in out
+    assert "Proxy-pw-9" not in out + err
+    assert re.search(r"^SKIPPED +upstream +rsocket setup: needs upstream/connect", out, re.M), out
 
 
 def test_a_peer_echoing_the_token_does_not_get_it_printed() -> None:
