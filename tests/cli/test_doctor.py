@@ -22,7 +22,7 @@ from relay.dev.certs import TestPki, make_test_pki
 from relay.ops.doctor import Report
 from relay.spool import Reject, SqliteSpool
 from tests.helpers import RelayProcess, free_port
-from tests.helpers.doctor import StandIns
+from tests.helpers.doctor import StandIns, make_stand_in_pki
 
 PASSWORD = "Doctor-s3cret-Keystore-pw"
 JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
@@ -31,7 +31,7 @@ JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     """The stand-ins' PKI (made once per module): its keystore has a password of our own."""
-    return make_test_pki(tmp_path_factory.mktemp("doctor") / "pki", password=PASSWORD)
+    return make_stand_in_pki(tmp_path_factory.mktemp("doctor") / "pki", PASSWORD)
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,29 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from relay.dev.certs import TestPki, make_test_pki
 from relay.dev.upstream import DevUpstream, UpstreamAddresses
 from tests.helpers.processes import free_port
 
-__all__ = ["StandIns"]
+__all__ = ["StandIns", "make_stand_in_pki"]
+
+
+def make_stand_in_pki(directory: Path, password: str) -> TestPki:
+    """What a DevUpstream makes in DATA/pki on first use (the test PKI, with a keystore password
+    of the test's own, and Maskinporten's token-signing key), made once for many StandIns."""
+    pki = make_test_pki(directory, password=password)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (directory / "token-signing.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pki
 
 
 class StandIns:
