@@ -25,7 +25,6 @@ from rsocket.error_codes import ErrorCode
 from rsocket.exceptions import RSocketProtocolError
 from rsocket.extensions.mimetypes import WellKnownMimeTypes
 from rsocket.frame import (
-    CONNECTION_STREAM_ID,
     ErrorFrame,
     Frame,
     KeepAliveFrame,
@@ -197,7 +196,3 @@ def _code_name(code: object) -> str:
         return ErrorCode(code).name
     except ValueError:
         return f"error 0x{int(code):x}" if isinstance(code, int) else str(code)
-
-
-# the stream every connection-level frame uses; exported for callers telling the two apart
-CONNECTION_STREAM = CONNECTION_STREAM_ID
