@@ -13,8 +13,8 @@ from html import escape
 
 __all__ = ["chart"]
 
-WIDTH, HEIGHT = 600, 160
-LEFT, RIGHT, TOP, BOTTOM = 48, 8, 10, 22  # margins for the labels
+WIDTH, HEIGHT = 400, 150
+LEFT, RIGHT, TOP, BOTTOM = 44, 8, 10, 20  # margins for the labels
 
 
 def _number(value: float) -> str:

@@ -79,6 +79,15 @@ def duration(seconds: float | None) -> str:
     return f"-{text}" if seconds < 0 else text
 
 
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def _tile(label: str, value: str, ident: str = "", extra: str = "") -> str:
     attr = f' id="{ident}"' if ident else ""
     note = f'<span class="note">{extra}</span>' if extra else ""
@@ -104,9 +113,9 @@ def _queue(report: dict[str, Any]) -> str:
         _tile("queue depth", f"{spool['events']}", "depth", "events waiting"),
         _tile(
             "queued bytes",
-            f"{spool['bytes']}",
+            size(spool["bytes"]),
             "bytes",
-            f"{100 * spool['bytes'] / capacity:.1f}% of {spool['capacity_bytes']}",
+            f"{100 * spool['bytes'] / capacity:.1f}% of {size(spool['capacity_bytes'])}",
         ),
         _tile("oldest event", duration(spool["oldest_event_age_seconds"]), "oldest", "age"),
         _tile("dead letters", f"{spool['dead_letters']}", "dead-count"),
