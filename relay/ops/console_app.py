@@ -211,6 +211,8 @@ class Console:
             self.access(request),
             self._cert_expiry(),
             now,
+            # events are the producers' data: beyond loopback, only for the token's holder
+            show_events=self._loopback_listener or self._source.authorised(request),
         )
 
     async def page(self, request: web.Request) -> web.Response:

@@ -21,7 +21,11 @@ from relay.spool import DeadLetterRecord
 __all__ = ["Access", "Letters", "live_html"]
 
 MAX_ERROR = 300  # characters of an error shown per dead letter
-MAX_EVENT = 240  # characters of the stored event shown per dead letter
+MAX_EVENT = 600  # characters of the stored event shown per dead letter
+EVENTS_HIDDEN = (
+    "The events themselves are shown on a listener bound to loopback, or here once the token "
+    "of ingest.http.auth_token_file is typed below."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,22 +191,23 @@ def _charts(sampler: Sampler, now: float) -> str:
     )
 
 
-def _letter(r: DeadLetterRecord, access: Access) -> str:
+def _letter(r: DeadLetterRecord, access: Access, show_events: bool) -> str:
     disabled = "" if access.allowed else " disabled"
     event = r.body.decode("utf-8", "replace")
     error = r.last_error or r.first_error or ""
+    shown = f"<pre>{_e(_cut(event, MAX_EVENT))}</pre>" if show_events else ""
     return (
         f'<article class="letter" data-id="{r.id}"><header><b>#{r.id}</b> '
         f'<span class="reason">{_e(r.reason)}</span> from <span class="source">{_e(r.source)}'
         f"</span>, {r.attempts} attempt(s), dead since {when(r.dead_at)}</header>"
         f'<p class="error">{_e(_cut(error, MAX_ERROR))}</p>'
-        f"<pre>{_e(_cut(event, MAX_EVENT))}</pre>"
+        f"{shown}"
         f'<button type="button" class="replay" data-id="{r.id}"{disabled}>Replay #{r.id}'
         "</button></article>"
     )
 
 
-def _dead_letters(letters: Letters, access: Access) -> str:
+def _dead_letters(letters: Letters, access: Access, show_events: bool) -> str:
     if letters.error:
         body = f'<p class="warn">{_e(letters.error)}</p>'
     elif not letters.records:
@@ -215,7 +220,8 @@ def _dead_letters(letters: Letters, access: Access) -> str:
             if rest > 0
             else ""
         )
-        body = "".join(_letter(r, access) for r in letters.records) + more
+        hidden = "" if show_events else f'<p class="small" id="events-hidden">{EVENTS_HIDDEN}</p>'
+        body = hidden + "".join(_letter(r, access, show_events) for r in letters.records) + more
     why = "" if access.allowed else f'<p class="small" id="actions-off">{_e(access.why)}</p>'
     return (
         f'<section class="card" id="dead-letters"><h2>Dead letters ({letters.total})</h2>'
@@ -230,14 +236,16 @@ def live_html(
     access: Access,
     cert_expiry: float | None,
     now: float,
+    show_events: bool = True,
 ) -> str:
-    """The part of the page that refreshes."""
+    """The part of the page that refreshes. `show_events`: with the stored events of the dead
+    letters (producers' data; errors, reasons and times are always shown)."""
     return "".join(
         (
             _status(report),
             _queue(report),
             _upstream(report, sampler.connected_since, cert_expiry, now),
             _charts(sampler, now),
-            _dead_letters(letters, access),
+            _dead_letters(letters, access, show_events),
         )
     )

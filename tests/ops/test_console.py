@@ -266,7 +266,7 @@ async def test_many_and_long_dead_letters_are_bounded_on_the_page() -> None:
         _, html, _ = await c.get("/")
     assert html.count('<article class="letter"') == 100
     assert "50 more not shown" in html and "Dead letters (150)" in html
-    assert "e" * 301 not in html and "x" * 241 not in html
+    assert "e" * 301 not in html and "x" * 601 not in html
     assert len(html) < 200_000
 
 
@@ -275,3 +275,23 @@ async def test_an_invalid_dead_letter_is_left_in_place_with_the_reason() -> None
         await c.spool.append([], [Reject(raw="{}", error="status is required", source="http")])
         status, answer = await c.act("/console/dead-letters/replay", {"all": True})
     assert status == 200 and answer["replayed"] == 0 and "1" in answer["skipped"]
+
+
+async def test_beyond_loopback_the_events_need_the_token_and_the_rest_does_not() -> None:
+    async with console(token=TOKEN, listen="0.0.0.0:0") as c:
+        body = await c.dead_letter()
+        message_id = orjson.loads(body)["message_id"]
+        _, page, _ = await c.get("/")
+        async with c.session.get(
+            c.url + "/console/fragment", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as r:
+            with_token = await r.text()
+        async with c.session.get(
+            c.url + "/console/fragment", headers={"Authorization": "Bearer wrong"}
+        ) as r:
+            wrong = await r.text()
+    assert message_id not in page and 'id="events-hidden"' in page
+    assert "Dead letters (1)" in page and "rejected" in page  # reason, error, time: always
+    assert message_id in with_token and 'id="events-hidden"' not in with_token
+    assert message_id not in wrong
+    assert 'data-mode="token"' in page and 'id="replay-all" disabled' not in page

@@ -20,6 +20,7 @@
     tokenInput.addEventListener("input", function () {
       sessionStorage.setItem(TOKEN_KEY, tokenInput.value);
     });
+    tokenInput.addEventListener("change", function () { refresh(); });
   }
 
   function say(text, failed) {
@@ -29,7 +30,11 @@
 
   async function refresh() {
     try {
-      const answer = await fetch("/console/fragment", { cache: "no-store" });
+      // with the token, the dead letters' events are shown on a listener beyond loopback too
+      const headers = {};
+      const token = tokenInput ? tokenInput.value.trim() : "";
+      if (token && actions.dataset.mode === "token") headers["Authorization"] = "Bearer " + token;
+      const answer = await fetch("/console/fragment", { cache: "no-store", headers: headers });
       if (!answer.ok) throw new Error("HTTP " + answer.status);
       live.innerHTML = await answer.text();  // built and escaped by the relay
       refreshed.textContent = "updated " + new Date().toLocaleTimeString();
@@ -91,4 +96,5 @@
 
   setInterval(function () { if (!busy && !document.hidden) refresh(); }, every);
   refreshed.textContent = "updates every " + every / 1000 + " s";
+  if (saved) refresh();  // a token kept from before in this tab: show what it may see
 })();
