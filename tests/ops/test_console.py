@@ -3,9 +3,11 @@ what it escapes, the headers that keep it self-contained, and who may replay and
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from html.parser import HTMLParser
@@ -295,3 +297,30 @@ async def test_beyond_loopback_the_events_need_the_token_and_the_rest_does_not()
     assert message_id in with_token and 'id="events-hidden"' not in with_token
     assert message_id not in wrong
     assert 'data-mode="token"' in page and 'id="replay-all" disabled' not in page
+
+
+async def test_a_replay_from_the_page_wakes_delivery_waiting_on_a_sqlite_spool(tmp_path) -> None:
+    """The page replays through the admin side, as `relay dlq` does from outside; the running
+    spool notices within its idle tick and hands the event to a lease that is waiting."""
+    from relay.spool import SqliteAdmin, SqliteSpool
+
+    spool = await SqliteSpool.open(tmp_path / "spool", max_bytes=1 << 30, dedup_window=3600)
+    app = build_app(Config(), spool, admin=SqliteAdmin(tmp_path / "spool", max_bytes=1 << 30))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    c = Console(spool, app, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+    try:
+        body = await c.dead_letter()
+        waiting = asyncio.create_task(spool.lease(1, wait=10))
+        await asyncio.sleep(0)  # the lease is waiting before the replay
+        started = time.monotonic()
+        status, answer = await c.act("/console/dead-letters/replay", {"ids": [1]})
+        assert (status, answer["replayed"]) == (200, 1)
+        (leased,) = await waiting
+        assert leased.body == body and time.monotonic() - started < 5
+    finally:
+        await c.session.close()
+        await runner.cleanup()
+        await spool.close()
