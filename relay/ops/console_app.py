@@ -18,6 +18,7 @@ page on another site cannot reach it by DNS rebinding). Each action must come as
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -65,6 +66,7 @@ ACTION_HEADER = "X-Relay-Console"
 REFRESH_SECONDS = 5
 
 
+@functools.cache  # package data: it changes with the installed relay, not while it runs
 def _asset(name: str) -> str:
     return (resources.files("relay.ops") / "console" / name).read_text(encoding="utf-8")
 

@@ -101,8 +101,7 @@ async def console(token: str | None = None, listen: str = "127.0.0.1:0") -> Asyn
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    c = Console(spool, app, f"http://127.0.0.1:{port}")
+    c = Console(spool, app, f"http://127.0.0.1:{runner.addresses[0][1]}")
     try:
         yield c
     finally:
@@ -310,7 +309,7 @@ async def test_a_replay_from_the_page_wakes_delivery_waiting_on_a_sqlite_spool(t
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    c = Console(spool, app, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+    c = Console(spool, app, f"http://127.0.0.1:{runner.addresses[0][1]}")
     try:
         body = await c.dead_letter()
         waiting = asyncio.create_task(spool.lease(1, wait=10))
