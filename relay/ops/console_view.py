@@ -172,10 +172,11 @@ def _upstream(
     )
 
 
-def _charts(sampler: Sampler, now: float) -> str:
+def _charts(sampler: Sampler, now: float, depth: int) -> str:
     window = sampler.every * (sampler.samples.maxlen or 1)
     figures = [
-        ("Queue depth (events)", sampler.series("depth"), ""),
+        # ends with the depth of this moment, between two samples
+        ("Queue depth (events)", [*sampler.series("depth"), (now, float(depth))], ""),
         ("Delivered per minute", sampler.rates("delivered"), "/min"),
         ("Ingested per minute", sampler.rates("ingested"), "/min"),
         ("Refused at ingest per minute", sampler.rates("refused"), "/min"),
@@ -245,7 +246,7 @@ def live_html(
             _status(report),
             _queue(report),
             _upstream(report, sampler.connected_since, cert_expiry, now),
-            _charts(sampler, now),
+            _charts(sampler, now, report["spool"]["events"]),
             _dead_letters(letters, access, show_events),
         )
     )

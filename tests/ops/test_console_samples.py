@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from relay import event
+from relay.ops.console_svg import chart
 from relay.ops.samples import Sampler
 from relay.sources.counters import SourceCounters
 from relay.spool import Incoming, MemorySpool
@@ -51,3 +54,14 @@ async def test_rates_skip_intervals_without_time_and_never_go_negative() -> None
     sampler.sample()
     assert sampler.rates("ingested") == [(clock.now, 0.0)]
     assert sampler.samples[-1].delivered == 0 and sampler.connected_since is None
+
+
+def test_a_chart_draws_the_window_with_its_largest_value_and_escapes_its_title() -> None:
+    now = 10_000.0
+    points = [(now - 7200, 999.0), (now - 600, 5.0), (now - 300, 40.0), (now, 12.0)]
+    svg = chart("<b>depth</b>", points, now, 3600)
+    line = re.search(r'<polyline class="line" points="([^"]+)"', svg)
+    assert line is not None and len(line.group(1).split()) == 3, "the point before the window"
+    assert ">40</text>" in svg and ">999<" not in svg and "-60 min" in svg
+    assert "<b>" not in svg and "&lt;b&gt;depth&lt;/b&gt;" in svg
+    assert "no samples yet" in chart("empty", [], now, 3600)
