@@ -26,8 +26,10 @@ from relay.config.advice import config_advice
 from relay.delivery.setup import DeliveryParts, build_delivery, load_delivery_credentials
 from relay.errors import UserError
 from relay.ops import collectors, endpoints
+from relay.ops.console_app import Console, spool_admin
 from relay.ops.metrics import Metrics
 from relay.ops.reload import ConfigLoads, Reloader, Targets
+from relay.ops.samples import Sampler
 from relay.ops.status import StatusReport
 from relay.signals import on_reload_signal, until_signalled
 from relay.sources.http import HttpSource, read_auth_token
@@ -37,13 +39,14 @@ from relay.sources.json_lines import JsonLinesSource, start_json_lines
 from relay.sources.relp import RelpSource, start_relp
 from relay.sources.syslog import SyslogSource, start_syslog
 from relay.sources.tls import ListenerTLS, listeners_tls
-from relay.spool import Spool, open_spool
+from relay.spool import Spool, SpoolAdmin, open_spool
 
 log = logging.getLogger("relay")
 
 # what a reload changes in the application build_app made
 HTTP_SOURCE = web.AppKey("http_source", HttpSource)
 STATUS_REPORT = web.AppKey("status_report", StatusReport)
+SAMPLER = web.AppKey("sampler", Sampler)  # the console's charts; `serve` runs it
 
 
 def build_app(
@@ -54,8 +57,10 @@ def build_app(
     intake: Intake | None = None,
     metrics: Metrics | None = None,
     loads: ConfigLoads | None = None,
+    admin: SpoolAdmin | None = None,
 ) -> web.Application:
-    """The HTTP application: ingest paths and the operator's endpoints."""
+    """The HTTP application: ingest paths, the operator's endpoints and the console (`GET /`,
+    whose dead-letter actions use `admin`, by default the configured spool's)."""
     http = cfg.ingest.http
     intake = intake or Intake(spool, cfg.ingest.max_event_bytes)
     metrics = metrics or Metrics()
@@ -83,6 +88,17 @@ def build_app(
         app[STATUS_REPORT],
         [delivery.sink.not_ready] if delivery else [],
     )
+    app[SAMPLER] = Sampler(spool, intake.counters, delivery)
+    console = Console(
+        cfg,
+        spool,
+        app[STATUS_REPORT],
+        app[SAMPLER],
+        admin if admin is not None else spool_admin(cfg, spool),
+        source,
+        delivery,
+    )
+    console.add_routes(app)
     return app
 
 
@@ -153,6 +169,12 @@ async def _serve(
         stack.push_async_callback(shutdown.close_listeners)
         intake = Intake(spool, cfg.ingest.max_event_bytes)
         app = build_app(cfg, spool, auth_token, delivery, intake, metrics, reloader.loads)
+        # a chart gap is all a failing sample costs (it logs); the task itself must keep running
+        shutdown.cancel_on_stop(
+            supervision.watch(
+                asyncio.create_task(app[SAMPLER].run(), name="console sampler"), "console sampler"
+            )
+        )
         http_tls = tls["ingest.http"]
         http_port = await _start_http(
             cfg, app, host, port, shutdown, http_tls.context if http_tls else None

@@ -91,6 +91,15 @@ class HttpSource:
         """A reload's token: requests from now on are checked against it (None: no check)."""
         self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
 
+    @property
+    def token_required(self) -> bool:
+        """Whether `ingest.http.auth_token_file` is in force (the console asks for it too)."""
+        return self._expected_auth is not None
+
+    def authorised(self, request: web.Request) -> bool:
+        """The request carries the current bearer token (False when none is configured)."""
+        return self._expected_auth is not None and self._authorised(request)
+
     def add_routes(self, app: web.Application) -> None:
         for path in PATHS:
             app.router.add_post(path, self.handle)
