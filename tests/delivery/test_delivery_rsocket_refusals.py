@@ -352,12 +352,6 @@ async def test_reconnects_back_off_when_connections_die_after_one_answer(
         await peer.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known intermittent stall, open bug: about 1 run in 6 (also before issue 13) the "
-    "relay does not notice for 10 s that the scripted peer closed the connection after its "
-    "answer, so no redial happens; see the session 18 note",
-)
 async def test_a_connection_that_was_healthy_is_redialled_at_once(
     tmp_path: Path, endpoint: TokenEndpoint, creds
 ) -> None:

@@ -167,7 +167,10 @@ class RSocketConnection:
     async def close(self) -> None:
         self.lost("closed by the relay")
         if self._closing is not None:
-            await self._closing
+            # shielded: rsocket-py's clean-up catches every CancelledError while it waits for its
+            # own tasks, so a cancellation passed into it would be lost and the caller (the sink's
+            # supervisor at shutdown) would go on as if never cancelled
+            await asyncio.shield(self._closing)
 
     async def _close_client(self) -> None:
         if self._client is None:

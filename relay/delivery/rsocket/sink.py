@@ -57,6 +57,7 @@ class RSocketSink:
         self._proxy_refusal: str | None = None  # the proxy's refusal of CONNECT, until a connect
         self.down_since: float | None = time.time()  # wall time the upstream became unreachable
         self.connects = 0
+        self._stopping = False  # set by close(): no further dial, whatever swallowed a cancel
 
     @property
     def address(self) -> str:
@@ -154,7 +155,7 @@ class RSocketSink:
             ),
             retry=retry_if_exception_type(_NotUp),  # anything else is a bug: supervision says so
         )
-        while True:
+        while not self._stopping:
             await retrying(self._hold_connection)
 
     async def _hold_connection(self) -> None:
@@ -186,6 +187,9 @@ class RSocketSink:
                 )
                 self._connect_failure = failure
             raise _NotUp(failure) from exc
+        if self._stopping:
+            await conn.close()
+            return
         self.connects += 1
         log.info(
             "connected to the status service at %s (rsocket%s%s)",
@@ -216,6 +220,7 @@ class RSocketSink:
             raise _NotUp(reason)
 
     async def close(self) -> None:
+        self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             # one that died was reported by supervision: the shutdown goes on in order
