@@ -398,3 +398,44 @@ def test_subprocess_sees_the_running_relay(tmp_path, up):
         assert result.returncode == 0, result.stdout
     finally:
         relay.stop()
+
+
+async def _refusing_peer(code: str) -> asyncio.Server:
+    """An RSocket peer that routes and then answers every request with an error (code)."""
+    from rsocket.error_codes import ErrorCode
+    from rsocket.exceptions import RSocketApplicationError, RSocketProtocolError
+    from rsocket.request_handler import BaseRequestHandler
+    from rsocket.rsocket_server import RSocketServer
+    from rsocket.transports.tcp import TransportTCP
+
+    class Refuse(BaseRequestHandler):
+        async def request_response(self, payload):
+            if code == "APPLICATION_ERROR":
+                raise RSocketApplicationError("not a status object")
+            raise RSocketProtocolError(ErrorCode[code], data="not a status object")
+
+    def accept(reader, writer):
+        RSocketServer(TransportTCP(reader, writer), handler_factory=Refuse)
+
+    return await asyncio.start_server(accept, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("code", ["APPLICATION_ERROR", "INVALID"])
+def test_a_service_refusing_the_probe_itself_is_only_a_warning(
+    tmp_path, up, monkeypatch, capsys, code
+):
+    """A service that answers the array with an error, rather than acknowledging and dropping
+    it as the real one does, has still routed it and taken the token: no failure."""
+    server = up._run(_refusing_peer(code))
+    try:
+        config = up.config(tmp_path / "relay.toml")
+        port = server.sockets[0].getsockname()[1]
+        text = re.sub(r"(?m)^port = \d+$", f"port = {port}", config.read_text(), count=1)
+        config.write_text(text)
+        code_, lines = checks(monkeypatch, capsys, config)
+    finally:
+        server.close()
+    line = by_name(lines)[("upstream", "route and token")]
+    assert line["state"] == "warning", line
+    assert "not a status object" in line["detail"]
+    assert code_ == 0

@@ -140,10 +140,10 @@ async def _route(ctx: Context, probe: RSocketProbe) -> None:
     try:
         await probe.request(PROBE_DATA, metadata)
     except Refused as exc:
-        if exc.stream == 0 or exc.code != "APPLICATION_ERROR":
+        if exc.stream == 0:
             report.fail(HOP, ROUTE, f"the service answered {exc}", "see the service's answer")
             return
-        reason = classify(RuntimeError(exc.text)).reason
+        reason = classify(RuntimeError(exc.text)).reason if exc.code == "APPLICATION_ERROR" else ""
         if reason == "route":
             report.fail(
                 HOP,
@@ -156,7 +156,15 @@ async def _route(ctx: Context, probe: RSocketProbe) -> None:
                 HOP, ROUTE, f"the service refused the token: {exc.text}", _token_advice(exc.text)
             )
         else:
-            report.fail(HOP, ROUTE, f"the service answered: {exc.text}", "see its answer")
+            # past routing and the token check: a service that refuses the array outright
+            # (rather than acknowledging and dropping it) has still taken route and token
+            report.warn(
+                HOP,
+                ROUTE,
+                f"route {up.route!r} and the token were not refused, but the probe (an empty "
+                f"JSON array, no status) was answered {exc}",
+                "nothing, unless delivery fails too: then see the service's answer",
+            )
         return
     except ProbeError as exc:
         report.fail(HOP, ROUTE, f"no answer to the probe request: {exc}")
