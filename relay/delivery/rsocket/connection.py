@@ -26,7 +26,7 @@ from rsocket.rsocket_client import RSocketClient
 from relay import supervision
 from relay.delivery.proxy import Proxy
 from relay.delivery.rsocket.transport import SingleWriteTCP
-from relay.delivery.rsocket.tunnel import open_tunnel
+from relay.delivery.rsocket.tunnel import dial
 
 log = logging.getLogger("relay.delivery.rsocket")
 
@@ -86,16 +86,9 @@ class RSocketConnection:
         fails. A request fails with TimeoutError up to `sweep_every` seconds after its timeout.
         `ssl_context` replaces the system's trust store (tests)."""
         self = cls()
-        context = (ssl_context or ssl.create_default_context()) if tls else None
-        if proxy is not None:
-            reader, writer = await open_tunnel(
-                proxy, host, port, ssl_context=context, timeout=connect_timeout
-            )
-        else:
-            async with asyncio.timeout(connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=context, server_hostname=host if tls else None
-                )
+        reader, writer = await dial(
+            host, port, tls=tls, proxy=proxy, timeout=connect_timeout, ssl_context=ssl_context
+        )
 
         async def one_transport():
             yield SingleWriteTCP(reader, writer)

@@ -8,7 +8,7 @@ instead) — and, optionally, one REQUEST_RESPONSE. Frames are built and parsed 
 frame classes, written with RSocket's TCP framing (24-bit length), one frame per write.
 
 The dial is the sink's: the same proxy choice (`relay.delivery.proxy.rsocket_proxy`, done by the
-caller), the same CONNECT tunnel (`relay.delivery.rsocket.tunnel.open_tunnel`) with TLS inside
+caller), the same CONNECT tunnel (`relay.delivery.rsocket.tunnel.dial`) with TLS inside
 it, the same SETUP MIME types. Everything is bounded: each step by `timeout`, each frame read by
 `MAX_FRAME` bytes.
 """
@@ -36,7 +36,7 @@ from rsocket.frame import (
 )
 
 from relay.delivery.proxy import Proxy
-from relay.delivery.rsocket.tunnel import open_tunnel
+from relay.delivery.rsocket.tunnel import dial
 from relay.errors import one_line
 
 __all__ = ["MAX_FRAME", "ProbeClosed", "ProbeError", "RSocketProbe", "Refused"]
@@ -91,16 +91,9 @@ class RSocketProbe:
     ) -> RSocketProbe:
         """Dial as the sink does. Raises OSError (TunnelError / TunnelRefused from a proxy),
         ssl.SSLError or TimeoutError."""
-        context = (ssl_context or ssl.create_default_context()) if tls else None
-        if proxy is not None:
-            reader, writer = await open_tunnel(
-                proxy, host, port, ssl_context=context, timeout=timeout
-            )
-        else:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=context, server_hostname=host if tls else None
-                )
+        reader, writer = await dial(
+            host, port, tls=tls, proxy=proxy, timeout=timeout, ssl_context=ssl_context
+        )
         return cls(reader, writer, timeout)
 
     async def setup(self, keepalive_interval: float, keepalive_max_lifetime: float) -> float:

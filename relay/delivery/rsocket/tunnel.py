@@ -14,7 +14,7 @@ import ssl
 from relay.delivery.proxy import Proxy
 from relay.errors import one_line
 
-__all__ = ["MAX_ANSWER_HEAD", "TunnelError", "TunnelRefused", "open_tunnel"]
+__all__ = ["MAX_ANSWER_HEAD", "TunnelError", "TunnelRefused", "dial", "open_tunnel"]
 
 # A proxy's answer to CONNECT is a status line and a few headers; more is not an answer we can
 # use, and a hostile or broken peer must not make us buffer without end.
@@ -38,6 +38,27 @@ _ADVICE = {
     407: "check the proxy user and password (upstream.proxy, upstream.proxy_password_file)",
     403: "the proxy does not allow this destination or port; ask its operator",
 }
+
+
+async def dial(
+    host: str,
+    port: int,
+    *,
+    tls: bool,
+    proxy: Proxy | None,
+    timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The status service's stream as the sink reaches it: directly, or through `proxy`'s
+    tunnel; TLS (the system's trust store, or `ssl_context`) when `tls`. Raises OSError
+    (TunnelError / TunnelRefused from a proxy), ssl.SSLError or TimeoutError."""
+    context = (ssl_context or ssl.create_default_context()) if tls else None
+    if proxy is not None:
+        return await open_tunnel(proxy, host, port, ssl_context=context, timeout=timeout)
+    async with asyncio.timeout(timeout):
+        return await asyncio.open_connection(
+            host, port, ssl=context, server_hostname=host if tls else None
+        )
 
 
 async def open_tunnel(

@@ -11,9 +11,9 @@ import jwt
 
 from relay.auth.tokens import OAuthError, TokenEndpointError, request_token
 from relay.config.advice import is_loopback_host
-from relay.delivery.proxy import ProxyProblem, proxied_session, proxy_for_url
+from relay.delivery.proxy import ProxyProblem, proxied_session
 from relay.ops.doctor.context import Context
-from relay.ops.doctor.reach import Unreachable, reach
+from relay.ops.doctor.reach import Unreachable, reach_url
 
 __all__ = ["HOP", "check_maskinporten", "environment_of", "upstream_environment"]
 
@@ -53,28 +53,15 @@ def upstream_environment(host: str) -> str | None:
 async def check_maskinporten(ctx: Context) -> None:
     mp = ctx.cfg.maskinporten
     report = ctx.report
-    parts = urlsplit(mp.token_url)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        port = 443
-    try:
-        proxy = proxy_for_url(
+        done, _ = await reach_url(
             mp.token_url,
-            setting=mp.proxy,
-            setting_name="maskinporten.proxy",
-            password_file=mp.proxy_password_file,
-            password_setting="maskinporten.proxy_password_file",
-            environ=ctx.environ,
-        )
-        done = await reach(
-            parts.hostname or "",
-            port,
-            tls=parts.scheme == "https",
-            proxy=proxy,
-            timeout=ctx.timeout,
             setting="maskinporten.token_url",
-            tunnel=parts.scheme == "https",
+            section="maskinporten",
+            proxy=mp.proxy,
+            password_file=mp.proxy_password_file,
+            environ=ctx.environ,
+            timeout=ctx.timeout,
         )
     except ProxyProblem as exc:
         report.fail(HOP, REACHABLE, str(exc), "fix the proxy setting or variable named")

@@ -12,12 +12,14 @@ import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Mapping
+from urllib.parse import urlsplit
 
-from relay.delivery.proxy import Proxy
+from relay.delivery.proxy import Proxy, proxy_for_url
 from relay.delivery.rsocket.tunnel import TunnelError, TunnelRefused, open_tunnel
 from relay.errors import one_line
 
-__all__ = ["Unreachable", "reach"]
+__all__ = ["Unreachable", "reach", "reach_url"]
 
 
 class Unreachable(Exception):
@@ -26,6 +28,45 @@ class Unreachable(Exception):
     def __init__(self, message: str, todo: str) -> None:
         super().__init__(message)
         self.todo = todo
+
+
+async def reach_url(
+    url: str,
+    *,
+    setting: str,
+    section: str,
+    proxy: str,
+    password_file: str,
+    environ: Mapping[str, str],
+    timeout: float,
+) -> tuple[str, Proxy | None]:
+    """Reach `url`'s host as the relay's HTTP client would, through `section`'s proxy (its
+    `proxy` setting, else the environment's); returns what was checked and the proxy used.
+    Raises ProxyProblem (a bad proxy setting) or Unreachable."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if https else 80)
+    except ValueError:
+        port = 443
+    found = proxy_for_url(
+        url,
+        setting=proxy,
+        setting_name=f"{section}.proxy",
+        password_file=password_file,
+        password_setting=f"{section}.proxy_password_file",
+        environ=environ,
+    )
+    done = await reach(
+        parts.hostname or "",
+        port,
+        tls=https,
+        proxy=found,
+        timeout=timeout,
+        setting=setting,
+        tunnel=https,
+    )
+    return done, found
 
 
 async def reach(

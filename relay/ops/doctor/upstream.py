@@ -21,17 +21,16 @@ service acknowledges and then throws away (shared/reference/upstream-protocol.md
 from __future__ import annotations
 
 import ssl
-from urllib.parse import urlsplit
 
 import aiohttp
 from rsocket.extensions.helpers import authenticate_bearer, composite, route
 
-from relay.delivery.proxy import ProxyProblem, proxy_for_url, rsocket_proxy, session_through
+from relay.delivery.proxy import ProxyProblem, rsocket_proxy, session_through
 from relay.delivery.rsocket.errors import classify
 from relay.delivery.rsocket.probe import ProbeClosed, ProbeError, Refused, RSocketProbe
 from relay.errors import one_line
 from relay.ops.doctor.context import Context
-from relay.ops.doctor.reach import Unreachable, reach
+from relay.ops.doctor.reach import Unreachable, reach, reach_url
 
 __all__ = ["HOP", "check_upstream"]
 
@@ -194,30 +193,16 @@ def _token_advice(text: str) -> str:
 async def _http(ctx: Context) -> None:
     up = ctx.cfg.upstream
     report = ctx.report
-    parts = urlsplit(up.http_url)
-    https = parts.scheme == "https"
-    try:
-        port = parts.port or (443 if https else 80)
-    except ValueError:
-        port = 443
     proxy = None
     try:
-        proxy = proxy_for_url(
+        done, proxy = await reach_url(
             up.http_url,
-            setting=up.proxy,
-            setting_name="upstream.proxy",
-            password_file=up.proxy_password_file,
-            password_setting="upstream.proxy_password_file",
-            environ=ctx.environ,
-        )
-        done = await reach(
-            parts.hostname or "",
-            port,
-            tls=https,
-            proxy=proxy,
-            timeout=ctx.timeout,
             setting="upstream.http_url",
-            tunnel=https,
+            section="upstream",
+            proxy=up.proxy,
+            password_file=up.proxy_password_file,
+            environ=ctx.environ,
+            timeout=ctx.timeout,
         )
     except ProxyProblem as exc:
         report.fail(HOP, CONNECT, str(exc), "fix the proxy setting or variable named")
