@@ -11,12 +11,22 @@ from tests.helpers import RelayProcess, UpstreamProcess
 # Fixtures that start `relay run` / `relay dev-upstream` as subprocesses: a test using one is
 # end-to-end by definition (markers in pyproject.toml), whatever its module says.
 SUBPROCESS_FIXTURES = frozenset({"relay_factory", "upstream_factory"})
+# Tests of the JetStream backend that run real NATS servers (clusters of three, a peer no one here
+# wrote) are interop: `make test` runs them in its second pytest, beside the long sequence of the
+# others, where they cost no extra time; `make test-fast` leaves them out (a quarter of its time).
+NATS_FIXTURES = frozenset({"cluster", "nats_cluster"})
+NATS_MODULES = frozenset({"test_jetstream_spool.py", "test_jetstream_admin.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SUBPROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if SUBPROCESS_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.e2e)
+        elif "jetstream" in item.nodeid and (
+            item.path.name in NATS_MODULES or NATS_FIXTURES.intersection(fixtures)
+        ):
+            item.add_marker(pytest.mark.interop)
 
 
 @pytest.fixture(autouse=True)
