@@ -213,8 +213,12 @@ class Console:
             self.access(request),
             self._cert_expiry(),
             now,
-            # events are the producers' data: beyond loopback, only for the token's holder
-            show_events=self._loopback_listener or self._source.authorised(request),
+            # events are the producers' data: only for the token's holder, or (no token set)
+            # for this machine on a loopback listener, Host checked as for the actions (a page
+            # of another site rebound to 127.0.0.1 must not read them either)
+            show_events=(
+                self.access(request).mode == "loopback" or self._source.authorised(request)
+            ),
         )
 
     async def page(self, request: web.Request) -> web.Response:
@@ -244,8 +248,14 @@ class Console:
     async def _body(self, request: web.Request) -> dict:
         if request.content_length is not None and request.content_length > MAX_ACTION_BODY:
             raise _Bad(413, "request too large")
+        data = b""
         try:
-            data = await request.content.read(MAX_ACTION_BODY + 1)
+            # read() returns what has arrived so far: a body in several segments needs a loop
+            while len(data) <= MAX_ACTION_BODY:
+                chunk = await request.content.read(MAX_ACTION_BODY + 1 - len(data))
+                if not chunk:
+                    break
+                data += chunk
         except (ConnectionError, asyncio.IncompleteReadError):
             raise _Bad(400, "request body incomplete") from None
         if len(data) > MAX_ACTION_BODY:

@@ -22,10 +22,12 @@ __all__ = ["Access", "Letters", "live_html"]
 
 MAX_ERROR = 300  # characters of an error shown per dead letter
 MAX_EVENT = 600  # characters of the stored event shown per dead letter
-EVENTS_HIDDEN = (
-    "The events themselves are shown on a listener bound to loopback, or here once the token "
-    "of ingest.http.auth_token_file is typed below."
-)
+EVENTS_HIDDEN = {
+    "token": "The events themselves are shown here once the token of "
+    "ingest.http.auth_token_file is typed below.",
+    "other": "The events themselves are shown only to this machine, on a listener bound to "
+    "loopback; elsewhere set ingest.http.auth_token_file and type its token here.",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,12 @@ def _upstream(
         since = f"unreachable for {duration(down)}" if down is not None else ""
     token = report["token"]
     expires = token["expires_in_seconds"]
-    token_text = "no token yet" if not expires else f"expires in {duration(expires)}"
+    if expires is None:
+        token_text = "no token yet"
+    elif expires <= 0:
+        token_text = "expired"
+    else:
+        token_text = f"expires in {duration(expires)}"
     if token["last_error"]:
         token_text += f" — last error: {_e(_cut(token['last_error'], MAX_ERROR))}"
     if cert_expiry is None:
@@ -221,7 +228,8 @@ def _dead_letters(letters: Letters, access: Access, show_events: bool) -> str:
             if rest > 0
             else ""
         )
-        hidden = "" if show_events else f'<p class="small" id="events-hidden">{EVENTS_HIDDEN}</p>'
+        note = _hidden_note(access)
+        hidden = "" if show_events else f'<p class="small" id="events-hidden">{note}</p>'
         body = hidden + "".join(_letter(r, access, show_events) for r in letters.records) + more
     why = "" if access.allowed else f'<p class="small" id="actions-off">{_e(access.why)}</p>'
     return (
@@ -250,3 +258,7 @@ def live_html(
             _dead_letters(letters, access, show_events),
         )
     )
+
+
+def _hidden_note(access: Access) -> str:
+    return EVENTS_HIDDEN["token" if access.mode == "token" else "other"]
