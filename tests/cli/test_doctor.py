@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -400,8 +401,8 @@ def test_subprocess_sees_the_running_relay(tmp_path, up):
         relay.stop()
 
 
-async def _refusing_peer(code: str) -> asyncio.Server:
-    """An RSocket peer that routes and then answers every request with an error (code)."""
+async def _refusing_peer(code: str, text: str) -> asyncio.Server:
+    """An RSocket peer that routes and then answers every request with an error (code, text)."""
     from rsocket.error_codes import ErrorCode
     from rsocket.exceptions import RSocketApplicationError, RSocketProtocolError
     from rsocket.request_handler import BaseRequestHandler
@@ -411,8 +412,8 @@ async def _refusing_peer(code: str) -> asyncio.Server:
     class Refuse(BaseRequestHandler):
         async def request_response(self, payload):
             if code == "APPLICATION_ERROR":
-                raise RSocketApplicationError("not a status object")
-            raise RSocketProtocolError(ErrorCode[code], data="not a status object")
+                raise RSocketApplicationError(text)
+            raise RSocketProtocolError(ErrorCode[code], data=text)
 
     def accept(reader, writer):
         RSocketServer(TransportTCP(reader, writer), handler_factory=Refuse)
@@ -420,22 +421,92 @@ async def _refusing_peer(code: str) -> asyncio.Server:
     return await asyncio.start_server(accept, "127.0.0.1", 0)
 
 
-@pytest.mark.parametrize("code", ["APPLICATION_ERROR", "INVALID"])
-def test_a_service_refusing_the_probe_itself_is_only_a_warning(
-    tmp_path, up, monkeypatch, capsys, code
+async def _chatty_peer(serving: set[asyncio.Task]) -> asyncio.Server:
+    """Sends its own KEEPALIVEs (respond flag) every 0.2 s and never echoes the client's;
+    `serving` holds the connections' tasks until they end."""
+    from rsocket.frame import KeepAliveFrame, serialize_with_frame_size_header
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        serving.add(task)
+        task.add_done_callback(serving.discard)
+        frame = KeepAliveFrame(data=b"")
+        frame.flags_respond = True
+        try:
+            while not writer.transport.is_closing():  # until the doctor hangs up
+                writer.write(serialize_with_frame_size_header(frame))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def _until_ended(tasks: set[asyncio.Task]) -> None:
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=5)
+
+
+def _pointed_at(up: StandIns, config: Path, port: int) -> Path:
+    text = re.sub(r"(?m)^port = \d+$", f"port = {port}", config.read_text(), count=1)
+    config.write_text(text)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "state"),
+    [
+        ("APPLICATION_ERROR", "not a status object", "warning"),
+        ("INVALID", "JSON decoding error: Cannot deserialize", "warning"),
+        ("REJECTED", "busy", "warning"),
+        # rsocket-py's router names only the route it has no handler for
+        ("APPLICATION_ERROR", "log-fire", "failed"),
+        ("APPLICATION_ERROR", "Invalid audience", "failed"),
+    ],
+)
+def test_a_service_refusing_the_probe_is_judged_by_what_it_says(
+    tmp_path, up, monkeypatch, capsys, code, text, state
 ):
-    """A service that answers the array with an error, rather than acknowledging and dropping
-    it as the real one does, has still routed it and taken the token: no failure."""
-    server = up._run(_refusing_peer(code))
+    """A refusal about the data (an array, not a status) comes after routing and the token
+    check: only a warning. Anything else may be the route or the token: a failed line."""
+    server = up._run(_refusing_peer(code, text))
     try:
-        config = up.config(tmp_path / "relay.toml")
-        port = server.sockets[0].getsockname()[1]
-        text = re.sub(r"(?m)^port = \d+$", f"port = {port}", config.read_text(), count=1)
-        config.write_text(text)
-        code_, lines = checks(monkeypatch, capsys, config)
+        config = _pointed_at(
+            up, up.config(tmp_path / "relay.toml"), server.sockets[0].getsockname()[1]
+        )
+        exit_code, lines = checks(monkeypatch, capsys, config)
     finally:
         server.close()
     line = by_name(lines)[("upstream", "route and token")]
-    assert line["state"] == "warning", line
-    assert "not a status object" in line["detail"]
-    assert code_ == 0
+    assert line["state"] == state, line
+    assert text in line["detail"]
+    assert exit_code == (1 if state == "failed" else 0)
+
+
+def test_a_peer_that_never_echoes_the_keepalive_is_bounded(tmp_path, up, monkeypatch, capsys):
+    serving: set[asyncio.Task] = set()
+    server = up._run(_chatty_peer(serving))
+    try:
+        config = _pointed_at(
+            up, up.config(tmp_path / "relay.toml"), server.sockets[0].getsockname()[1]
+        )
+        started = time.monotonic()
+        exit_code, lines = checks(monkeypatch, capsys, config, "--timeout", "1")
+        took = time.monotonic() - started
+    finally:
+        server.close()
+        up._run(_until_ended(serving))
+    line = by_name(lines)[("upstream", "rsocket setup")]
+    assert line["state"] == "failed" and "within 1 s" in line["detail"], line
+    assert exit_code == 1 and took < 15, took
+
+
+def test_a_token_cut_short_in_an_answer_is_not_printed() -> None:
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzY29wZSI6ImVmb3JtaWRsaW5nIn0.c2lnbmF0dXJl"
+    report = Report()
+    report.hide(token, "<access token>")
+    report.fail("upstream", "route and token", f"the service answered: {token[:40]}")
+    assert "eyJ" not in report.render()

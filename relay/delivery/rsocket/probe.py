@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from rsocket.error_codes import ErrorCode
@@ -109,10 +110,13 @@ class RSocketProbe:
         started = time.monotonic()
         await self._send(setup)
         await self._send(keepalive)
-        while True:
-            frame = await self._next("the keepalive's echo")
-            if isinstance(frame, KeepAliveFrame) and not frame.flags_respond:
-                return time.monotonic() - started
+        # one deadline for the whole step: a peer that keeps sending other frames (its own
+        # keepalives, say) but never echoes ours must not keep the doctor waiting
+        async with self._step("the keepalive's echo"):
+            while True:
+                frame = await self._next("the keepalive's echo")
+                if isinstance(frame, KeepAliveFrame) and not frame.flags_respond:
+                    return time.monotonic() - started
 
     async def request(self, data: bytes, metadata: bytes) -> bool:
         """One REQUEST_RESPONSE; returns True for an acknowledgement with data (NEXT), False
@@ -122,10 +126,19 @@ class RSocketProbe:
         frame.data = data
         frame.metadata = metadata
         await self._send(frame)
-        while True:
-            answer = await self._next("an answer to the request")
-            if isinstance(answer, PayloadFrame) and answer.stream_id == _PROBE_STREAM:
-                return bool(answer.flags_next)
+        async with self._step("an answer to the request"):
+            while True:
+                answer = await self._next("an answer to the request")
+                if isinstance(answer, PayloadFrame) and answer.stream_id == _PROBE_STREAM:
+                    return bool(answer.flags_next)
+
+    @contextlib.asynccontextmanager
+    async def _step(self, waiting_for: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except TimeoutError:
+            raise ProbeError(f"no {waiting_for} within {self._timeout:g} s") from None
 
     async def close(self) -> None:
         self._writer.transport.abort()
@@ -158,6 +171,11 @@ class RSocketProbe:
             return frame
 
     async def _read(self, waiting_for: str) -> Frame:
+        while (frame := await self._read_one(waiting_for)) is None:
+            pass  # a frame type the probe ignores
+        return frame
+
+    async def _read_one(self, waiting_for: str) -> Frame | None:
         try:
             async with asyncio.timeout(self._timeout):
                 head = await self._reader.readexactly(3)
@@ -179,8 +197,6 @@ class RSocketProbe:
             raise ProbeClosed(
                 f"the peer answered something that is not RSocket ({one_line(str(exc), 80)})"
             ) from None
-        if frame is None:
-            return await self._read(waiting_for)
         return frame
 
 

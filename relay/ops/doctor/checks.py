@@ -9,11 +9,14 @@ a one-line reason and what to do. Reasons come from code that never puts a secre
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from relay.errors import one_line
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}")
 
 __all__ = ["FAILED", "OK", "SKIPPED", "STATES", "WARNING", "Check", "Report", "split_advice"]
 
@@ -50,6 +53,9 @@ class Report:
             raise ValueError(f"unknown state {state!r}")
         for secret, shown in self._secrets.items():
             detail, todo = detail.replace(secret, shown), todo.replace(secret, shown)
+        # and anything shaped like a JWT: a peer's answer may quote a token cut short, which
+        # the exact replacement above no longer finds
+        detail, todo = _JWT.sub("<a token>", detail), _JWT.sub("<a token>", todo)
         line = Check(hop, check, state, one_line(detail, _MAX_DETAIL), one_line(todo, _MAX_DETAIL))
         self.checks.append(line)
         return line

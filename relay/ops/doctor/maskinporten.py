@@ -131,6 +131,11 @@ def _oauth_advice(exc: OAuthError) -> str:
             "set maskinporten.audience to the environment's issuer exactly, trailing slash "
             "included (test: https://test.maskinporten.no/, prod: https://maskinporten.no/)"
         )
+    if "expired key" in text or ("key" in text and "expired" in text and "jwt" not in text):
+        return (
+            "the key (or its certificate) registered for the client has expired: renew it and "
+            "register the new one for maskinporten.client_id"
+        )
     if "iat" in text or "clock" in text or ("expired" in text and "certificate" not in text):
         return "set this machine's clock right (NTP): Maskinporten allows 10 s"
     if exc.error == "invalid_scope":

@@ -20,6 +20,7 @@ service acknowledges and then throws away (shared/reference/upstream-protocol.md
 
 from __future__ import annotations
 
+import re
 import ssl
 
 import aiohttp
@@ -31,6 +32,12 @@ from relay.delivery.rsocket.probe import ProbeClosed, ProbeError, Refused, RSock
 from relay.errors import one_line
 from relay.ops.doctor.context import Context
 from relay.ops.doctor.reach import Unreachable, reach, reach_url
+
+# answers that are about the probe's data (an array, not a status), not about route or token
+_ABOUT_THE_DATA = re.compile(
+    r"json|decod|deserializ|pars|array|not a status|status object|payload|invalid data",
+    re.IGNORECASE,
+)
 
 __all__ = ["HOP", "check_upstream"]
 
@@ -154,15 +161,23 @@ async def _route(ctx: Context, probe: RSocketProbe) -> None:
             report.fail(
                 HOP, ROUTE, f"the service refused the token: {exc.text}", _token_advice(exc.text)
             )
-        else:
-            # past routing and the token check: a service that refuses the array outright
-            # (rather than acknowledging and dropping it) has still taken route and token
+        elif exc.code == "REJECTED" or _ABOUT_THE_DATA.search(exc.text):
+            # past routing and the token check: a service that refuses the array itself (or is
+            # busy), rather than acknowledging and dropping it, has still taken route and token
             report.warn(
                 HOP,
                 ROUTE,
                 f"route {up.route!r} and the token were not refused, but the probe (an empty "
                 f"JSON array, no status) was answered {exc}",
                 "nothing, unless delivery fails too: then see the service's answer",
+            )
+        else:
+            report.fail(
+                HOP,
+                ROUTE,
+                f"the service refused the probe request: {exc}",
+                f"check upstream.route ({up.route!r}; the service's is log-fire) and the "
+                "[maskinporten] settings (the service may not take this token)",
             )
         return
     except ProbeError as exc:
@@ -247,7 +262,7 @@ async def _post_probe(ctx: Context, session: aiohttp.ClientSession) -> None:
         report.fail(HOP, ENDPOINT, f"{up.http_url}: {one_line(str(exc)) or type(exc).__name__}")
         return
     answer = f"POST {up.http_url} with an empty JSON object answered {status}"
-    if status == 400:
+    if status in (400, 422):
         report.ok(
             HOP,
             ENDPOINT,
