@@ -27,8 +27,6 @@ from relay.config.model import MaskinportenConfig
 from relay.delivery.proxy import maskinporten_session
 from relay.errors import one_line
 
-_MAX_ANSWER = 256 * 1024  # bytes of a token endpoint's answer read at most
-
 __all__ = [
     "OAuthError",
     "TokenEndpointError",
@@ -119,14 +117,7 @@ async def request_token(
             allow_redirects=False,
         ) as resp:
             status = resp.status
-            # a token answer is a few KiB; a hostile or broken endpoint must not fill memory
-            # (read() returns what has arrived so far, hence the loop)
-            received = bytearray()
-            while len(received) <= _MAX_ANSWER and (
-                chunk := await resp.content.read(_MAX_ANSWER + 1 - len(received))
-            ):
-                received += chunk
-            body = bytes(received)
+            body = await resp.read()
     except TimeoutError:
         raise TokenNetworkError(
             f"cannot reach token endpoint {cfg.token_url}: no answer within {timeout:g} s"
