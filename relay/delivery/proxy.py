@@ -247,16 +247,27 @@ def proxied_session(
     return session_through(section_proxy(url, section, proxy_setting, password_file), **kwargs)
 
 
-def section_proxy(url: str, section: str, proxy_setting: str, password_file: str) -> Proxy | None:
-    """The proxy for ``url`` by ``section``'s settings or the environment; logs the choice."""
+def section_proxy(
+    url: str,
+    section: str,
+    proxy_setting: str,
+    password_file: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    describe: bool = True,
+) -> Proxy | None:
+    """The proxy for ``url`` by ``section``'s settings or the environment; logs the choice
+    unless ``describe`` is off (`relay doctor` says it in its own line)."""
     proxy = proxy_for_url(
         url,
         setting=proxy_setting,
         setting_name=f"{section}.proxy",
         password_file=password_file,
         password_setting=f"{section}.proxy_password_file",
+        environ=environ,
     )
-    describe_route(section, url, proxy)
+    if describe:
+        describe_route(section, url, proxy)
     return proxy
 
 

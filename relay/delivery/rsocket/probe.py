@@ -118,9 +118,9 @@ class RSocketProbe:
                 if isinstance(frame, KeepAliveFrame) and not frame.flags_respond:
                     return time.monotonic() - started
 
-    async def request(self, data: bytes, metadata: bytes) -> bool:
-        """One REQUEST_RESPONSE; returns True for an acknowledgement with data (NEXT), False
-        for COMPLETE alone (the real service's answer). Raises Refused with the peer's text."""
+    async def request(self, data: bytes, metadata: bytes) -> None:
+        """One REQUEST_RESPONSE; returns on an acknowledgement (COMPLETE alone, the real
+        service's answer, or with data). Raises Refused with the peer's text."""
         frame = RequestResponseFrame()
         frame.stream_id = _PROBE_STREAM
         frame.data = data
@@ -130,7 +130,7 @@ class RSocketProbe:
             while True:
                 answer = await self._next("an answer to the request")
                 if isinstance(answer, PayloadFrame) and answer.stream_id == _PROBE_STREAM:
-                    return bool(answer.flags_next)
+                    return
 
     @contextlib.asynccontextmanager
     async def _step(self, waiting_for: str) -> AsyncIterator[None]:

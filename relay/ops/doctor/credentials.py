@@ -48,7 +48,7 @@ _PASSED = {
     LOAD: "the keystore (or key and certificate files) loaded",
     MATCH: "the private key belongs to the certificate",
 }
-_TODO = {
+_ADVICE = {
     LOAD: "fix the setting or file named",
     MATCH: "use the key the certificate was issued for (export key and certificate together)",
     VALIDITY: "renew the business certificate (or check this machine's clock)",
@@ -79,7 +79,7 @@ def check_credentials(ctx: Context) -> None:
             if index < at:
                 report.ok(HOP, step, _PASSED[step])
             elif index == at:
-                message, advice = split_advice(str(exc), _TODO[failed])
+                message, advice = split_advice(str(exc), _ADVICE[failed])
                 if "wrong password" in message:
                     advice = (
                         "give the keystore's password in the variable or file named "

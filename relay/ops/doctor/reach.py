@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from relay.delivery.proxy import Proxy, proxy_for_url
+from relay.delivery.proxy import Proxy, section_proxy
 from relay.delivery.rsocket.tunnel import TunnelError, TunnelRefused, open_tunnel
 from relay.errors import one_line
 
@@ -49,14 +49,7 @@ async def reach_url(
         port = parts.port or (443 if https else 80)
     except ValueError:
         port = 443
-    found = proxy_for_url(
-        url,
-        setting=proxy,
-        setting_name=f"{section}.proxy",
-        password_file=password_file,
-        password_setting=f"{section}.proxy_password_file",
-        environ=environ,
-    )
+    found = section_proxy(url, section, proxy, password_file, environ=environ, describe=False)
     done = await reach(
         parts.hostname or "",
         port,
